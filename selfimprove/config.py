@@ -1,0 +1,320 @@
+"""Loop files: load, override, validate, resolve per iteration.
+
+A loop file is data, loaded with PyYAML's safe loader (it never runs code). Validation collects every
+problem at once; each one names file:line, the key path and the fix, e.g.
+
+    loops/scpo.yaml:14: stages.generate.temprature: unknown key; did you mean 'temperature'?
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selfimprove.errors import UserError
+
+# A setting: (type, default). Types are checked, numbers given as strings ("3e-05", which YAML 1.1
+# reads as a string; DVC writes floats that way, see dvc#8466) are coerced.
+STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
+    "generate": {
+        "n": (int, 8),  # samples per prompt (k in ScPO)
+        "temperature": (float, 0.7),
+        "top_p": (float, 0.9),
+        "max_new_tokens": (int, 64),
+        "batch_size": (int, 512),  # sequences per forward pass; lower it if memory runs out
+        "shard_size": (int, 128),  # prompts per resumable shard: smaller loses less on a crash
+        "seed": (int, 0),
+        "backend": (str, "hf"),
+    },
+    "vote": {
+        "extract": (str, "final_number"),
+    },
+    "pairs": {
+        "rule": (str, "most_vs_least_voted"),
+        "min_votes": (float, 0.5),  # tau as a fraction of n: keep a prompt if its top answer has >= tau*n votes
+        "weight": (str, "vote_margin"),
+    },
+    "train": {
+        "loss": (str, "dpo+nll"),
+        "beta": (float, 0.5),
+        "nll_weight": (float, 1.0),  # alpha in the RPO / ScPO loss
+        "lr": (float, 5e-6),
+        "epochs": (float, 1.0),
+        "batch_size": (int, 16),
+        "grad_accum": (int, 1),
+        "max_length": (int, 256),
+        "save_steps": (int, 50),  # checkpoint cadence inside the stage, for resume after a crash
+        "seed": (int, 0),
+    },
+    "evaluate": {
+        "k": (int, 8),  # samples per problem for maj@k
+        "temperature": (float, 0.7),
+        "top_p": (float, 0.9),
+        "max_new_tokens": (int, 64),
+        "batch_size": (int, 512),
+        "seed": (int, 1234),
+    },
+}
+
+CHOICES = {
+    ("generate", "backend"): ["hf"],
+    ("vote", "extract"): ["final_number"],
+    ("pairs", "rule"): ["most_vs_least_voted"],
+    ("pairs", "weight"): ["vote_margin", "none"],
+    ("train", "loss"): ["dpo+nll", "dpo"],
+}
+
+DATA_SETTINGS: dict[str, tuple[type, Any]] = {
+    "prompts": (str, None),  # builtin:arith/train, a .jsonl/.parquet file, or a dataset id
+    "eval": (str, None),
+    "question_field": (str, "question"),
+    "answer_field": (str, "answer"),
+    "prompts_size": (int, 512),  # how many training prompts per iteration (the first N)
+    "eval_size": (int, 1000),
+    "seed": (int, 0),  # seed of the builtin task generator
+}
+
+BOOTSTRAP_SETTINGS: dict[str, tuple[type, Any]] = {
+    "steps": (int, 900),
+    "batch_size": (int, 128),
+    "lr": (float, 3e-3),
+    "direct_fraction": (float, 0.6),  # share of examples that state the answer without worked steps
+    "digits": (int, 2),
+    "seed": (int, 0),
+}
+
+TOP_LEVEL = {"name", "description", "model", "model_revision", "data", "iterations", "seed",
+             "bootstrap", "stages", "schedule", "from"}
+REQUIRED = ["name", "model", "data", "iterations"]
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+FROM_RE = re.compile(r"^([a-z][a-z0-9_-]*)@(\d+)$")
+
+
+@dataclass
+class Loop:
+    """A validated loop: its raw settings and, per iteration, the resolved settings of every stage."""
+
+    path: Path
+    name: str
+    model: str
+    model_revision: str | None
+    data: dict[str, Any]
+    iterations: int
+    bootstrap: dict[str, Any]
+    start_from: str | None
+    per_iteration: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+class _Problems:
+    """Collects errors with their line numbers; raised together at the end."""
+
+    def __init__(self, source: str, lines: dict[tuple, int]):
+        self.source, self.lines, self.items = source, lines, []
+
+    def add(self, path: tuple, message: str) -> None:
+        line = self._line_of(path)
+        where = f"{self.source}:{line}" if line else self.source
+        self.items.append(f"{where}: {'.'.join(map(str, path)) or '(top level)'}: {message}")
+
+    def _line_of(self, path: tuple) -> int | None:
+        for cut in range(len(path), -1, -1):  # the nearest ancestor that has a line
+            if path[:cut] in self.lines:
+                return self.lines[path[:cut]]
+        return None
+
+
+def _key_lines(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
+    """Map every key path of a composed YAML document to its 1-based line."""
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = _scalar(key_node.value)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            lines.update({k: v for k, v in _key_lines(value_node, path + (key,)).items() if k != path + (key,)})
+    return lines
+
+
+def _scalar(text: str) -> Any:
+    return int(text) if text.isdigit() else text
+
+
+def _did_you_mean(key: str, allowed) -> str:
+    close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1)
+    if close:
+        return f"unknown key; did you mean '{close[0]}'?"
+    return f"unknown key; allowed: {', '.join(sorted(map(str, allowed)))}"
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    """Return value as kind, or raise ValueError. bool is not an int here, and '3e-05' is a float."""
+    if isinstance(value, bool) and kind is not bool:
+        raise ValueError
+    if kind is float and isinstance(value, (int, float)):
+        return float(value)
+    if kind is float and isinstance(value, str):
+        return float(value)
+    if kind is int and isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)
+    if isinstance(value, kind):
+        return value
+    raise ValueError
+
+
+def _check_section(values: Any, schema: dict, path: tuple, problems: _Problems, stage: str | None = None) -> dict:
+    if not isinstance(values, dict):
+        problems.add(path, f"must be a mapping of settings, got {type(values).__name__}")
+        return {}
+    checked = {}
+    for key, value in values.items():
+        if key not in schema:
+            problems.add(path + (key,), _did_you_mean(key, schema))
+            continue
+        kind = schema[key][0]
+        try:
+            checked[key] = _coerce(value, kind)
+        except (ValueError, TypeError):
+            problems.add(path + (key,), f"expected {kind.__name__}, got {value!r}; write e.g. {key}: {schema[key][1]!r}")
+            continue
+        choices = CHOICES.get((stage, key))
+        if choices and checked[key] not in choices:
+            problems.add(path + (key,), f"{checked[key]!r} is not one of: {', '.join(choices)}")
+    return checked
+
+
+def _defaults(schema: dict) -> dict:
+    return {key: default for key, (_, default) in schema.items()}
+
+
+def parse_override(text: str) -> tuple[tuple, Any]:
+    """Parse a --set KEY=VALUE. A stage name may stand alone: generate.n=16 means stages.generate.n=16."""
+    if "=" not in text:
+        raise UserError(f"--set {text}: expected KEY=VALUE, e.g. --set generate.n=16")
+    key, raw = text.split("=", 1)
+    path = tuple(_scalar(part) for part in key.strip().split("."))
+    if path[0] in STAGE_SETTINGS:
+        path = ("stages",) + path
+    return path, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _apply_override(raw: dict, path: tuple, value: Any) -> None:
+    node = raw
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {'.'.join(map(str, path))}: {part} is not a mapping in the loop file")
+    node[path[-1]] = value
+
+
+def load_loop(path: str | Path, overrides: list[str] = ()) -> Loop:
+    """Load, override and validate a loop file; raise UserError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such loop file; the shipped ones are in loops/ (e.g. loops/scpo.yaml)")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax there") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}:1: a loop file is a mapping with at least: {', '.join(REQUIRED)}")
+    lines = _key_lines(node) if node is not None else {}
+    for text_override in overrides:
+        _apply_override(raw, *parse_override(text_override))
+    problems = _Problems(str(path), lines)
+    loop = _validate(raw, path, problems)
+    if problems.items:
+        raise UserError(*problems.items)
+    return loop
+
+
+def _validate(raw: dict, path: Path, problems: _Problems) -> Loop | None:
+    for key in raw:
+        if key not in TOP_LEVEL:
+            problems.add((key,), _did_you_mean(key, TOP_LEVEL))
+    for key in REQUIRED:
+        if key not in raw:
+            problems.add((), f"missing required key '{key}'; see loops/scpo.yaml for an example")
+    name = raw.get("name", "")
+    if "name" in raw and not (isinstance(name, str) and NAME_RE.match(name)):
+        problems.add(("name",), f"{name!r} is not a run name; use lowercase letters, digits, '-' and '_', e.g. scpo")
+    iterations = raw.get("iterations", 1)
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        problems.add(("iterations",), f"expected a whole number >= 1, got {iterations!r}")
+        iterations = 1
+    start_from = raw.get("from")
+    if start_from is not None and not (isinstance(start_from, str) and FROM_RE.match(start_from)):
+        problems.add(("from",), f"expected RUN@K (e.g. scpo@2), got {start_from!r}")
+    data = {**_defaults(DATA_SETTINGS), **_check_section(raw.get("data", {}), DATA_SETTINGS, ("data",), problems)}
+    for key in ("prompts", "eval"):
+        if not data.get(key):
+            problems.add(("data",), f"missing data.{key}; e.g. data: {{prompts: builtin:arith/train, eval: builtin:arith/test}}")
+    bootstrap = {**_defaults(BOOTSTRAP_SETTINGS),
+                 **_check_section(raw.get("bootstrap", {}), BOOTSTRAP_SETTINGS, ("bootstrap",), problems)}
+    base = _check_stages(raw.get("stages", {}), ("stages",), problems)
+    per_iteration = {}
+    schedule = raw.get("schedule") or {}
+    if not isinstance(schedule, dict):
+        problems.add(("schedule",), "must map an iteration number to stage overrides, e.g. 2: {pairs: {min_votes: 0.7}}")
+        schedule = {}
+    for key in schedule:
+        if not isinstance(key, int) or not 1 <= key <= iterations:
+            problems.add(("schedule", key), f"iteration {key!r} is not in 1..{iterations}; use a number in that range")
+    for k in range(1, iterations + 1):
+        override = _check_stages(schedule.get(k) or {}, ("schedule", k), problems) if k in schedule else {}
+        per_iteration[k] = {stage: {**_defaults(settings), **base.get(stage, {}), **override.get(stage, {})}
+                            for stage, settings in STAGE_SETTINGS.items()}
+    _check_values(per_iteration, problems)
+    return Loop(path=path, name=name, model=str(raw.get("model", "")), model_revision=raw.get("model_revision"),
+                data=data, iterations=iterations, bootstrap=bootstrap, start_from=start_from,
+                per_iteration=per_iteration)
+
+
+def _check_stages(stages: Any, path: tuple, problems: _Problems) -> dict:
+    if not isinstance(stages, dict):
+        problems.add(path, "must map stage names to settings, e.g. generate: {n: 8}")
+        return {}
+    checked = {}
+    for stage, values in stages.items():
+        if stage not in STAGE_SETTINGS:
+            problems.add(path + (stage,), _did_you_mean(stage, STAGE_SETTINGS))
+            continue
+        checked[stage] = _check_section(values or {}, STAGE_SETTINGS[stage], path + (stage,), problems, stage)
+    return checked
+
+
+def _check_values(per_iteration: dict, problems: _Problems) -> None:
+    """Range checks on resolved values; reported once per key, not once per iteration."""
+    seen = set()
+    rules = [
+        ("generate", "n", lambda v: v >= 1, "must be >= 1"),
+        ("generate", "temperature", lambda v: v >= 0, "must be >= 0 (0 means greedy)"),
+        ("generate", "top_p", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+        ("pairs", "min_votes", lambda v: 0 <= v <= 1, "is a fraction of n; use a value in [0, 1], e.g. 0.5"),
+        ("train", "lr", lambda v: v > 0, "must be > 0"),
+        ("train", "beta", lambda v: v > 0, "must be > 0"),
+        ("evaluate", "k", lambda v: v >= 1, "must be >= 1"),
+    ]
+    for k, stages in per_iteration.items():
+        for stage, key, ok, message in rules:
+            if (stage, key) not in seen and not ok(stages[stage][key]):
+                seen.add((stage, key))
+                problems.add(("stages", stage, key), f"{stages[stage][key]!r} {message}")
+
+
+def resolved_params(loop: Loop) -> dict:
+    """The params a compiled run tracks in params.yaml: one section per iteration and stage."""
+    params = {"model": loop.model, "model_revision": loop.model_revision, "data": copy.deepcopy(loop.data)}
+    for k, stages in loop.per_iteration.items():
+        params[f"it{k}"] = copy.deepcopy(stages)
+    # Iteration 0 is the base model; only its evaluation runs, with iteration 1's evaluate settings.
+    params["it0"] = {"evaluate": copy.deepcopy(loop.per_iteration[1]["evaluate"])}
+    return params

@@ -1,0 +1,42 @@
+"""Small file helpers shared by the stages: params sections, JSONL, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+
+def read_section(params_file: str, section: str) -> dict:
+    """params.yaml[section] where section is dotted (scpo.it2.generate)."""
+    node = yaml.safe_load(Path(params_file).read_text())
+    for part in section.split("."):
+        node = node[part]
+    return node
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
+    """Write via a temporary file and rename, so a killed stage never leaves half a file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

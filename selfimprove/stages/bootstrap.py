@@ -1,0 +1,109 @@
+"""Build `builtin:tiny-arith` from scratch: a character tokenizer and a ~0.9M-parameter Llama model
+trained on the mixed direct/worked arithmetic of `selfimprove.tinyarith`. No downloads.
+
+    python -m selfimprove.stages.bootstrap --params params.yaml --section builtin.tiny-arith \
+        --out runs/builtin/tiny-arith
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from selfimprove import tinyarith
+from selfimprove.progress import Progress
+from selfimprove.stages._io import read_section
+
+
+def build_tokenizer():
+    """A character-level tokenizer built locally with `tokenizers`, wrapped for transformers."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [tinyarith.SPECIAL["pad"], tinyarith.SPECIAL["bos"], tinyarith.SPECIAL["eos"], "<unk>"]
+    vocab = {token: i for i, token in enumerate(specials + tinyarith.CHARS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    bos = tinyarith.SPECIAL["bos"]
+    core.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                        special_tokens=[(bos, vocab[bos])])
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=bos, eos_token=tinyarith.SPECIAL["eos"],
+                                   pad_token=tinyarith.SPECIAL["pad"], unk_token="<unk>", padding_side="left")
+
+
+def build_model(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    return LlamaForCausalLM(config)
+
+
+def _batch(tokenizer, examples):
+    """Right-padded input ids with labels only on the completion (the prompt is not learned)."""
+    import torch
+
+    rows, labels = [], []
+    for prompt, completion in examples:
+        p = tokenizer(prompt)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(p + c)
+        labels.append([-100] * len(p) + c)
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    lab = torch.tensor([r + [-100] * (width - len(r)) for r in labels])
+    return ids, (ids != pad).long(), lab
+
+
+def train_tiny_arith(settings: dict, out: str | Path) -> dict:
+    """Train and save the model; return training figures for the log."""
+    import torch
+
+    torch.manual_seed(settings["seed"])
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer)
+    steps, batch_size = settings["steps"], settings["batch_size"]
+    examples = tinyarith.bootstrap_examples(settings["seed"], steps * batch_size, settings["digits"],
+                                            settings["direct_fraction"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warmup, cosine decay to 10%
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))))
+    progress = Progress("bootstrap", steps, "steps")
+    model.train()
+    loss_value = float("nan")
+    for step in range(steps):
+        ids, mask, labels = _batch(tokenizer, examples[step * batch_size:(step + 1) * batch_size])
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        loss_value = loss.item()
+        if step % 10 == 0 or step == steps - 1:
+            progress.update(step + 1)
+    model.eval()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"final_loss": loss_value, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--section", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    figures = train_tiny_arith(read_section(args.params, args.section), args.out)
+    print(f"bootstrap: {figures['parameters']:,} parameters, final loss {figures['final_loss']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The embedded arithmetic task behind `builtin:tiny-arith` and `builtin:arith/{train,test}`.
+
+Why this task: self-consistency helps an LLM when its greedy answer is often a wrong guess while the
+samples that reason step by step agree on the right answer (GSM8K). We reproduce that regime on purpose.
+The model is trained on a mixture: most examples state the sum directly (hard for a tiny model, so its
+guesses scatter), the rest add digit by digit with carries (easy, so those samples agree). Greedy decoding
+takes the majority format (direct) and is often wrong; sampling takes the worked path part of the time,
+and the majority vote lands on the right answer. ScPO then teaches the model to prefer what it agrees on.
+
+Formats (character-level tokens):
+    question:  "47+38="
+    direct:    " #### 85"
+    worked:    " 7+8=15 c1; 4+3+1=8; #### 85"
+"""
+
+from __future__ import annotations
+
+import random
+
+CHARS = list("0123456789+=#;c ")
+SPECIAL = {"pad": "<pad>", "bos": "<s>", "eos": "</s>"}
+
+
+def make_problem(rng: random.Random, digits: int) -> tuple[int, int]:
+    low, high = 10 ** (digits - 1), 10 ** digits - 1
+    return rng.randint(low, high), rng.randint(low, high)
+
+
+def question(a: int, b: int) -> str:
+    return f"{a}+{b}="
+
+
+def direct_solution(a: int, b: int) -> str:
+    return f" #### {a + b}"
+
+
+def worked_solution(a: int, b: int) -> str:
+    """Add digit by digit from the right, writing each column and its carry."""
+    xs, ys = str(a)[::-1], str(b)[::-1]
+    steps, carry = [], 0
+    for i in range(max(len(xs), len(ys))):
+        x = int(xs[i]) if i < len(xs) else 0
+        y = int(ys[i]) if i < len(ys) else 0
+        total = x + y + carry
+        terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
+        carry = total // 10
+        steps.append(f"{terms}={total}" + (f" c{carry}" if carry else ""))
+    return " " + "; ".join(steps) + f"; #### {a + b}"
+
+
+def problems(seed: int, count: int, digits: int, split: str) -> list[dict]:
+    """Deterministic question/answer records from one side of a fixed train/test partition of all
+    problems (two-digit addition has only 8,100, so random draws alone would overlap)."""
+    rng = random.Random(f"{split}:{seed}:{digits}")
+    records = []
+    while len(records) < count:
+        a, b = make_problem(rng, digits)
+        if _split_of(a, b) != split:
+            continue
+        records.append({"question": question(a, b), "answer": str(a + b)})
+    return records
+
+
+def _split_of(a: int, b: int) -> str:
+    """A fixed partition of all problems, so train prompts never appear in the held-out set."""
+    return "test" if (a * 7919 + b * 104729) % 5 == 0 else "train"
+
+
+def bootstrap_examples(seed: int, count: int, digits: int, direct_fraction: float) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs for pretraining the tiny model on the train partition."""
+    rng = random.Random(f"bootstrap:{seed}:{digits}")
+    examples = []
+    while len(examples) < count:
+        a, b = make_problem(rng, digits)
+        if _split_of(a, b) != "train":
+            continue
+        solve = direct_solution if rng.random() < direct_fraction else worked_solution
+        examples.append((question(a, b), solve(a, b)))
+    return examples
