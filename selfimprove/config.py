@@ -78,6 +78,9 @@ DATA_SETTINGS: dict[str, tuple[type, Any]] = {
     "prompts_size": (int, 512),  # how many training prompts per iteration (the first N)
     "eval_size": (int, 1000),
     "seed": (int, 0),  # seed of the builtin task generator
+    "digits": (int, 2),  # operand size of the builtin task
+    "dataset_config": (str, None),
+    "prompt_template": (str, "{question}"),  # how a question becomes a prompt; {question} is replaced  # config name for a hub dataset id (e.g. main for openai/gsm8k)
 }
 
 BOOTSTRAP_SETTINGS: dict[str, tuple[type, Any]] = {
@@ -266,8 +269,9 @@ def _validate(raw: dict, path: Path, problems: _Problems) -> Loop | None:
         problems.add(("schedule",), "must map an iteration number to stage overrides, e.g. 2: {pairs: {min_votes: 0.7}}")
         schedule = {}
     for key in schedule:
-        if not isinstance(key, int) or not 1 <= key <= iterations:
-            problems.add(("schedule", key), f"iteration {key!r} is not in 1..{iterations}; use a number in that range")
+        # Entries past the last iteration are allowed, so `--set iterations=2` works on a 3-iteration loop.
+        if isinstance(key, bool) or not isinstance(key, int) or key < 1:
+            problems.add(("schedule", key), f"{key!r} is not an iteration number; use 1, 2, ...")
     for k in range(1, iterations + 1):
         override = _check_stages(schedule.get(k) or {}, ("schedule", k), problems) if k in schedule else {}
         per_iteration[k] = {stage: {**_defaults(settings), **base.get(stage, {}), **override.get(stage, {})}

@@ -10,14 +10,14 @@ and the majority vote lands on the right answer. ScPO then teaches the model to 
 Formats (character-level tokens):
     question:  "47+38="
     direct:    " #### 85"
-    worked:    " 7+8=15 c1; 4+3+1=8; #### 85"
+    worked:    " 7+8=15 r5; 4+3+1=8 r85; #### 85"
 """
 
 from __future__ import annotations
 
 import random
 
-CHARS = list("0123456789+=#;c ")
+CHARS = list("0123456789+=#;r ")
 SPECIAL = {"pad": "<pad>", "bos": "<s>", "eos": "</s>"}
 
 
@@ -35,16 +35,20 @@ def direct_solution(a: int, b: int) -> str:
 
 
 def worked_solution(a: int, b: int) -> str:
-    """Add digit by digit from the right, writing each column and its carry."""
+    """Add digit by digit from the right, writing each column, its carry and the result so far
+    (r...). The running result makes the final answer a copy rather than a re-assembly of digits
+    written in reverse order, which a tiny model gets wrong."""
     xs, ys = str(a)[::-1], str(b)[::-1]
-    steps, carry = [], 0
-    for i in range(max(len(xs), len(ys))):
+    steps, carry, running = [], 0, ""
+    columns = max(len(xs), len(ys))
+    for i in range(columns):
         x = int(xs[i]) if i < len(xs) else 0
         y = int(ys[i]) if i < len(ys) else 0
         total = x + y + carry
         terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
         carry = total // 10
-        steps.append(f"{terms}={total}" + (f" c{carry}" if carry else ""))
+        running = (str(total) if i == columns - 1 else str(total % 10)) + running
+        steps.append(f"{terms}={total} r{running}")
     return " " + "; ".join(steps) + f"; #### {a + b}"
 
 

@@ -52,11 +52,11 @@ def test_all_errors_reported_together_with_lines(tmp_path):
 
 
 def test_schedule_outside_iterations_and_range_checks(tmp_path):
-    bad = GOOD.replace("2: {pairs", "7: {pairs").replace("min_votes: 0.5}", "min_votes: 5}")
+    bad = GOOD.replace("2: {pairs", "0: {pairs").replace("min_votes: 0.5}", "min_votes: 5}")
     with pytest.raises(UserError) as info:
         load_loop(write(tmp_path, bad))
     text = "\n".join(info.value.lines)
-    assert "schedule.7: iteration 7 is not in 1..3" in text
+    assert "schedule.0: 0 is not an iteration number" in text
     assert "stages.pairs.min_votes: 5.0 is a fraction of n" in text
 
 

@@ -1,0 +1,150 @@
+"""The `selfimprove` command. Thin and lazy: each command imports what it needs when it runs, so
+`--help`, `validate`, `status` and `diff` never import torch.
+
+    selfimprove run loops/scpo.yaml [--set iterations=4] [--from scpo@2]
+    selfimprove validate loops/*.yaml
+    selfimprove status
+    selfimprove metrics scpo
+    selfimprove diff scpo@0 scpo@3 [--json]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    # markup off for user text is done per print; highlight off so numbers are not recoloured
+    return Console(stderr=stderr, highlight=False)
+
+
+def _abort(lines: list[str], code: int = 2) -> None:
+    console = _console(stderr=True)
+    for line in lines:
+        console.print(f"error: {line}", markup=False, soft_wrap=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Turns UserError into one line per problem, and any other exception into one line with a hint;
+    the traceback only with SELFIMPROVE_DEBUG=1."""
+
+    def invoke(self, ctx):
+        from selfimprove.errors import UserError
+
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            _abort(error.lines)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except Exception as error:  # noqa: BLE001 - the last line of defence against tracebacks
+            if os.environ.get("SELFIMPROVE_DEBUG"):
+                raise
+            _abort([f"internal error: {type(error).__name__}: {error} (set SELFIMPROVE_DEBUG=1 for the traceback)"], 1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="selfimprove")
+def main() -> None:
+    """Run self-improvement loops (ScPO, IRPO, ...) as cached, resumable DVC pipelines."""
+
+
+@main.command()
+@click.argument("loop_file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a loop setting, e.g. --set iterations=4 --set generate.n=16.")
+@click.option("--from", "start_from", metavar="RUN@K", help="Start from the model of iteration K of an earlier run.")
+def run(loop_file: str, overrides: tuple[str, ...], start_from: str | None) -> None:
+    """Run a loop to its last iteration; run it again after a crash to resume."""
+    from selfimprove import runner
+
+    sys.exit(runner.run(loop_file, list(overrides), start_from, Path.cwd(), _console()))
+
+
+@main.command()
+@click.argument("loop_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate(loop_files: tuple[str, ...]) -> None:
+    """Check loop files; print every problem with file:line and how to fix it."""
+    from selfimprove.config import load_loop
+    from selfimprove.errors import UserError
+
+    problems = []
+    for path in loop_files:
+        try:
+            loop = load_loop(path)
+            click.echo(f"{path}: ok ({loop.name}, {loop.iterations} iteration(s))")
+        except UserError as error:
+            problems.extend(error.lines)
+    if problems:
+        _abort(problems)
+
+
+@main.command()
+def status() -> None:
+    """Show every stage of every compiled run: done, stale or pending."""
+    from rich.table import Table
+
+    from selfimprove.results import stage_status
+
+    rows = stage_status(Path.cwd())
+    table = Table(title="stages")
+    for column in ("run", "iteration", "stage", "state"):
+        table.add_column(column)
+    colours = {"done": "green", "stale": "yellow", "pending": "dim"}
+    for row in rows:
+        state = row["state"]
+        table.add_row(row["run"], "-" if row["iteration"] is None else str(row["iteration"]), row["stage"],
+                      f"[{colours.get(state, 'white')}]{state}[/]")
+    _console().print(table)
+
+
+@main.command()
+@click.argument("run_name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def metrics(run_name: str, as_json: bool) -> None:
+    """Show the metrics of every iteration of a run (iteration 0 is the base model)."""
+    from selfimprove import results
+
+    if as_json:
+        import json
+
+        click.echo(json.dumps(results.iteration_metrics(Path.cwd(), run_name), indent=2))
+    else:
+        results.print_metrics(Path.cwd(), run_name, _console())
+
+
+@main.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def diff(a: str, b: str, as_json: bool) -> None:
+    """Compare metrics of two iterations or runs: RUN@K or RUN (its last iteration)."""
+    from selfimprove import results
+
+    report = results.diff(Path.cwd(), a, b)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(report, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{report['a']} -> {report['b']}")
+    table.add_column("metric")
+    table.add_column(report["a"], justify="right")
+    table.add_column(report["b"], justify="right")
+    table.add_column("delta", justify="right")
+    for row in report["metrics"]:
+        table.add_row(row["metric"], results.fmt(row["a"]), results.fmt(row["b"]), results.fmt_delta(row["delta"]))
+    _console().print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Compile a loop into explicit per-iteration DVC stages (dvc.yaml) and their params (params.yaml).
+
+Why explicit stages and not foreach/matrix: each iteration depends on the previous one through a plain
+file dependency (its model), DVC runs them in order, and growing 3 -> 5 iterations marks only the new
+stages as changed (see docs/dvc-notes.md). Stage names are `<run>-it<K>-<stage>`; the base model is
+evaluated as iteration 0. Several runs share one dvc.yaml: compiling a loop replaces only its own stages.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+import selfimprove
+from selfimprove.config import Loop, resolved_params
+from selfimprove.errors import UserError
+from selfimprove.models import BUILTIN_MODELS, builtin_dir
+
+STAGE_RE = re.compile(r"^(?P<run>.+)-it(?P<k>\d+)-(?P<stage>[a-z]+)$")
+ITERATION_STAGES = ["generate", "vote", "pairs", "train", "evaluate"]
+HEADER = "# Compiled by `selfimprove run` from loop files; edit the loop file, not this file.\n"
+
+
+def stage_name(run: str, k: int, stage: str) -> str:
+    return f"{run}-it{k}-{stage}"
+
+
+def run_dir(run: str) -> str:
+    return f"runs/{run}"
+
+
+def iteration_dir(run: str, k: int) -> str:
+    return f"runs/{run}/it{k}"
+
+
+def _code(project: Path, *modules: str) -> list[str]:
+    """Paths of the package modules a stage runs, relative to the project when the package lives in it
+    (editing them must re-run the stage), absolute otherwise."""
+    package = Path(selfimprove.__file__).resolve().parent
+    paths = []
+    for module in modules:
+        path = package / f"{module.replace('.', '/')}.py"
+        try:
+            paths.append(str(path.relative_to(project.resolve())))
+        except ValueError:
+            paths.append(str(path))
+    return paths
+
+
+def _shared(project: Path) -> list[str]:
+    return _code(project, "stages._io", "progress", "models")
+
+
+def base_model(loop: Loop) -> tuple[str, bool]:
+    """(the model iteration 1 starts from, whether it is a file dependency)."""
+    if loop.start_from:
+        run, k = loop.start_from.split("@")
+        return (f"{iteration_dir(run, int(k))}/model" if int(k) > 0 else _base_of_other(run)), True
+    local = builtin_dir(loop.model)
+    if local:
+        return local, True
+    return loop.model, Path(loop.model).is_dir()  # a hub id is params (id + revision), never hashed
+
+
+def _base_of_other(run: str) -> str:
+    raise UserError(f"from: {run}@0 is the base model of {run}; start from its model reference instead "
+                    f"(model: ...), or from {run}@1 or later")
+
+
+def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
+    run, params = loop.name, "params.yaml"
+    stages: dict[str, dict] = {}
+    model, model_is_dep = base_model(loop)
+    data_deps = [loop.data[k] for k in ("prompts", "eval") if Path(project, loop.data[k]).is_file()]
+    common = _shared(project)
+    for k in range(0, loop.iterations + 1):
+        out = iteration_dir(run, k)
+        if k > 0:
+            prev_deps = [model] if model_is_dep else []
+            stages[stage_name(run, k, "generate")] = {
+                "cmd": f"python -m selfimprove.stages.generate --params {params} --run {run} --iteration {k} "
+                       f"--model {model} --out {out}/samples.jsonl",
+                "deps": _code(project, "stages.generate", "sampling", "data", "tinyarith") + common
+                        + [d for d in data_deps if d == loop.data["prompts"]] + prev_deps,
+                "params": [f"{run}.it{k}.generate", f"{run}.data"] + ([f"{run}.model_revision"] if k == 1 else []),
+                "outs": [f"{out}/samples.jsonl"],
+            }
+            stages[stage_name(run, k, "vote")] = {
+                "cmd": f"python -m selfimprove.stages.vote --samples {out}/samples.jsonl --out {out}/votes.jsonl",
+                "deps": _code(project, "stages.vote", "answers") + common + [f"{out}/samples.jsonl"],
+                "outs": [f"{out}/votes.jsonl"],
+            }
+            stages[stage_name(run, k, "pairs")] = {
+                "cmd": f"python -m selfimprove.stages.pairs --params {params} --run {run} --iteration {k} "
+                       f"--votes {out}/votes.jsonl --out {out}/pairs.jsonl --stats {out}/pairs.json",
+                "deps": _code(project, "stages.pairs", "answers") + common + [f"{out}/votes.jsonl"],
+                "params": [f"{run}.it{k}.pairs"],
+                "outs": [f"{out}/pairs.jsonl"],
+                "metrics": [{f"{out}/pairs.json": {"cache": False}}],
+            }
+            stages[stage_name(run, k, "train")] = {
+                "cmd": f"python -m selfimprove.stages.train --params {params} --run {run} --iteration {k} "
+                       f"--model {model} --pairs {out}/pairs.jsonl --out {out}/model",
+                "deps": _code(project, "stages.train", "stages.generate") + common + [f"{out}/pairs.jsonl"] + prev_deps,
+                "params": [f"{run}.it{k}.train"] + ([f"{run}.model_revision"] if k == 1 else []),
+                "outs": [f"{out}/model"],
+            }
+            model, model_is_dep = f"{out}/model", True
+        stages[stage_name(run, k, "evaluate")] = {
+            "cmd": f"python -m selfimprove.stages.evaluate --params {params} --run {run} --iteration {k} "
+                   f"--model {model} --out {out}/metrics.json",
+            "deps": _code(project, "stages.evaluate", "sampling", "data", "tinyarith", "answers") + common
+                    + [d for d in data_deps if d == loop.data["eval"]] + ([model] if model_is_dep else []),
+            "params": [f"{run}.it{k}.evaluate", f"{run}.data"] + ([f"{run}.model_revision"] if k == 0 else []),
+            "metrics": [{f"{out}/metrics.json": {"cache": False}}],
+        }
+    return stages
+
+
+def bootstrap_stage(loop: Loop, project: Path) -> dict[str, dict]:
+    local = builtin_dir(loop.model)
+    if not local or loop.start_from:
+        return {}
+    name = loop.model.split(":", 1)[1]
+    return {f"bootstrap-{name}": {
+        "cmd": f"python -m selfimprove.stages.bootstrap --params params.yaml --section builtin.{name} --out {local}",
+        "deps": _code(project, "stages.bootstrap", "tinyarith", "progress", "stages._io"),
+        "params": [f"builtin.{name}"],
+        "outs": [local],
+    }}
+
+
+def compile_loop(loop: Loop, project: Path, existing_stages: dict | None = None,
+                 existing_params: dict | None = None) -> tuple[dict, dict]:
+    """(dvc.yaml content, params.yaml content) with this loop's stages replacing its old ones."""
+    stages = {name: stage for name, stage in (existing_stages or {}).items() if not _belongs_to(name, loop.name)}
+    stages.update(bootstrap_stage(loop, project))
+    stages.update(compile_stages(loop, project))
+    params = dict(existing_params or {})
+    params[loop.name] = resolved_params(loop)
+    local = builtin_dir(loop.model)
+    if local and not loop.start_from:
+        params.setdefault("builtin", {})[loop.model.split(":", 1)[1]] = dict(loop.bootstrap)
+    return {"stages": stages}, params
+
+
+def _belongs_to(stage: str, run: str) -> bool:
+    match = STAGE_RE.match(stage)
+    return bool(match and match.group("run") == run)
+
+
+def dump(document: dict) -> str:
+    return yaml.safe_dump(document, sort_keys=False, width=120, default_flow_style=False)
+
+
+def write(project: Path, loop: Loop) -> list[str]:
+    """Update dvc.yaml and params.yaml in the project; return this loop's stage names in order."""
+    dvc_path, params_path = project / "dvc.yaml", project / "params.yaml"
+    existing = yaml.safe_load(dvc_path.read_text()) if dvc_path.exists() else {}
+    existing_params = yaml.safe_load(params_path.read_text()) if params_path.exists() else {}
+    document, params = compile_loop(loop, project, (existing or {}).get("stages"), existing_params or {})
+    _write_if_changed(dvc_path, HEADER + dump(document))
+    _write_if_changed(params_path, HEADER + dump(params))
+    return [name for name in document["stages"] if _belongs_to(name, loop.name)]
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+__all__ = ["BUILTIN_MODELS", "compile_loop", "write", "stage_name", "STAGE_RE"]

@@ -1,0 +1,152 @@
+"""Reading results back: stage status, per-iteration metrics, and diffs between iterations or runs.
+
+None of this imports torch: `selfimprove status` and `diff` must stay fast.
+The iteration diff is our own because `dvc metrics diff` compares git revisions, not iterations.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from selfimprove.errors import UserError
+
+STAGE_RE = re.compile(r"^(?P<run>.+)-it(?P<k>\d+)-(?P<stage>[a-z]+)$")
+REF_RE = re.compile(r"^(?P<run>[a-z][a-z0-9_-]*)(?:@(?P<k>\d+))?$")
+# Shown first, in this order; any other numeric metric follows.
+HEADLINE = ["accuracy", "maj_at_k", "sample_accuracy", "greedy_correct", "maj_correct", "problems",
+            "parse_failure_rate", "pairs", "dropped_below_tau", "mean_weight", "chosen_correct"]
+
+
+def stage_status(project: Path) -> list[dict]:
+    """Every compiled stage with its state: done, stale (inputs changed since it ran) or pending."""
+    dvc_yaml = project / "dvc.yaml"
+    if not dvc_yaml.exists():
+        raise UserError(f"{project}: no dvc.yaml; run a loop first, e.g. selfimprove run loops/scpo.yaml")
+    stages = list((yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}))
+    lock_path = project / "dvc.lock"
+    locked = set((yaml.safe_load(lock_path.read_text()) or {}).get("stages", {})) if lock_path.exists() else set()
+    changed = _dvc_changed(project)
+    rows = []
+    for name in stages:
+        match = STAGE_RE.match(name)
+        run, k, stage = (match["run"], int(match["k"]), match["stage"]) if match else ("-", None, name)
+        if changed is None:
+            state = "done?" if name in locked else "pending"
+        elif name not in locked:
+            state = "pending"
+        else:
+            state = "stale" if name in changed else "done"
+        rows.append({"run": run, "iteration": k, "stage": stage, "name": name, "state": state})
+    return rows
+
+
+def _dvc_changed(project: Path) -> set[str] | None:
+    """Names of stages `dvc status` reports as changed; None when DVC cannot tell (a run holds its lock)."""
+    from selfimprove.runner import dvc_env
+
+    result = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=project, capture_output=True,
+                            text=True, env=dvc_env())
+    if result.returncode != 0:
+        return None
+    try:
+        return {name.split(":")[-1] for name in json.loads(result.stdout or "{}")}
+    except ValueError:
+        return None
+
+
+def iteration_metrics(project: Path, run: str) -> dict[int, dict]:
+    """{iteration: metrics} from every metrics.json and pairs.json written so far."""
+    base = project / "runs" / run
+    if not base.is_dir():
+        raise UserError(f"no run named {run!r} in {project / 'runs'}; `selfimprove status` lists runs")
+    found: dict[int, dict] = {}
+    for directory in sorted(base.glob("it*")):
+        if not directory.name[2:].isdigit():
+            continue
+        metrics = {}
+        for name, prefix in (("metrics.json", ""), ("pairs.json", "")):
+            path = directory / name
+            if path.exists():
+                metrics.update({prefix + k: v for k, v in json.loads(path.read_text()).items()})
+        if metrics:
+            found[int(directory.name[2:])] = metrics
+    return dict(sorted(found.items()))
+
+
+def resolve(project: Path, reference: str) -> tuple[str, dict]:
+    """`RUN@K` -> that iteration's metrics; `RUN` -> its last iteration with metrics."""
+    match = REF_RE.match(reference)
+    if not match:
+        raise UserError(f"{reference}: expected RUN or RUN@K, e.g. scpo@3")
+    per_iteration = iteration_metrics(project, match["run"])
+    evaluated = [k for k, m in per_iteration.items() if "accuracy" in m or match["k"] is not None]
+    if match["k"] is None:
+        if not evaluated:
+            raise UserError(f"{reference}: no evaluated iteration yet; run the loop first")
+        k = max(evaluated)
+    else:
+        k = int(match["k"])
+        if k not in per_iteration:
+            raise UserError(f"{reference}: iteration {k} has no metrics; available: "
+                            + (", ".join(f"{match['run']}@{i}" for i in per_iteration) or "none"))
+    return f"{match['run']}@{k}", per_iteration[k]
+
+
+def diff(project: Path, a: str, b: str) -> dict:
+    name_a, left = resolve(project, a)
+    name_b, right = resolve(project, b)
+    keys = _ordered([k for k in {**left, **right} if _numeric(left.get(k)) or _numeric(right.get(k))])
+    rows = []
+    for key in keys:
+        x, y = left.get(key), right.get(key)
+        delta = y - x if _numeric(x) and _numeric(y) else None
+        rows.append({"metric": key, "a": x, "b": y, "delta": delta})
+    return {"a": name_a, "b": name_b, "metrics": rows}
+
+
+def _numeric(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _ordered(keys: list[str]) -> list[str]:
+    return [k for k in HEADLINE if k in keys] + sorted(k for k in keys if k not in HEADLINE)
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def fmt_delta(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:+.4f}"
+    return f"{value:+d}"
+
+
+def print_metrics(project: Path, run: str, console) -> None:
+    from rich.table import Table
+
+    per_iteration = iteration_metrics(project, run)
+    if not per_iteration:
+        console.print(f"{run}: no metrics yet")
+        return
+    keys = _ordered([k for m in per_iteration.values() for k, v in m.items() if _numeric(v)])
+    keys = list(dict.fromkeys(keys))
+    table = Table(title=f"{run}: metrics per iteration (0 = base model)")
+    table.add_column("metric")
+    for k in per_iteration:
+        table.add_column(f"{run}@{k}", justify="right")
+    for key in keys:
+        table.add_row(key, *(fmt(m.get(key)) for m in per_iteration.values()))
+    console.print(table)

@@ -1,0 +1,211 @@
+"""`selfimprove run`: compile a loop and drive `dvc repro` as a subprocess, with rich progress.
+
+Why a subprocess in its own session: DVC ignores SIGINT in its main thread while a stage runs, and
+killing only the dvc process orphans the stage (docs/dvc-notes.md). Signals go to the whole process
+group. dvc.lock is written after every stage, so a rerun after any crash redoes only unfinished work.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from selfimprove.errors import UserError
+
+LOCK_FILE = "runs/.selfimprove.lock"
+RUNNING_RE = re.compile(r"Running stage '([^']+)'")
+SKIP_RE = re.compile(r"Stage '([^']+)' didn't change, skipping")
+
+
+def ensure_dvc(project: Path) -> None:
+    """Initialise DVC in the project if needed (with or without git), analytics off (no network)."""
+    if (project / ".dvc").is_dir():
+        return
+    in_git = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=project, capture_output=True, text=True)
+    if in_git.returncode != 0:
+        flags = ["--no-scm"]
+    else:
+        flags = [] if Path(in_git.stdout.strip()).resolve() == project.resolve() else ["--subdir"]
+    _dvc(project, "init", "-q", *flags)
+    _dvc(project, "config", "core.analytics", "false")
+    # Keep DVC's hash database inside the project (default is /var/tmp, see dvc#9249).
+    _dvc(project, "config", "core.site_cache_dir", ".dvc/site-cache")
+    gitignore = project / ".gitignore"
+    lines = gitignore.read_text().splitlines() if gitignore.exists() else []
+    if "/runs/" not in lines:  # routes around dvc#11091: outputs never end up tracked by git
+        gitignore.write_text("\n".join(lines + ["/runs/"]) + "\n")
+
+
+def dvc_env() -> dict:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    # Stage commands say `python`: make it the interpreter selfimprove runs in, venv activated or not.
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
+                            env=dvc_env())
+    if result.returncode != 0:
+        raise UserError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}")
+    return result
+
+
+@contextmanager
+def workspace_lock(project: Path, description: str):
+    """One `selfimprove run` per workspace. flock is released by the kernel even on SIGKILL."""
+    path = project / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{project}: busy: {holder}; wait for it to finish or stop it (Ctrl-C), then run again") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} running `{description}` since {time.strftime('%H:%M:%S')}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+class Repro:
+    """A `dvc repro` subprocess whose output is logged and parsed for the stage being run."""
+
+    def __init__(self, project: Path, targets: list[str], log_path: Path, progress_path: Path):
+        self.current, self.ran, self.skipped, self.tail = None, [], [], []
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(dvc_env(), SELFIMPROVE_PROGRESS=str(progress_path.resolve()))
+        self.log = open(log_path, "a")
+        self.process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", *targets], cwd=project, env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                        start_new_session=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.log.write(line)
+            self.log.flush()
+            self.tail = (self.tail + [line.rstrip()])[-30:]
+            if match := RUNNING_RE.search(line):
+                self.current = match.group(1)
+                self.ran.append(self.current)
+            elif match := SKIP_RE.search(line):
+                self.skipped.append(match.group(1))
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGINT to the whole group, then SIGTERM, then SIGKILL."""
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def wait(self) -> int:
+        code = self.process.wait()
+        self.reader.join(5)
+        self.log.close()
+        return code
+
+
+def run(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console) -> int:
+    from selfimprove import compiler, results
+    from selfimprove.config import FROM_RE, load_loop
+
+    loop = load_loop(loop_path, overrides)
+    if start_from:
+        if not FROM_RE.match(start_from):
+            raise UserError(f"--from {start_from}: expected RUN@K, e.g. --from scpo@2")
+        loop.start_from = start_from
+    if loop.start_from:
+        _check_from(project, loop.start_from)
+    ensure_dvc(project)
+    description = f"selfimprove run {loop_path}"
+    with workspace_lock(project, description):
+        stages = compiler.write(project, loop)
+        run_path = project / compiler.run_dir(loop.name)
+        progress_path = run_path / ".progress.json"
+        progress_path.unlink(missing_ok=True)
+        started = time.time()
+        repro = Repro(project, stages, run_path / "repro.log", progress_path)
+        try:
+            _show_progress(repro, stages, progress_path, console)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted: stopping the running stage...[/yellow]")
+            repro.stop()
+            repro.wait()
+            console.print(f"stopped; finished stages are kept. Run `{description}` again to resume.")
+            return 130
+        code = repro.wait()
+    if code != 0:
+        failed = repro.current or "a stage"
+        tail = "\n".join(line for line in repro.tail[-12:] if line.strip())
+        console.print(tail, markup=False, highlight=False)
+        raise UserError(f"{failed} failed (dvc repro exit {code}); full log: {run_path / 'repro.log'}; "
+                        f"fix the cause and run `{description}` again: finished stages are kept")
+    elapsed = time.time() - started
+    ran = len(repro.ran)
+    console.print(f"{loop.name}: {ran} stage(s) ran, {len(stages) - ran} up to date, {elapsed:.1f} s")
+    results.print_metrics(project, loop.name, console)
+    return 0
+
+
+def _check_from(project: Path, start_from: str) -> None:
+    run, k = start_from.split("@")
+    model = project / "runs" / run / f"it{k}" / "model"
+    if int(k) > 0 and not (model / "config.json").exists():
+        raise UserError(f"--from {start_from}: {model} does not exist; run that loop to iteration {k} first "
+                        f"(selfimprove status shows what is done)")
+
+
+def _show_progress(repro: Repro, stages: list[str], progress_path: Path, console) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False) as bar:
+        overall = bar.add_task("stages", total=len(stages), unit="", rate="")
+        current_task, current_name = None, None
+        while repro.process.poll() is None:
+            time.sleep(0.3)
+            bar.update(overall, completed=len(set(repro.ran[:-1]) | set(repro.skipped)))
+            if repro.current != current_name:
+                if current_task is not None:
+                    bar.update(current_task, completed=bar.tasks[current_task].total or 1)
+                current_name = repro.current
+                current_task = bar.add_task(f"  {current_name}", total=None, unit="", rate="")
+            if current_task is not None:
+                _update_stage(bar, current_task, progress_path)
+        if current_task is not None:
+            _update_stage(bar, current_task, progress_path)
+        bar.update(overall, completed=len(set(repro.ran) | set(repro.skipped)))
+
+
+def _update_stage(bar, task, progress_path: Path) -> None:
+    try:
+        record = json.loads(progress_path.read_text())
+    except (OSError, ValueError):
+        return
+    rate = record["done"] / max(record["time"] - record["started"], 1e-9)
+    bar.update(task, total=record["total"], completed=record["done"], unit=record["unit"], rate=f"{rate:.1f}/s")

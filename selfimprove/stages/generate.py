@@ -1,0 +1,94 @@
+"""Sample n completions per training prompt from the previous iteration's model.
+
+    python -m selfimprove.stages.generate --params params.yaml --section scpo.it1 \
+        --model runs/builtin/tiny-arith --out runs/scpo/it1/samples.jsonl
+
+Resumable inside the stage: prompts are processed in shards written to a scratch folder beside the
+output, named by a fingerprint of the settings, prompts and model. A rerun after a crash reuses every
+complete shard; a changed setting or model gives a new fingerprint, so a stale shard is never reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from selfimprove import data as data_sources
+from selfimprove.progress import Progress
+from selfimprove.stages._io import read_jsonl, read_section, write_jsonl
+
+
+def model_identity(model: str, revision: str | None = None) -> list:
+    """What a model reference stands for: file sizes and mtimes of a local directory, else id + revision."""
+    path = Path(model)
+    if not path.is_dir():
+        return [model, revision]
+    return sorted([str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
+                  for f in path.rglob("*") if f.is_file())
+
+
+def fingerprint(settings: dict, records: list[dict], model: str, revision: str | None) -> str:
+    blob = json.dumps([settings, records, model_identity(model, revision)], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def generate(settings: dict, records: list[dict], model_ref: str, out: str | Path, template: str = "{question}",
+             revision: str | None = None) -> int:
+    """Write one JSONL row per sample; return how many shards were reused from an interrupted run."""
+    out = Path(out)
+    scratch = out.parent / f".{out.stem}-shards" / fingerprint(settings, records, model_ref, revision)
+    scratch.mkdir(parents=True, exist_ok=True)
+    shard_size = settings["shard_size"]
+    shards = [records[i:i + shard_size] for i in range(0, len(records), shard_size)]
+    progress = Progress("generate", len(records), "prompts")
+    model = tokenizer = None
+    reused = 0
+    for index, shard in enumerate(shards):
+        shard_path = scratch / f"shard-{index:05d}.jsonl"
+        if shard_path.exists():
+            reused += 1
+        else:
+            if model is None:  # load lazily: a fully reused run never pays for it
+                from selfimprove import models
+
+                model, tokenizer = models.load(model_ref, revision)
+            write_jsonl(shard_path, _sample_shard(model, tokenizer, shard, settings, template, index))
+        progress.update(min(len(records), (index + 1) * shard_size))
+    rows = [row for index in range(len(shards)) for row in read_jsonl(scratch / f"shard-{index:05d}.jsonl")]
+    write_jsonl(out, rows)
+    shutil.rmtree(scratch.parent)
+    return reused
+
+
+def _sample_shard(model, tokenizer, shard: list[dict], settings: dict, template: str, index: int) -> list[dict]:
+    from selfimprove.sampling import sample
+
+    prompts = [template.format(question=r["question"]) for r in shard]
+    completions = sample(model, tokenizer, prompts, settings["n"], settings["temperature"], settings["top_p"],
+                         settings["max_new_tokens"], settings["batch_size"], seed=settings["seed"] * 100003 + index)
+    return [{"id": r["id"], "prompt": p, "gold": r["answer"], "sample": j, "completion": c}
+            for r, p, texts in zip(shard, prompts, completions) for j, c in enumerate(texts)]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--iteration", type=int, required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    run = read_section(args.params, args.run)
+    data = run["data"]
+    records = data_sources.load_records(data["prompts"], data, data["prompts_size"])
+    revision = run.get("model_revision") if args.iteration == 1 else None
+    reused = generate(run[f"it{args.iteration}"]["generate"], records, args.model, args.out,
+                      data.get("prompt_template") or "{question}", revision)
+    print(f"generate: {len(records)} prompts" + (f", {reused} shard(s) reused from an interrupted run" if reused else ""))
+
+
+if __name__ == "__main__":
+    main()
