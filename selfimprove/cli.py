@@ -3,6 +3,7 @@
 
     selfimprove run loops/scpo.yaml [--set iterations=4] [--from scpo@2]
     selfimprove validate loops/*.yaml
+    selfimprove compile loops/scpo.yaml
     selfimprove status
     selfimprove metrics scpo
     selfimprove diff scpo@0 scpo@3 [--json]
@@ -66,6 +67,19 @@ def run(loop_file: str, overrides: tuple[str, ...], start_from: str | None) -> N
     from selfimprove import runner
 
     sys.exit(runner.run(loop_file, list(overrides), start_from, Path.cwd(), _console()))
+
+
+@main.command(name="compile")
+@click.argument("loop_file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a loop setting.")
+def compile_(loop_file: str, overrides: tuple[str, ...]) -> None:
+    """Write the loop's stages into dvc.yaml and params.yaml without running them
+    (then `dvc repro`, `dvc dag` and `dvc status` work on it natively)."""
+    from selfimprove import compiler
+    from selfimprove.config import load_loop
+
+    stages = compiler.write(Path.cwd(), load_loop(loop_file, list(overrides)))
+    click.echo(f"dvc.yaml, params.yaml: {len(stages)} stage(s) for {loop_file}")
 
 
 @main.command()

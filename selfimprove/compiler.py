@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 import selfimprove
-from selfimprove.config import Loop, resolved_params
+from selfimprove.config import DATA_SETTINGS, Loop, resolved_params
 from selfimprove.errors import UserError
 from selfimprove.models import BUILTIN_MODELS, builtin_dir
 
@@ -69,6 +69,13 @@ def _base_of_other(run: str) -> str:
                     f"(model: ...), or from {run}@1 or later")
 
 
+def _data_params(run: str, other_side: str) -> list[str]:
+    """The data keys a stage reads, one by one, so that changing the eval set never re-runs generation
+    and changing the prompts never re-runs the base model's evaluation."""
+    unused = {other_side, f"{other_side}_size"}
+    return [f"{run}.data.{key}" for key in DATA_SETTINGS if key not in unused]
+
+
 def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
     run, params = loop.name, "params.yaml"
     stages: dict[str, dict] = {}
@@ -84,7 +91,7 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
                        f"--model {model} --out {out}/samples.jsonl",
                 "deps": _code(project, "stages.generate", "sampling", "data", "tinyarith") + common
                         + [d for d in data_deps if d == loop.data["prompts"]] + prev_deps,
-                "params": [f"{run}.it{k}.generate", f"{run}.data"] + ([f"{run}.model_revision"] if k == 1 else []),
+                "params": [f"{run}.it{k}.generate"] + _data_params(run, "eval") + ([f"{run}.model_revision"] if k == 1 else []),
                 "outs": [f"{out}/samples.jsonl"],
             }
             stages[stage_name(run, k, "vote")] = {
@@ -113,7 +120,7 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
                    f"--model {model} --out {out}/metrics.json",
             "deps": _code(project, "stages.evaluate", "sampling", "data", "tinyarith", "answers") + common
                     + [d for d in data_deps if d == loop.data["eval"]] + ([model] if model_is_dep else []),
-            "params": [f"{run}.it{k}.evaluate", f"{run}.data"] + ([f"{run}.model_revision"] if k == 0 else []),
+            "params": [f"{run}.it{k}.evaluate"] + _data_params(run, "prompts") + ([f"{run}.model_revision"] if k == 0 else []),
             "metrics": [{f"{out}/metrics.json": {"cache": False}}],
         }
     return stages
@@ -156,14 +163,16 @@ def dump(document: dict) -> str:
 
 
 def write(project: Path, loop: Loop) -> list[str]:
-    """Update dvc.yaml and params.yaml in the project; return this loop's stage names in order."""
+    """Update dvc.yaml and params.yaml in the project; return this loop's stage names in order (its
+    bootstrap stage included)."""
     dvc_path, params_path = project / "dvc.yaml", project / "params.yaml"
     existing = yaml.safe_load(dvc_path.read_text()) if dvc_path.exists() else {}
     existing_params = yaml.safe_load(params_path.read_text()) if params_path.exists() else {}
     document, params = compile_loop(loop, project, (existing or {}).get("stages"), existing_params or {})
     _write_if_changed(dvc_path, HEADER + dump(document))
     _write_if_changed(params_path, HEADER + dump(params))
-    return [name for name in document["stages"] if _belongs_to(name, loop.name)]
+    own = set(bootstrap_stage(loop, project))
+    return [name for name in document["stages"] if name in own or _belongs_to(name, loop.name)]
 
 
 def _write_if_changed(path: Path, text: str) -> None:

@@ -29,6 +29,8 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
         "max_new_tokens": (int, 64),
         "batch_size": (int, 512),  # sequences per forward pass; lower it if memory runs out
         "shard_size": (int, 128),  # prompts per resumable shard: smaller loses less on a crash
+        "extra_n": (int, 0),  # extra samples per prompt that never vote, only supply rejected answers (ScPO: 8)
+        "extra_temperature": (float, 1.2),
         "seed": (int, 0),
         "backend": (str, "hf"),
     },
@@ -36,9 +38,12 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
         "extract": (str, "final_number"),
     },
     "pairs": {
-        "rule": (str, "most_vs_least_voted"),
+        "rule": (str, "most_vs_least_voted"),  # ScPO; `gold` is IRPO; `semi_supervised` mixes the two
         "min_votes": (float, 0.5),  # tau as a fraction of n: keep a prompt if its top answer has >= tau*n votes
         "weight": (str, "vote_margin"),
+        "pairs_per_question": (int, 10),  # K for the gold rule (IRPO: 10 on GSM8K)
+        "labelled_fraction": (float, 0.5),  # semi_supervised: share of questions whose gold answer is used
+        "seed": (int, 0),
     },
     "train": {
         "loss": (str, "dpo+nll"),
@@ -50,6 +55,7 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
         "grad_accum": (int, 1),
         "max_length": (int, 256),
         "save_steps": (int, 50),  # checkpoint cadence inside the stage, for resume after a crash
+        "gradient_checkpointing": (bool, False),  # true trades ~30% speed for much less activation memory
         "seed": (int, 0),
     },
     "evaluate": {
@@ -65,7 +71,7 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
 CHOICES = {
     ("generate", "backend"): ["hf"],
     ("vote", "extract"): ["final_number"],
-    ("pairs", "rule"): ["most_vs_least_voted"],
+    ("pairs", "rule"): ["most_vs_least_voted", "gold", "semi_supervised"],
     ("pairs", "weight"): ["vote_margin", "none"],
     ("train", "loss"): ["dpo+nll", "dpo"],
 }
@@ -79,13 +85,13 @@ DATA_SETTINGS: dict[str, tuple[type, Any]] = {
     "eval_size": (int, 1000),
     "seed": (int, 0),  # seed of the builtin task generator
     "digits": (int, 2),  # operand size of the builtin task
-    "dataset_config": (str, None),
-    "prompt_template": (str, "{question}"),  # how a question becomes a prompt; {question} is replaced  # config name for a hub dataset id (e.g. main for openai/gsm8k)
+    "dataset_config": (str, None),  # config name for a hub dataset id (e.g. main for openai/gsm8k)
+    "prompt_template": (str, "{question}"),  # how a question becomes a prompt; {question} is replaced
 }
 
 BOOTSTRAP_SETTINGS: dict[str, tuple[type, Any]] = {
     "steps": (int, 900),
-    "batch_size": (int, 128),
+    "batch_size": (int, 32),
     "lr": (float, 3e-3),
     "direct_fraction": (float, 0.6),  # share of examples that state the answer without worked steps
     "digits": (int, 2),
@@ -306,6 +312,9 @@ def _check_values(per_iteration: dict, problems: _Problems) -> None:
         ("train", "lr", lambda v: v > 0, "must be > 0"),
         ("train", "beta", lambda v: v > 0, "must be > 0"),
         ("evaluate", "k", lambda v: v >= 1, "must be >= 1"),
+        ("generate", "extra_n", lambda v: v >= 0, "must be >= 0 (0: no extra samples)"),
+        ("pairs", "pairs_per_question", lambda v: v >= 1, "must be >= 1"),
+        ("pairs", "labelled_fraction", lambda v: 0 <= v <= 1, "is a fraction of the questions; use a value in [0, 1]"),
     ]
     for k, stages in per_iteration.items():
         for stage, key, ok, message in rules:

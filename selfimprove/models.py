@@ -32,7 +32,7 @@ def load(reference: str, revision: str | None = None, for_training: bool = False
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     dtype = torch.float32 if not torch.cuda.is_available() else torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(reference, torch_dtype=dtype, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(reference, dtype=dtype, **kwargs)
     if torch.cuda.is_available():
         model = model.to("cuda")
     if not for_training:

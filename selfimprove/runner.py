@@ -1,8 +1,11 @@
 """`selfimprove run`: compile a loop and drive `dvc repro` as a subprocess, with rich progress.
 
-Why a subprocess in its own session: DVC ignores SIGINT in its main thread while a stage runs, and
-killing only the dvc process orphans the stage (docs/dvc-notes.md). Signals go to the whole process
-group. dvc.lock is written after every stage, so a rerun after any crash redoes only unfinished work.
+Signals: DVC ignores SIGINT in its main thread while a stage runs, and killing only the dvc process
+orphans the stage (docs/dvc-notes.md). So `dvc repro` and its stages stay in selfimprove's process
+group: Ctrl-C in a terminal reaches the stage itself, and a kill of the group takes everything down
+together (nothing keeps running behind the user's back). When selfimprove alone is interrupted, it
+signals every descendant itself. dvc.lock is written after every stage, so a rerun after any crash
+redoes only unfinished work.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def ensure_dvc(project: Path) -> None:
     _dvc(project, "config", "core.analytics", "false")
     # Keep DVC's hash database inside the project (default is /var/tmp, see dvc#9249).
     _dvc(project, "config", "core.site_cache_dir", ".dvc/site-cache")
+    with open(project / ".dvc" / ".gitignore", "a") as ignore:
+        ignore.write("/site-cache\n")
     gitignore = project / ".gitignore"
     lines = gitignore.read_text().splitlines() if gitignore.exists() else []
     if "/runs/" not in lines:  # routes around dvc#11091: outputs never end up tracked by git
@@ -80,6 +85,7 @@ def workspace_lock(project: Path, description: str):
     try:
         yield
     finally:
+        handle.truncate(0)  # the holder's description is only meaningful while the lock is held
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
 
@@ -89,12 +95,12 @@ class Repro:
 
     def __init__(self, project: Path, targets: list[str], log_path: Path, progress_path: Path):
         self.current, self.ran, self.skipped, self.tail = None, [], [], []
+        self.current_since = 0.0
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(dvc_env(), SELFIMPROVE_PROGRESS=str(progress_path.resolve()))
         self.log = open(log_path, "a")
         self.process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", *targets], cwd=project, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                        start_new_session=True)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -104,18 +110,32 @@ class Repro:
             self.log.flush()
             self.tail = (self.tail + [line.rstrip()])[-30:]
             if match := RUNNING_RE.search(line):
-                self.current = match.group(1)
+                self.current, self.current_since = match.group(1), time.time()
                 self.ran.append(self.current)
             elif match := SKIP_RE.search(line):
                 self.skipped.append(match.group(1))
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGINT to the whole group, then SIGTERM, then SIGKILL."""
+        """Stop dvc and the running stage: SIGINT to every descendant (a terminal's Ctrl-C has already
+        sent one to the whole group), then SIGTERM, then SIGKILL, until dvc has exited."""
+        import psutil
+
+        try:
+            self.process.wait(3.0)  # a terminal Ctrl-C already reached the stage: let it end on its own
+            return
+        except subprocess.TimeoutExpired:
+            pass
         for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
+                tree = psutil.Process(self.process.pid)
+                processes = tree.children(recursive=True) + [tree]
+            except psutil.NoSuchProcess:
                 return
+            for process in processes:
+                try:
+                    process.send_signal(sig)
+                except psutil.NoSuchProcess:
+                    pass
             try:
                 self.process.wait(wait)
                 return
@@ -192,20 +212,31 @@ def _show_progress(repro: Repro, stages: list[str], progress_path: Path, console
             bar.update(overall, completed=len(set(repro.ran[:-1]) | set(repro.skipped)))
             if repro.current != current_name:
                 if current_task is not None:
-                    bar.update(current_task, completed=bar.tasks[current_task].total or 1)
+                    _finish(bar, current_task)
                 current_name = repro.current
                 current_task = bar.add_task(f"  {current_name}", total=None, unit="", rate="")
             if current_task is not None:
-                _update_stage(bar, current_task, progress_path)
+                _update_stage(bar, current_task, progress_path, repro.current_since)
         if current_task is not None:
-            _update_stage(bar, current_task, progress_path)
+            _update_stage(bar, current_task, progress_path, repro.current_since)
+            if repro.process.returncode == 0:
+                _finish(bar, current_task)
         bar.update(overall, completed=len(set(repro.ran) | set(repro.skipped)))
 
 
-def _update_stage(bar, task, progress_path: Path) -> None:
+def _finish(bar, task) -> None:
+    """Mark a stage's row complete and stop its clock (stages without item counts show 1/1)."""
+    total = bar.tasks[task].total or 1
+    bar.update(task, total=total, completed=total)
+    bar.stop_task(task)
+
+
+def _update_stage(bar, task, progress_path: Path, stage_since: float) -> None:
     try:
         record = json.loads(progress_path.read_text())
     except (OSError, ValueError):
+        return
+    if record["started"] < stage_since - 1.0:  # left by the previous stage; this one has not reported yet
         return
     rate = record["done"] / max(record["time"] - record["started"], 1e-9)
     bar.update(task, total=record["total"], completed=record["done"], unit=record["unit"], rate=f"{rate:.1f}/s")

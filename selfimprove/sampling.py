@@ -8,8 +8,9 @@ from __future__ import annotations
 
 
 def sample(model, tokenizer, prompts: list[str], n: int, temperature: float, top_p: float,
-           max_new_tokens: int, batch_size: int, seed: int) -> list[list[str]]:
-    """n completions per prompt (greedy when temperature == 0, then n is forced to 1)."""
+           max_new_tokens: int, batch_size: int, seed: int, on_batch=None) -> list[list[str]]:
+    """n completions per prompt (greedy when temperature == 0, then n is forced to 1).
+    on_batch(prompts_done) is called after every forward pass, for progress displays."""
     import torch
 
     greedy = temperature == 0
@@ -26,4 +27,6 @@ def sample(model, tokenizer, prompts: list[str], n: int, temperature: float, top
                                        pad_token_id=tokenizer.pad_token_id, **kwargs)
         texts = tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
         outputs.extend(texts[i * n:(i + 1) * n] for i in range(len(chunk)))
+        if on_batch:
+            on_batch(len(outputs))
     return outputs

@@ -16,6 +16,7 @@ Formats (character-level tokens):
 from __future__ import annotations
 
 import random
+import zlib
 
 CHARS = list("0123456789+=#;r ")
 SPECIAL = {"pad": "<pad>", "bos": "<s>", "eos": "</s>"}
@@ -53,7 +54,7 @@ def worked_solution(a: int, b: int) -> str:
 
 
 def problems(seed: int, count: int, digits: int, split: str) -> list[dict]:
-    """Deterministic question/answer records from one side of a fixed train/test partition of all
+    """Deterministic question/answer/solution records from one part of a fixed partition of all
     problems (two-digit addition has only 8,100, so random draws alone would overlap)."""
     rng = random.Random(f"{split}:{seed}:{digits}")
     records = []
@@ -61,13 +62,17 @@ def problems(seed: int, count: int, digits: int, split: str) -> list[dict]:
         a, b = make_problem(rng, digits)
         if _split_of(a, b) != split:
             continue
-        records.append({"question": question(a, b), "answer": str(a + b)})
+        records.append({"question": question(a, b), "answer": str(a + b), "solution": worked_solution(a, b)})
     return records
 
 
 def _split_of(a: int, b: int) -> str:
-    """A fixed partition of all problems, so train prompts never appear in the held-out set."""
-    return "test" if (a * 7919 + b * 104729) % 5 == 0 else "train"
+    """A fixed partition of all problems (20% test, 10% validation, 70% train), so training prompts never
+    appear in the held-out sets and settings are chosen on validation, not on test. A hash, not a linear
+    form in a and b: (7919a + 104729b) % 5 reduces to (a + b) % 5, which put every sum divisible by 5 in
+    the test split and none in training."""
+    bucket = zlib.crc32(f"{a}+{b}".encode()) % 10
+    return "test" if bucket < 2 else "validation" if bucket == 2 else "train"
 
 
 def bootstrap_examples(seed: int, count: int, digits: int, direct_fraction: float) -> list[tuple[str, str]]:

@@ -44,13 +44,13 @@ def evaluate(settings: dict, records: list[dict], model_ref: str, template: str 
 
     model, tokenizer = models.load(model_ref, revision)
     prompts = [template.format(question=r["question"]) for r in records]
-    progress = Progress("evaluate", 2, "passes")
+    # Progress in sequences: one greedy pass, then k samples per problem.
+    progress = Progress("evaluate", len(prompts) * (1 + settings["k"]), "sequences")
     greedy = [texts[0] for texts in sample(model, tokenizer, prompts, 1, 0.0, 1.0, settings["max_new_tokens"],
-                                           settings["batch_size"], settings["seed"])]
-    progress.update(1)
+                                           settings["batch_size"], settings["seed"], on_batch=progress.update)]
     samples = sample(model, tokenizer, prompts, settings["k"], settings["temperature"], settings["top_p"],
-                     settings["max_new_tokens"], settings["batch_size"], settings["seed"])
-    progress.update(2)
+                     settings["max_new_tokens"], settings["batch_size"], settings["seed"],
+                     on_batch=lambda done: progress.update(len(prompts) + done * settings["k"]))
     metrics = score(records, greedy, samples)
     metrics["k"] = settings["k"]
     return metrics

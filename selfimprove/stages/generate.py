@@ -55,7 +55,9 @@ def generate(settings: dict, records: list[dict], model_ref: str, out: str | Pat
                 from selfimprove import models
 
                 model, tokenizer = models.load(model_ref, revision)
-            write_jsonl(shard_path, _sample_shard(model, tokenizer, shard, settings, template, index))
+            done_before = index * shard_size
+            write_jsonl(shard_path, _sample_shard(model, tokenizer, shard, settings, template, index,
+                                                  on_batch=lambda done: progress.update(done_before + done)))
         progress.update(min(len(records), (index + 1) * shard_size))
     rows = [row for index in range(len(shards)) for row in read_jsonl(scratch / f"shard-{index:05d}.jsonl")]
     write_jsonl(out, rows)
@@ -63,14 +65,23 @@ def generate(settings: dict, records: list[dict], model_ref: str, out: str | Pat
     return reused
 
 
-def _sample_shard(model, tokenizer, shard: list[dict], settings: dict, template: str, index: int) -> list[dict]:
+def _sample_shard(model, tokenizer, shard: list[dict], settings: dict, template: str, index: int,
+                  on_batch=None) -> list[dict]:
+    """The n voting samples of each prompt, then its extra_n high-temperature samples (ScPO's later
+    iterations draw those only to find rejected answers: they never vote)."""
     from selfimprove.sampling import sample
 
     prompts = [template.format(question=r["question"]) for r in shard]
+    seed = settings["seed"] * 100003 + index
     completions = sample(model, tokenizer, prompts, settings["n"], settings["temperature"], settings["top_p"],
-                         settings["max_new_tokens"], settings["batch_size"], seed=settings["seed"] * 100003 + index)
-    return [{"id": r["id"], "prompt": p, "gold": r["answer"], "sample": j, "completion": c}
-            for r, p, texts in zip(shard, prompts, completions) for j, c in enumerate(texts)]
+                         settings["max_new_tokens"], settings["batch_size"], seed=seed, on_batch=on_batch)
+    extras = [[] for _ in prompts]
+    if settings["extra_n"]:
+        extras = sample(model, tokenizer, prompts, settings["extra_n"], settings["extra_temperature"],
+                        settings["top_p"], settings["max_new_tokens"], settings["batch_size"], seed=seed + 1)
+    return [{"id": r["id"], "prompt": p, "gold": r["answer"], "solution": r.get("solution"), "sample": j,
+             "extra": j >= len(main), "completion": c}
+            for r, p, main, extra in zip(shard, prompts, completions, extras) for j, c in enumerate(main + extra)]
 
 
 def main(argv=None) -> None:
@@ -83,7 +94,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     run = read_section(args.params, args.run)
     data = run["data"]
-    records = data_sources.load_records(data["prompts"], data, data["prompts_size"])
+    records = data_sources.load_records(data["prompts"], data, data["prompts_size"], need_answers=False)
     revision = run.get("model_revision") if args.iteration == 1 else None
     reused = generate(run[f"it{args.iteration}"]["generate"], records, args.model, args.out,
                       data.get("prompt_template") or "{question}", revision)

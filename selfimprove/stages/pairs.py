@@ -1,16 +1,24 @@
-"""Build preference pairs from votes with ScPO's rule (Prasad et al. 2024).
+"""Build preference pairs from votes: ScPO's vote rule, IRPO's gold rule, or ScPO's semi-supervised mix.
 
     python -m selfimprove.stages.pairs --params params.yaml --run scpo --iteration 1 \
         --votes runs/scpo/it1/votes.jsonl --out runs/scpo/it1/pairs.jsonl --stats runs/scpo/it1/pairs.json
 
-chosen = a sample with the most-voted answer, rejected = a sample with the least-voted answer (an
-unparseable sample counts as least-voted); the prompt is kept only if the top answer has at least
-tau = min_votes * n votes; weight w = (V(chosen) - V(rejected)) / n, so near-ties count little.
+- `most_vs_least_voted` (ScPO, Prasad et al. 2024): chosen = a sample with the most-voted answer,
+  rejected = a sample with the least-voted answer (an unparseable sample, or an extra high-temperature
+  sample whose answer no voter gave, has 0 votes); the question is kept only if the top answer has at
+  least tau = min_votes * n votes; weight w = (V(chosen) - V(rejected)) / n, so near-ties count little.
+- `gold` (IRPO, Pang et al. 2024): correct vs incorrect by the gold answer, the gold solution added to
+  the correct set, K pairs made by walking both lists at once and restarting a list when it runs out;
+  weight 1.
+- `semi_supervised` (ScPO section 3): a fixed `labelled_fraction` of the questions use a gold pair
+  (a correct vs an incorrect sample, w = 1), the rest the vote rule.
+Gold answers are otherwise read only for statistics (how often the vote agreed with the truth).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import random
 
 from selfimprove.answers import same_answer
@@ -18,9 +26,9 @@ from selfimprove.stages._io import read_jsonl, read_section, write_json, write_j
 
 
 def scpo_pair(record: dict, min_votes: float, rng: random.Random) -> dict | None:
-    """The pair for one prompt, or None when it is dropped (below tau, or nothing to reject)."""
+    """The vote pair for one prompt, or None when it is dropped (below tau, or nothing to reject)."""
     n, votes = record["n"], record["votes"]
-    if record["majority"] is None or record["majority_votes"] < min_votes * n:
+    if below_tau(record, min_votes):
         return None
     top = record["majority"]
     candidates = [(votes.get(a, 0) if a is not None else 0, i) for i, a in enumerate(record["answers"]) if a != top]
@@ -28,29 +36,92 @@ def scpo_pair(record: dict, min_votes: float, rng: random.Random) -> dict | None
         return None  # every sample agrees: no rejected response exists
     least = min(v for v, _ in candidates)
     rejected_index = rng.choice([i for v, i in candidates if v == least])
-    chosen_index = rng.choice([i for i, a in enumerate(record["answers"]) if a == top])
-    return {
-        "id": record["id"], "prompt": record["prompt"],
-        "chosen": record["completions"][chosen_index], "rejected": record["completions"][rejected_index],
-        "chosen_votes": record["majority_votes"], "rejected_votes": least,
-        "weight": (record["majority_votes"] - least) / n,
-        "chosen_correct": same_answer(top, record.get("gold")),
-    }
+    chosen_index = rng.choice([i for i, a in enumerate(record["answers"]) if a == top and not _extra(record, i)])
+    return _pair(record, record["completions"][chosen_index], record["completions"][rejected_index],
+                 weight=(record["majority_votes"] - least) / n, chosen_answer=top,
+                 rejected_from_extra=_extra(record, rejected_index), source="vote")
+
+
+def below_tau(record: dict, min_votes: float) -> bool:
+    return record["majority"] is None or record["majority_votes"] < min_votes * record["n"]
+
+
+def gold_pairs(record: dict, per_question: int, add_solution: bool = True) -> list[dict]:
+    """IRPO's pairs for one prompt: up to K (correct, incorrect) pairs cycling through both lists, without
+    repeating an identical pair of texts. Empty when no sample is incorrect (or none is correct and there
+    is no gold solution)."""
+    gold = record.get("gold")
+    if gold is None:
+        raise ValueError(f"question {record['id']} has no gold answer; the gold rule needs labelled prompts "
+                         "(data.answer_field)")
+    correct = [c for c, a in zip(record["completions"], record["answers"]) if same_answer(a, gold)]
+    incorrect = [c for c, a in zip(record["completions"], record["answers"]) if not same_answer(a, gold)]
+    if add_solution and record.get("solution"):
+        correct.append(record["solution"])
+    if not correct or not incorrect:
+        return []
+    pairs, seen = [], set()
+    for i in range(min(per_question, math.lcm(len(correct), len(incorrect)))):
+        chosen, rejected = correct[i % len(correct)], incorrect[i % len(incorrect)]
+        if (chosen, rejected) not in seen:
+            seen.add((chosen, rejected))
+            pairs.append(_pair(record, chosen, rejected, weight=1.0, chosen_answer=gold, rejected_from_extra=False,
+                               source="gold"))
+    return pairs
+
+
+def semi_supervised_gold_pair(record: dict, rng: random.Random) -> list[dict]:
+    """One gold pair from the model's own samples (a correct vs an incorrect one), w = 1; none if either
+    set is empty (the paper discards such questions)."""
+    gold = record["gold"]
+    correct = [c for c, a in zip(record["completions"], record["answers"]) if same_answer(a, gold)]
+    incorrect = [c for c, a in zip(record["completions"], record["answers"]) if not same_answer(a, gold)]
+    if not correct or not incorrect:
+        return []
+    return [_pair(record, rng.choice(correct), rng.choice(incorrect), weight=1.0, chosen_answer=gold,
+                  rejected_from_extra=False, source="gold")]
+
+
+def is_labelled(record: dict, fraction: float, seed: int) -> bool:
+    """A fixed, seeded choice of which questions count as labelled in the semi-supervised variant."""
+    return record.get("gold") is not None and random.Random(f"labelled:{seed}:{record['id']}").random() < fraction
+
+
+def _pair(record: dict, chosen: str, rejected: str, weight: float, chosen_answer, rejected_from_extra: bool,
+          source: str) -> dict:
+    return {"id": record["id"], "prompt": record["prompt"], "chosen": chosen, "rejected": rejected,
+            "weight": weight, "source": source, "rejected_from_extra": rejected_from_extra,
+            "chosen_correct": same_answer(chosen_answer, record.get("gold"))}
+
+
+def _extra(record: dict, index: int) -> bool:
+    return bool(record.get("extra") and record["extra"][index])
 
 
 def build_pairs(records: list[dict], settings: dict, seed: int = 0) -> tuple[list[dict], dict]:
     rng = random.Random(seed)
-    pairs = [p for p in (scpo_pair(r, settings["min_votes"], rng) for r in records) if p is not None]
-    if settings["weight"] == "none":
-        for pair in pairs:
-            pair["weight"] = 1.0
+    rule, pairs, vote_records = settings["rule"], [], []
+    for record in records:
+        if rule == "gold":
+            pairs += gold_pairs(record, settings["pairs_per_question"])
+        elif rule == "semi_supervised" and is_labelled(record, settings["labelled_fraction"], settings["seed"]):
+            pairs += semi_supervised_gold_pair(record, rng)
+        else:
+            vote_records.append(record)
+            pair = scpo_pair(record, settings["min_votes"], rng)
+            if pair is not None:
+                if settings["weight"] == "none":
+                    pair["weight"] = 1.0
+                pairs.append(pair)
     labelled = [r for r in records if r.get("gold") is not None]
     stats = {
         "prompts": len(records),
         "pairs": len(pairs),
-        "dropped_below_tau": sum(1 for r in records if r["majority"] is None or r["majority_votes"] < settings["min_votes"] * r["n"]),
+        "gold_pairs": sum(p["source"] == "gold" for p in pairs),
+        "dropped_below_tau": sum(below_tau(r, settings["min_votes"]) for r in vote_records),
         "mean_weight": sum(p["weight"] for p in pairs) / len(pairs) if pairs else 0.0,
-        # Only measurable when gold answers exist; the pairs never use them.
+        "rejected_from_extra": sum(p["rejected_from_extra"] for p in pairs),
+        # Statistics only: how often what was chosen, and what the vote said, agrees with the truth.
         "chosen_correct": sum(p["chosen_correct"] for p in pairs),
         "majority_correct": sum(same_answer(r["majority"], r["gold"]) for r in labelled),
         "labelled_prompts": len(labelled),
@@ -68,10 +139,11 @@ def main(argv=None) -> None:
     parser.add_argument("--stats", required=True)
     args = parser.parse_args(argv)
     settings = read_section(args.params, f"{args.run}.it{args.iteration}.pairs")
-    pairs, stats = build_pairs(read_jsonl(args.votes), settings, seed=args.iteration)
+    pairs, stats = build_pairs(read_jsonl(args.votes), settings, seed=settings["seed"] * 1000 + args.iteration)
     write_jsonl(args.out, pairs)
     write_json(args.stats, stats)
-    print(f"pairs: {stats['pairs']} of {stats['prompts']} prompts ({stats['dropped_below_tau']} below tau)")
+    print(f"pairs: {stats['pairs']} from {stats['prompts']} prompts ({stats['dropped_below_tau']} below tau, "
+          f"{stats['gold_pairs']} gold)")
 
 
 if __name__ == "__main__":

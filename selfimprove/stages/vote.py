@@ -14,7 +14,8 @@ from selfimprove.stages._io import read_jsonl, write_jsonl
 
 def vote(samples: list[dict]) -> list[dict]:
     """One record per prompt: its samples with their answers, the vote counts and the majority.
-    A sample with no parseable answer votes for nothing (answer None) and can never be chosen."""
+    A sample with no parseable answer votes for nothing (answer None) and can never be chosen.
+    Extra samples (ScPO's high-temperature draws) get answers but no votes: V counts the n voters."""
     by_prompt: dict[int, list[dict]] = defaultdict(list)
     for row in samples:
         by_prompt[row["id"]].append(row)
@@ -22,12 +23,14 @@ def vote(samples: list[dict]) -> list[dict]:
     for prompt_id in sorted(by_prompt):
         rows = by_prompt[prompt_id]
         answers = [extract_final(r["completion"]) for r in rows]
-        counts = Counter(a for a in answers if a is not None)
+        voters = [a for a, r in zip(answers, rows) if not r.get("extra")]
+        counts = Counter(a for a in voters if a is not None)
         majority, majority_votes = (counts.most_common(1)[0] if counts else (None, 0))
         records.append({
             "id": prompt_id, "prompt": rows[0]["prompt"], "gold": rows[0].get("gold"),
-            "completions": [r["completion"] for r in rows], "answers": answers,
-            "votes": dict(counts), "majority": majority, "majority_votes": majority_votes, "n": len(rows),
+            "solution": rows[0].get("solution"), "completions": [r["completion"] for r in rows],
+            "answers": answers, "extra": [bool(r.get("extra")) for r in rows],
+            "votes": dict(counts), "majority": majority, "majority_votes": majority_votes, "n": len(voters),
         })
     return records
 

@@ -1,0 +1,47 @@
+"""The compiler: the repository's dvc.yaml is the compiled default loop; params are tracked per stage."""
+
+from pathlib import Path
+
+import yaml
+
+from selfimprove import compiler
+from selfimprove.config import load_loop
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_repository_dvc_yaml_is_the_compiled_default_loop():
+    document, params = compiler.compile_loop(load_loop(ROOT / "loops/scpo.yaml"), ROOT)
+    assert yaml.safe_load((ROOT / "dvc.yaml").read_text()) == document, \
+        "dvc.yaml is stale: run `selfimprove compile loops/scpo.yaml` in the repository root"
+    assert yaml.safe_load((ROOT / "params.yaml").read_text()) == params, \
+        "params.yaml is stale: run `selfimprove compile loops/scpo.yaml` in the repository root"
+
+
+def test_stage_order_and_dependencies_chain_the_iterations():
+    document, _ = compiler.compile_loop(load_loop(ROOT / "loops/scpo.yaml"), ROOT)
+    stages = document["stages"]
+    assert list(stages)[:3] == ["bootstrap-tiny-arith", "scpo-it0-evaluate", "scpo-it1-generate"]
+    assert list(stages)[-1] == "scpo-it3-evaluate"
+    assert "runs/scpo/it1/model" in stages["scpo-it2-generate"]["deps"]
+    assert "runs/scpo/it2/model" in stages["scpo-it3-train"]["deps"]
+    assert "selfimprove/stages/train.py" in stages["scpo-it3-train"]["deps"]
+
+
+def test_evaluate_settings_are_tracked_only_by_evaluate_stages():
+    document, _ = compiler.compile_loop(load_loop(ROOT / "loops/scpo.yaml"), ROOT)
+    tracking = {name: stage.get("params", []) for name, stage in document["stages"].items()}
+    evaluate_keys = {name for name, keys in tracking.items() if any(".evaluate" in k or "eval_size" in k for k in keys)}
+    assert evaluate_keys == {f"scpo-it{k}-evaluate" for k in range(4)}
+    assert "scpo.data.prompts_size" in tracking["scpo-it1-generate"]
+    assert "scpo.data.prompts_size" not in tracking["scpo-it0-evaluate"]
+
+
+def test_recompiling_replaces_only_this_runs_stages(tmp_path):
+    loop = load_loop(ROOT / "loops/scpo.yaml")
+    other = {"other-it1-evaluate": {"cmd": "true"}}
+    document, params = compiler.compile_loop(loop, tmp_path, other, {"other": {"x": 1}})
+    assert "other-it1-evaluate" in document["stages"] and params["other"] == {"x": 1}
+    loop.iterations = 2
+    document, _ = compiler.compile_loop(loop, tmp_path, document["stages"], params)
+    assert "scpo-it3-evaluate" not in document["stages"] and "scpo-it2-evaluate" in document["stages"]

@@ -1,0 +1,155 @@
+"""End to end through the real CLI, DVC and TRL on a tiny loop: cached reruns, per-key params, and resume
+after a SIGKILL of the whole process group during generate and during train.
+
+These tests run real subprocesses (about 3 minutes together on 2 cores) and share one uninterrupted run
+as the reference for the resumed one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY_LOOP = """\
+name: t
+model: builtin:tiny-arith
+data: {prompts: prompts.parquet, eval: test.jsonl, prompts_size: 64, eval_size: 40}
+iterations: 2
+bootstrap: {steps: 120, batch_size: 32}
+stages:
+  generate: {n: 4, max_new_tokens: 40, shard_size: 4, batch_size: 8}
+  pairs: {min_votes: 0.25}
+  train: {batch_size: 2, save_steps: 1, lr: 1.0e-4, max_length: 64}
+  evaluate: {k: 2, max_new_tokens: 40}
+"""
+
+
+def selfimprove(project: Path, *args: str, **popen) -> subprocess.Popen:
+    env = dict(os.environ, COLUMNS="200")
+    env.pop("SELFIMPROVE_PROGRESS", None)
+    return subprocess.Popen([sys.executable, "-m", "selfimprove.cli", *args], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def run_to_end(project: Path, *args: str) -> str:
+    process = selfimprove(project, *args)
+    output, _ = process.communicate(timeout=900)
+    assert process.returncode == 0, output
+    return output
+
+
+def ran_stages(project: Path) -> list[str]:
+    log = (project / "runs/t/repro.log").read_text()
+    return [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")]
+
+
+def new_project(root: Path, name: str) -> Path:
+    """A project with the tiny loop reading local files: unlabelled prompts as Parquet, a held-out set
+    in GSM8K's format (worked solution ending in '#### N') as JSONL, through the `datasets` code path."""
+    from datasets import Dataset
+
+    from selfimprove import tinyarith
+
+    project = root / name
+    project.mkdir()
+    (project / "loop.yaml").write_text(TINY_LOOP)
+    prompts = tinyarith.problems(seed=0, count=64, digits=2, split="train")
+    Dataset.from_list([{"question": p["question"]} for p in prompts]).to_parquet(str(project / "prompts.parquet"))
+    held_out = tinyarith.problems(seed=0, count=40, digits=2, split="test")
+    with open(project / "test.jsonl", "w") as f:
+        for p in held_out:
+            a, b = p["question"][:-1].split("+")
+            f.write(json.dumps({"question": p["question"], "answer": f"{a} plus {b} is {p['answer']}.\n#### {p['answer']}"}) + "\n")
+    return project
+
+
+def final_metrics(project: Path) -> dict:
+    return {k: json.loads((project / f"runs/t/it{k}/metrics.json").read_text()) for k in (0, 1, 2)}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    project = new_project(tmp_path_factory.mktemp("e2e"), "reference")
+    run_to_end(project, "run", "loop.yaml")
+    return project
+
+
+def test_uninterrupted_run_writes_metrics_for_every_iteration(reference):
+    metrics = final_metrics(reference)
+    assert all(m["problems"] == 40 and m["k"] == 2 for m in metrics.values())
+    assert json.loads((reference / "runs/t/it1/pairs.json").read_text())["pairs"] > 0
+    assert ran_stages(reference)[:2] == ["bootstrap-tiny-arith", "t-it0-evaluate"]
+    assert len(ran_stages(reference)) == 12
+
+
+def test_rerun_does_nothing_and_an_evaluate_change_reruns_only_evaluate(reference):
+    before = len(ran_stages(reference))
+    output = run_to_end(reference, "run", "loop.yaml")
+    assert "0 stage(s) ran" in output
+    assert len(ran_stages(reference)) == before
+    run_to_end(reference, "run", "loop.yaml", "--set", "evaluate.k=3")
+    assert sorted(ran_stages(reference)[before:]) == ["t-it0-evaluate", "t-it1-evaluate", "t-it2-evaluate"]
+    assert json.loads((reference / "runs/t/it2/metrics.json").read_text())["k"] == 3
+    run_to_end(reference, "run", "loop.yaml")  # back to the reference settings for the resume test
+    assert final_metrics(reference)[2]["k"] == 2
+
+
+def kill_group_when(project: Path, ready, timeout: float = 600) -> None:
+    """Start a run in its own process group and SIGKILL the whole group once ready() is true."""
+    process = selfimprove(project, "run", "loop.yaml", start_new_session=True)
+    deadline = time.time() + timeout
+    while not ready():
+        assert process.poll() is None, f"the run ended before the kill point:\n{process.communicate()[0]}"
+        assert time.time() < deadline, "kill point never reached"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_sigkill_during_generate_and_train_resumes_to_identical_metrics(reference, tmp_path):
+    project = new_project(tmp_path, "killed")
+    shards = project / "runs/t/it1/.samples-shards"
+    kill_group_when(project, lambda: len(list(shards.glob("*/shard-*.jsonl"))) >= 3)
+    done_shards = len(list(shards.glob("*/shard-*.jsonl")))
+    assert 3 <= done_shards < 16, "the kill should land inside the generate stage"
+
+    checkpoints = project / "runs/t/it1/.model-checkpoints"
+    kill_group_when(project, lambda: any(checkpoints.glob("*/checkpoint-*/trainer_state.json")))
+    assert not (project / "runs/t/it1/model").exists(), "the kill should land inside the train stage"
+
+    run_to_end(project, "run", "loop.yaml")
+    stages = ran_stages(project)
+    # Finished stages ran once; each interrupted stage ran once more, and only it.
+    assert stages.count("bootstrap-tiny-arith") == 1
+    assert stages.count("t-it0-evaluate") == 1
+    assert stages.count("t-it1-generate") == 2
+    assert stages.count("t-it1-vote") == 1
+    assert stages.count("t-it1-train") == 2
+    log = (project / "runs/t/repro.log").read_text()
+    assert "shard(s) reused from an interrupted run" in log
+    resumed_train = log.split("Running stage 't-it1-train'")[-1].split("Running stage")[0]
+    assert "resumed_from_step 0" not in resumed_train and "resumed_from_step" in resumed_train
+    assert final_metrics(project) == final_metrics(reference)
+
+
+def test_second_run_on_a_busy_workspace_is_refused_naming_the_holder(reference):
+    import fcntl
+
+    lock = reference / "runs/.selfimprove.lock"
+    with open(lock, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.truncate(0)
+        handle.write("pid 4242 running `selfimprove run loop.yaml` since 12:00:00")
+        handle.flush()
+        process = selfimprove(reference, "run", "loop.yaml")
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert "busy: pid 4242 running `selfimprove run loop.yaml`" in output
+    assert "Traceback" not in output
