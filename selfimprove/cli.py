@@ -45,6 +45,8 @@ class _Group(click.Group):
             _abort(error.lines)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
+        except KeyboardInterrupt:
+            _abort(["interrupted"], 130)
         except Exception as error:  # noqa: BLE001 - the last line of defence against tracebacks
             if os.environ.get("SELFIMPROVE_DEBUG"):
                 raise

@@ -8,6 +8,7 @@ evaluated as iteration 0. Several runs share one dvc.yaml: compiling a loop repl
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -35,13 +36,14 @@ def iteration_dir(run: str, k: int) -> str:
     return f"runs/{run}/it{k}"
 
 
-def _code(project: Path, *modules: str) -> list[str]:
-    """Paths of the package modules a stage runs, relative to the project when the package lives in it
-    (editing them must re-run the stage), absolute otherwise."""
+def _code(project: Path, stage_module: str) -> list[str]:
+    """Every package module a stage imports, directly or not, found by reading import statements (no
+    hand-kept list can forget one, and a dependency forgotten means an edit that does not re-run the
+    stage). Paths are relative to the project when the package lives in it, absolute otherwise."""
     package = Path(selfimprove.__file__).resolve().parent
     paths = []
-    for module in modules:
-        path = package / f"{module.replace('.', '/')}.py"
+    for module in sorted(_imported_modules(f"selfimprove.{stage_module}")):
+        path = package.parent / f"{module.replace('.', '/')}.py"
         try:
             paths.append(str(path.relative_to(project.resolve())))
         except ValueError:
@@ -49,8 +51,24 @@ def _code(project: Path, *modules: str) -> list[str]:
     return paths
 
 
-def _shared(project: Path) -> list[str]:
-    return _code(project, "stages._io", "progress", "models")
+def _imported_modules(root: str) -> set[str]:
+    """The package modules reachable from root through `import selfimprove...` / `from selfimprove... import`,
+    including imports inside functions (the stages import lazily)."""
+    package_dir = Path(selfimprove.__file__).resolve().parent.parent
+    seen, todo = set(), [root]
+    while todo:
+        module = todo.pop()
+        path = package_dir / f"{module.replace('.', '/')}.py"
+        if module in seen or not path.exists():
+            continue
+        seen.add(module)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("selfimprove"):
+                todo.append(node.module)
+                todo.extend(f"{node.module}.{alias.name}" for alias in node.names)  # `from selfimprove import data`
+            elif isinstance(node, ast.Import):
+                todo.extend(alias.name for alias in node.names if alias.name.startswith("selfimprove"))
+    return seen
 
 
 def base_model(loop: Loop) -> tuple[str, bool]:
@@ -81,7 +99,6 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
     stages: dict[str, dict] = {}
     model, model_is_dep = base_model(loop)
     data_deps = [loop.data[k] for k in ("prompts", "eval") if Path(project, loop.data[k]).is_file()]
-    common = _shared(project)
     for k in range(0, loop.iterations + 1):
         out = iteration_dir(run, k)
         if k > 0:
@@ -89,20 +106,20 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
             stages[stage_name(run, k, "generate")] = {
                 "cmd": f"python -m selfimprove.stages.generate --params {params} --run {run} --iteration {k} "
                        f"--model {model} --out {out}/samples.jsonl",
-                "deps": _code(project, "stages.generate", "sampling", "data", "tinyarith") + common
+                "deps": _code(project, "stages.generate")
                         + [d for d in data_deps if d == loop.data["prompts"]] + prev_deps,
                 "params": [f"{run}.it{k}.generate"] + _data_params(run, "eval") + ([f"{run}.model_revision"] if k == 1 else []),
                 "outs": [f"{out}/samples.jsonl"],
             }
             stages[stage_name(run, k, "vote")] = {
                 "cmd": f"python -m selfimprove.stages.vote --samples {out}/samples.jsonl --out {out}/votes.jsonl",
-                "deps": _code(project, "stages.vote", "answers") + common + [f"{out}/samples.jsonl"],
+                "deps": _code(project, "stages.vote") + [f"{out}/samples.jsonl"],
                 "outs": [f"{out}/votes.jsonl"],
             }
             stages[stage_name(run, k, "pairs")] = {
                 "cmd": f"python -m selfimprove.stages.pairs --params {params} --run {run} --iteration {k} "
                        f"--votes {out}/votes.jsonl --out {out}/pairs.jsonl --stats {out}/pairs.json",
-                "deps": _code(project, "stages.pairs", "answers") + common + [f"{out}/votes.jsonl"],
+                "deps": _code(project, "stages.pairs") + [f"{out}/votes.jsonl"],
                 "params": [f"{run}.it{k}.pairs"],
                 "outs": [f"{out}/pairs.jsonl"],
                 "metrics": [{f"{out}/pairs.json": {"cache": False}}],
@@ -110,7 +127,7 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
             stages[stage_name(run, k, "train")] = {
                 "cmd": f"python -m selfimprove.stages.train --params {params} --run {run} --iteration {k} "
                        f"--model {model} --pairs {out}/pairs.jsonl --out {out}/model",
-                "deps": _code(project, "stages.train", "stages.generate") + common + [f"{out}/pairs.jsonl"] + prev_deps,
+                "deps": _code(project, "stages.train") + [f"{out}/pairs.jsonl"] + prev_deps,
                 "params": [f"{run}.it{k}.train"] + ([f"{run}.model_revision"] if k == 1 else []),
                 "outs": [f"{out}/model"],
             }
@@ -118,7 +135,7 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
         stages[stage_name(run, k, "evaluate")] = {
             "cmd": f"python -m selfimprove.stages.evaluate --params {params} --run {run} --iteration {k} "
                    f"--model {model} --out {out}/metrics.json",
-            "deps": _code(project, "stages.evaluate", "sampling", "data", "tinyarith", "answers") + common
+            "deps": _code(project, "stages.evaluate")
                     + [d for d in data_deps if d == loop.data["eval"]] + ([model] if model_is_dep else []),
             "params": [f"{run}.it{k}.evaluate"] + _data_params(run, "prompts") + ([f"{run}.model_revision"] if k == 0 else []),
             "metrics": [{f"{out}/metrics.json": {"cache": False}}],
@@ -133,7 +150,7 @@ def bootstrap_stage(loop: Loop, project: Path) -> dict[str, dict]:
     name = loop.model.split(":", 1)[1]
     return {f"bootstrap-{name}": {
         "cmd": f"python -m selfimprove.stages.bootstrap --params params.yaml --section builtin.{name} --out {local}",
-        "deps": _code(project, "stages.bootstrap", "tinyarith", "progress", "stages._io"),
+        "deps": _code(project, "stages.bootstrap"),
         "params": [f"builtin.{name}"],
         "outs": [local],
     }}

@@ -84,17 +84,18 @@ DATA_SETTINGS: dict[str, tuple[type, Any]] = {
     "prompts_size": (int, 512),  # how many training prompts per iteration (the first N)
     "eval_size": (int, 1000),
     "seed": (int, 0),  # seed of the builtin task generator
-    "digits": (int, 2),  # operand size of the builtin task
+    "digits": (int, 3),  # operand size of the builtin task (match bootstrap.digits)
     "dataset_config": (str, None),  # config name for a hub dataset id (e.g. main for openai/gsm8k)
     "prompt_template": (str, "{question}"),  # how a question becomes a prompt; {question} is replaced
 }
 
 BOOTSTRAP_SETTINGS: dict[str, tuple[type, Any]] = {
-    "steps": (int, 900),
+    "steps": (int, 1500),
     "batch_size": (int, 32),
     "lr": (float, 3e-3),
     "direct_fraction": (float, 0.6),  # share of examples that state the answer without worked steps
-    "digits": (int, 2),
+    "digits": (int, 3),  # 2-digit direct sums are learnt too easily: the model leaves the regime (README)
+    "layers": (int, 2),
     "seed": (int, 0),
 }
 

@@ -38,3 +38,12 @@ def load(reference: str, revision: str | None = None, for_training: bool = False
     if not for_training:
         model.eval()
     return model, tokenizer
+
+
+def model_identity(model: str, revision: str | None = None) -> list:
+    """What a model reference stands for: file sizes and mtimes of a local directory, else id + revision."""
+    path = Path(model)
+    if not path.is_dir():
+        return [model, revision]
+    return sorted([str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
+                  for f in path.rglob("*") if f.is_file())

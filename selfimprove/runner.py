@@ -34,7 +34,8 @@ def ensure_dvc(project: Path) -> None:
     if (project / ".dvc").is_dir():
         return
     in_git = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=project, capture_output=True, text=True)
-    if in_git.returncode != 0:
+    ignored = in_git.returncode == 0 and subprocess.run(["git", "check-ignore", "-q", "."], cwd=project).returncode == 0
+    if in_git.returncode != 0 or ignored:  # DVC refuses a git-ignored dvc.lock, so use it without git there
         flags = ["--no-scm"]
     else:
         flags = [] if Path(in_git.stdout.strip()).resolve() == project.resolve() else ["--subdir"]

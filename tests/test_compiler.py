@@ -45,3 +45,11 @@ def test_recompiling_replaces_only_this_runs_stages(tmp_path):
     loop.iterations = 2
     document, _ = compiler.compile_loop(loop, tmp_path, document["stages"], params)
     assert "scpo-it3-evaluate" not in document["stages"] and "scpo-it2-evaluate" in document["stages"]
+
+
+def test_code_deps_follow_imports_including_lazy_ones():
+    document, _ = compiler.compile_loop(load_loop(ROOT / "loops/scpo.yaml"), ROOT)
+    train_deps = document["stages"]["scpo-it1-train"]["deps"]
+    assert "selfimprove/weighted_dpo.py" in train_deps  # imported inside a function of stages/train.py
+    assert "selfimprove/sampling.py" not in train_deps  # training does not sample: editing it keeps train cached
+    assert "selfimprove/answers.py" in document["stages"]["scpo-it1-vote"]["deps"]

@@ -1,5 +1,5 @@
-"""End to end through the real CLI, DVC and TRL on a tiny loop: cached reruns, per-key params, and resume
-after a SIGKILL of the whole process group during generate and during train.
+"""End to end through the real CLI, DVC and TRL on a tiny loop: cached reruns, per-key params, resume
+after a SIGKILL of the whole process group during generate and during train, and Ctrl-C.
 
 These tests run real subprocesses (about 3 minutes together on 2 cores) and share one uninterrupted run
 as the reference for the resumed one.
@@ -22,7 +22,7 @@ name: t
 model: builtin:tiny-arith
 data: {prompts: prompts.parquet, eval: test.jsonl, prompts_size: 64, eval_size: 40}
 iterations: 2
-bootstrap: {steps: 120, batch_size: 32}
+bootstrap: {steps: 120, batch_size: 32, digits: 2}
 stages:
   generate: {n: 4, max_new_tokens: 40, shard_size: 4, batch_size: 8}
   pairs: {min_votes: 0.25}
@@ -124,6 +124,21 @@ def test_sigkill_during_generate_and_train_resumes_to_identical_metrics(referenc
     kill_group_when(project, lambda: any(checkpoints.glob("*/checkpoint-*/trainer_state.json")))
     assert not (project / "runs/t/it1/model").exists(), "the kill should land inside the train stage"
 
+    # Ctrl-C in a terminal: SIGINT to the whole foreground group. The run stops cleanly, says how to
+    # resume, and leaves no stage running.
+    shards2 = project / "runs/t/it2/.samples-shards"
+    process = selfimprove(project, "run", "loop.yaml", start_new_session=True)
+    deadline = time.time() + 600
+    while not any(shards2.glob("*/shard-*.jsonl")):
+        assert process.poll() is None and time.time() < deadline, process.communicate()[0]
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert "finished stages are kept" in output and "Traceback" not in output
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)  # nothing of the group is left running
+
     run_to_end(project, "run", "loop.yaml")
     stages = ran_stages(project)
     # Finished stages ran once; each interrupted stage ran once more, and only it.
@@ -132,6 +147,7 @@ def test_sigkill_during_generate_and_train_resumes_to_identical_metrics(referenc
     assert stages.count("t-it1-generate") == 2
     assert stages.count("t-it1-vote") == 1
     assert stages.count("t-it1-train") == 2
+    assert stages.count("t-it2-generate") == 2
     log = (project / "runs/t/repro.log").read_text()
     assert "shard(s) reused from an interrupted run" in log
     resumed_train = log.split("Running stage 't-it1-train'")[-1].split("Running stage")[0]

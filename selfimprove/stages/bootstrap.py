@@ -33,10 +33,10 @@ def build_tokenizer():
                                    pad_token=tinyarith.SPECIAL["pad"], unk_token="<unk>", padding_side="left")
 
 
-def build_model(tokenizer):
+def build_model(tokenizer, layers: int = 4):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
@@ -66,7 +66,7 @@ def train_tiny_arith(settings: dict, out: str | Path) -> dict:
 
     torch.manual_seed(settings["seed"])
     tokenizer = build_tokenizer()
-    model = build_model(tokenizer)
+    model = build_model(tokenizer, settings.get("layers", 4))
     steps, batch_size = settings["steps"], settings["batch_size"]
     examples = tinyarith.bootstrap_examples(settings["seed"], steps * batch_size, settings["digits"],
                                             settings["direct_fraction"])

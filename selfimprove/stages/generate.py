@@ -17,17 +17,9 @@ import shutil
 from pathlib import Path
 
 from selfimprove import data as data_sources
+from selfimprove.models import model_identity
 from selfimprove.progress import Progress
 from selfimprove.stages._io import read_jsonl, read_section, write_jsonl
-
-
-def model_identity(model: str, revision: str | None = None) -> list:
-    """What a model reference stands for: file sizes and mtimes of a local directory, else id + revision."""
-    path = Path(model)
-    if not path.is_dir():
-        return [model, revision]
-    return sorted([str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
-                  for f in path.rglob("*") if f.is_file())
 
 
 def fingerprint(settings: dict, records: list[dict], model: str, revision: str | None) -> str:

@@ -16,8 +16,8 @@ import json
 import shutil
 from pathlib import Path
 
+from selfimprove.models import model_identity
 from selfimprove.stages._io import read_jsonl, read_section
-from selfimprove.stages.generate import model_identity
 
 
 def dpo_config(settings: dict, output_dir: str):
