@@ -140,7 +140,19 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
             "params": [f"{run}.it{k}.evaluate"] + _data_params(run, "prompts") + ([f"{run}.model_revision"] if k == 0 else []),
             "metrics": [{f"{out}/metrics.json": {"cache": False}}],
         }
+    iterations = range(0, loop.iterations + 1)
+    stages[report_name(run)] = {
+        "cmd": f"python -m selfimprove.stages.report --run-dir {run_dir(run)} --iterations {loop.iterations} "
+               f"--out {run_dir(run)}/metrics.json",
+        "deps": _code(project, "stages.report") + [f"{iteration_dir(run, k)}/metrics.json" for k in iterations]
+                + [f"{iteration_dir(run, k)}/pairs.json" for k in iterations if k > 0],
+        "metrics": [{f"{run_dir(run)}/metrics.json": {"cache": False}}],
+    }
     return stages
+
+
+def report_name(run: str) -> str:
+    return f"{run}-report"
 
 
 def bootstrap_stage(loop: Loop, project: Path) -> dict[str, dict]:
@@ -172,7 +184,7 @@ def compile_loop(loop: Loop, project: Path, existing_stages: dict | None = None,
 
 def _belongs_to(stage: str, run: str) -> bool:
     match = STAGE_RE.match(stage)
-    return bool(match and match.group("run") == run)
+    return bool(match and match.group("run") == run) or stage == report_name(run)
 
 
 def dump(document: dict) -> str:

@@ -35,7 +35,12 @@ def stage_status(project: Path) -> list[dict]:
     rows = []
     for name in stages:
         match = STAGE_RE.match(name)
-        run, k, stage = (match["run"], int(match["k"]), match["stage"]) if match else ("-", None, name)
+        if match:
+            run, k, stage = match["run"], int(match["k"]), match["stage"]
+        elif name.endswith("-report"):
+            run, k, stage = name[: -len("-report")], None, "report"
+        else:
+            run, k, stage = "-", None, name
         if changed is None:
             state = "done?" if name in locked else "pending"
         elif name not in locked:

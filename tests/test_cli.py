@@ -101,6 +101,7 @@ def test_status_shows_every_stage_pending_before_anything_ran(workspace):
     from selfimprove.results import stage_status
 
     rows = stage_status(workspace)
-    assert len(rows) == 1 + 1 + 2 * 5
+    assert len(rows) == 1 + 1 + 2 * 5 + 1  # bootstrap, base evaluation, 2 iterations, report
     assert {row["state"] for row in rows} == {"pending"}
-    assert rows[-1] == {"run": "scpo", "iteration": 2, "stage": "evaluate", "name": "scpo-it2-evaluate", "state": "pending"}
+    assert rows[-2] == {"run": "scpo", "iteration": 2, "stage": "evaluate", "name": "scpo-it2-evaluate", "state": "pending"}
+    assert rows[-1]["stage"] == "report" and rows[-1]["run"] == "scpo"

@@ -22,7 +22,8 @@ def test_stage_order_and_dependencies_chain_the_iterations():
     document, _ = compiler.compile_loop(load_loop(ROOT / "loops/scpo.yaml"), ROOT)
     stages = document["stages"]
     assert list(stages)[:3] == ["bootstrap-tiny-arith", "scpo-it0-evaluate", "scpo-it1-generate"]
-    assert list(stages)[-1] == "scpo-it3-evaluate"
+    assert list(stages)[-2:] == ["scpo-it3-evaluate", "scpo-report"]
+    assert {f"runs/scpo/it{k}/metrics.json" for k in range(4)} <= set(stages["scpo-report"]["deps"])
     assert "runs/scpo/it1/model" in stages["scpo-it2-generate"]["deps"]
     assert "runs/scpo/it2/model" in stages["scpo-it3-train"]["deps"]
     assert "selfimprove/stages/train.py" in stages["scpo-it3-train"]["deps"]

@@ -86,7 +86,9 @@ def test_uninterrupted_run_writes_metrics_for_every_iteration(reference):
     assert all(m["problems"] == 40 and m["k"] == 2 for m in metrics.values())
     assert json.loads((reference / "runs/t/it1/pairs.json").read_text())["pairs"] > 0
     assert ran_stages(reference)[:2] == ["bootstrap-tiny-arith", "t-it0-evaluate"]
-    assert len(ran_stages(reference)) == 12
+    assert len(ran_stages(reference)) == 13
+    report = json.loads((reference / "runs/t/metrics.json").read_text())
+    assert report["it2"]["accuracy"] == final_metrics(reference)[2]["accuracy"]
 
 
 def test_rerun_does_nothing_and_an_evaluate_change_reruns_only_evaluate(reference):
@@ -95,7 +97,7 @@ def test_rerun_does_nothing_and_an_evaluate_change_reruns_only_evaluate(referenc
     assert "0 stage(s) ran" in output
     assert len(ran_stages(reference)) == before
     run_to_end(reference, "run", "loop.yaml", "--set", "evaluate.k=3")
-    assert sorted(ran_stages(reference)[before:]) == ["t-it0-evaluate", "t-it1-evaluate", "t-it2-evaluate"]
+    assert sorted(ran_stages(reference)[before:]) == ["t-it0-evaluate", "t-it1-evaluate", "t-it2-evaluate", "t-report"]
     assert json.loads((reference / "runs/t/it2/metrics.json").read_text())["k"] == 3
     run_to_end(reference, "run", "loop.yaml")  # back to the reference settings for the resume test
     assert final_metrics(reference)[2]["k"] == 2
