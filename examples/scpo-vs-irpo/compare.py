@@ -26,6 +26,10 @@ METHODS = [  # (label, loop file, run name)
     ("IRPO (gold)", "loops/irpo.yaml", "irpo"),
     ("ScPO semi-supervised", "loops/scpo_semi.yaml", "scpo-semi"),
 ]
+# Same sampling compute: every method samples 8 answers per question. IRPO keeps its paper's K = 10
+# pairs per question, so it trains on 4-6x more pairs; overrides per method go here, e.g.
+# {"irpo": ["pairs.pairs_per_question=1"]} for one pair per question like ScPO.
+PER_METHOD: dict[str, list[str]] = {}
 
 
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -40,10 +44,10 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def run_loops(project: Path, seed: int, iterations: int, overrides: list[str]) -> None:
     project.mkdir(parents=True, exist_ok=True)
-    for label, loop, _ in METHODS:
+    for label, loop, run in METHODS:
         print(f"== {label}: {loop} (seed {seed})", flush=True)
         command = [sys.executable, "-m", "selfimprove.cli", "run", str(ROOT / loop), f"--set=iterations={iterations}",
-                   f"--set=data.seed={seed}", f"--set=bootstrap.seed={seed}", *(f"--set={o}" for o in overrides)]
+                   f"--set=data.seed={seed}", f"--set=bootstrap.seed={seed}", *(f"--set={o}" for o in overrides + PER_METHOD.get(run, []))]
         subprocess.run(command, cwd=project, check=True)
 
 
@@ -76,13 +80,24 @@ def table(metrics: dict[str, dict[int, dict]], seed: int) -> str:
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     last = max(metrics["scpo"])
     gains = {run: metrics[run][last]["accuracy"] - base["accuracy"] for _, _, run in METHODS}
+    best_irpo = max(m["accuracy"] for m in metrics["irpo"].values()) - base["accuracy"]
     if gains["irpo"] > 0:
         lines += ["", f"ScPO without labels closes {gains['scpo'] / gains['irpo']:.0%} of the gain IRPO gets with "
-                      f"gold answers ({100 * gains['scpo']:+.1f} vs {100 * gains['irpo']:+.1f} points at iteration {last})."]
+                      f"gold answers at iteration {last} ({100 * gains['scpo']:+.1f} vs {100 * gains['irpo']:+.1f} "
+                      f"points), and {gains['scpo'] / best_irpo:.0%} of IRPO's best iteration ({100 * best_irpo:+.1f})."]
+    drops = [f"{label} at iteration {k}" for label, _, run in METHODS for k in sorted(metrics[run]) if k > 0
+             and k - 1 in metrics[run] and _falls(metrics[run][k - 1], metrics[run][k])]
+    lines += ["", "Iterations that fall below the one before by more than its 95% interval: "
+                  + (", ".join(drops) if drops else "none") + "."]
     lines += ["", "\"vote right\": share of the iteration's training questions whose majority answer equals the gold "
                   "answer (gold answers are read for this statistic only, except by IRPO and the labelled share of "
                   "semi-supervised ScPO)."]
     return "\n".join(lines) + "\n"
+
+
+def _falls(before: dict, after: dict) -> bool:
+    low, _ = wilson(before["greedy_correct"], before["problems"])
+    return after["accuracy"] < low
 
 
 def plot(metrics: dict[str, dict[int, dict]], path: Path) -> None:
@@ -113,13 +128,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the task generator, the held-out set and the base model")
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--validation", action="store_true", help="evaluate on the validation split (for tuning)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the table and plot from finished runs")
+    parser.add_argument("--project", type=Path, help="where the runs live (default: runs/seed<S> beside this file)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="passed to every loop, e.g. --set train.lr=5e-5")
     args = parser.parse_args()
     overrides = args.overrides + (["data.eval=builtin:arith/validation"] if args.validation else [])
     tag = f"seed{args.seed}" + ("-validation" if args.validation else "")
-    project = HERE / "runs" / tag
-    run_loops(project, args.seed, args.iterations, overrides)
+    project = args.project or HERE / "runs" / tag
+    if not args.report_only:
+        run_loops(project, args.seed, args.iterations, overrides)
     metrics = collect(project)
     report = table(metrics, args.seed)
     (HERE / f"results-{tag}.md").write_text(report)
