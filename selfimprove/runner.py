@@ -91,6 +91,34 @@ def workspace_lock(project: Path, description: str):
         handle.close()
 
 
+def clear_dead_dvc_locks(project: Path) -> None:
+    """Drop entries of DVC's rwlock held by processes that are gone or are zombies. DVC clears dead
+    pids itself, but a dvc killed a moment ago can still be an unreaped zombie (and in a container
+    whose pid 1 does not reap, it stays one), which DVC takes for a live holder: "is busy"."""
+    import psutil
+
+    path = project / ".dvc" / "tmp" / "rwlock"
+    try:
+        lock = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+
+    def alive(info: dict) -> bool:
+        try:
+            return psutil.Process(int(info["pid"])).status() != psutil.STATUS_ZOMBIE
+        except (psutil.NoSuchProcess, ValueError, KeyError):
+            return False
+
+    cleaned = {
+        "write": {p: info for p, info in lock.get("write", {}).items() if alive(info)},
+        "read": {p: kept for p, infos in lock.get("read", {}).items() if (kept := [i for i in infos if alive(i)])},
+    }
+    if cleaned != lock:
+        tmp = path.with_suffix(".selfimprove-tmp")
+        tmp.write_text(json.dumps(cleaned))
+        os.replace(tmp, path)
+
+
 class Repro:
     """A `dvc repro` subprocess whose output is logged and parsed for the stage being run."""
 
@@ -168,6 +196,7 @@ def run(loop_path: str, overrides: list[str], start_from: str | None, project: P
         run_path = project / compiler.run_dir(loop.name)
         progress_path = run_path / ".progress.json"
         progress_path.unlink(missing_ok=True)
+        clear_dead_dvc_locks(project)  # we hold the workspace lock: no other run of ours is using DVC here
         started = time.time()
         # One target, the run's report: DVC reproduces everything upstream of it and checks each stage
         # once (17 explicit targets cost 12 s on a no-op rerun, this costs 3 s).

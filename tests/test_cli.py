@@ -105,3 +105,23 @@ def test_status_shows_every_stage_pending_before_anything_ran(workspace):
     assert {row["state"] for row in rows} == {"pending"}
     assert rows[-2] == {"run": "scpo", "iteration": 2, "stage": "evaluate", "name": "scpo-it2-evaluate", "state": "pending"}
     assert rows[-1]["stage"] == "report" and rows[-1]["run"] == "scpo"
+
+
+def test_dead_and_zombie_holders_are_cleared_from_dvcs_lock(tmp_path):
+    import os
+    import time
+
+    from selfimprove.runner import clear_dead_dvc_locks
+
+    zombie = subprocess.Popen(["true"])  # exits at once; not waited for, so it stays a zombie
+    time.sleep(0.3)
+    (tmp_path / ".dvc/tmp").mkdir(parents=True)
+    lock = {"write": {"/p/samples.jsonl": {"pid": zombie.pid, "cmd": "dvc repro"},
+                      "/p/live": {"pid": os.getpid(), "cmd": "dvc repro"}},
+            "read": {"/p/model": [{"pid": 2**22 + 17, "cmd": "dvc repro"}, {"pid": os.getpid(), "cmd": "dvc repro"}]}}
+    (tmp_path / ".dvc/tmp/rwlock").write_text(json.dumps(lock))
+    clear_dead_dvc_locks(tmp_path)
+    cleaned = json.loads((tmp_path / ".dvc/tmp/rwlock").read_text())
+    assert cleaned == {"write": {"/p/live": {"pid": os.getpid(), "cmd": "dvc repro"}},
+                       "read": {"/p/model": [{"pid": os.getpid(), "cmd": "dvc repro"}]}}
+    zombie.wait()
