@@ -17,7 +17,7 @@ import yaml
 import selfimprove
 from selfimprove.config import DATA_SETTINGS, Loop, resolved_params
 from selfimprove.errors import UserError
-from selfimprove.models import BUILTIN_MODELS, builtin_dir
+from selfimprove.models import builtin_dir
 
 STAGE_RE = re.compile(r"^(?P<run>.+)-it(?P<k>\d+)-(?P<stage>[a-z]+)$")
 ITERATION_STAGES = ["generate", "vote", "pairs", "train", "evaluate"]
@@ -208,5 +208,3 @@ def _write_if_changed(path: Path, text: str) -> None:
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
 
-
-__all__ = ["BUILTIN_MODELS", "compile_loop", "write", "stage_name", "STAGE_RE"]

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import yaml
 
+from selfimprove.compiler import STAGE_RE
 from selfimprove.errors import UserError
+from selfimprove.stages.report import iteration_figures
 
-STAGE_RE = re.compile(r"^(?P<run>.+)-it(?P<k>\d+)-(?P<stage>[a-z]+)$")
 REF_RE = re.compile(r"^(?P<run>[a-z][a-z0-9_-]*)(?:@(?P<k>\d+))?$")
 # Shown first, in this order; any other numeric metric follows.
 HEADLINE = ["accuracy", "maj_at_k", "sample_accuracy", "greedy_correct", "maj_correct", "problems",
@@ -71,16 +72,9 @@ def iteration_metrics(project: Path, run: str) -> dict[int, dict]:
     if not base.is_dir():
         raise UserError(f"no run named {run!r} in {project / 'runs'}; `selfimprove status` lists runs")
     found: dict[int, dict] = {}
-    for directory in sorted(base.glob("it*")):
-        if not directory.name[2:].isdigit():
-            continue
-        metrics = {}
-        for name, prefix in (("metrics.json", ""), ("pairs.json", "")):
-            path = directory / name
-            if path.exists():
-                metrics.update({prefix + k: v for k, v in json.loads(path.read_text()).items()})
-        if metrics:
-            found[int(directory.name[2:])] = metrics
+    for directory in base.glob("it*"):
+        if directory.name[2:].isdigit() and (figures := iteration_figures(directory)):
+            found[int(directory.name[2:])] = figures
     return dict(sorted(found.items()))
 
 

@@ -1,13 +1,30 @@
-"""Small file helpers shared by the stages: params sections, JSONL, atomic writes."""
+"""Small helpers shared by the stages: command-line arguments, params sections, JSONL, atomic writes."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
 from typing import Iterable
 
 import yaml
+
+
+def iteration_stage_args(doc: str, argv, *paths: str) -> argparse.Namespace:
+    """The arguments of an iteration stage: --params, --run, --iteration, then its own paths (--model ...)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--iteration", type=int, required=True)
+    for name in paths:
+        parser.add_argument(f"--{name}", required=True)
+    return parser.parse_args(argv)
+
+
+def revision_for(run: dict, model: str) -> str | None:
+    """A hub revision pins the loop's base model only; later iterations' models are local directories."""
+    return run.get("model_revision") if model == run["model"] else None
 
 
 def read_section(params_file: str, section: str) -> dict:

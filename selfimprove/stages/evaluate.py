@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 
 from selfimprove import data as data_sources
 from selfimprove.answers import extract_final, same_answer
 from selfimprove.progress import Progress
-from selfimprove.stages._io import read_section, write_json
+from selfimprove.stages._io import iteration_stage_args, read_section, revision_for, write_json
 
 
 def score(records: list[dict], greedy: list[str], samples: list[list[str]]) -> dict:
@@ -57,19 +56,12 @@ def evaluate(settings: dict, records: list[dict], model_ref: str, template: str 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True)
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--iteration", type=int, required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
+    args = iteration_stage_args(__doc__, argv, "model", "out")
     run = read_section(args.params, args.run)
     data = run["data"]
     records = data_sources.load_records(data["eval"], data, data["eval_size"])
-    revision = run.get("model_revision") if args.iteration == 0 else None
-    metrics = evaluate(run[f"it{args.iteration}"]["evaluate"], records, args.model,
-                       data.get("prompt_template") or "{question}", revision)
+    metrics = evaluate(run[f"it{args.iteration}"]["evaluate"], records, args.model, data["prompt_template"],
+                       revision_for(run, args.model))
     write_json(args.out, metrics)
     print(f"evaluate: accuracy {metrics['accuracy']:.3f}, maj@{metrics['k']} {metrics['maj_at_k']:.3f}")
 

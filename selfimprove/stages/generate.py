@@ -10,7 +10,6 @@ complete shard; a changed setting or model gives a new fingerprint, so a stale s
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -19,7 +18,7 @@ from pathlib import Path
 from selfimprove import data as data_sources
 from selfimprove.models import model_identity
 from selfimprove.progress import Progress
-from selfimprove.stages._io import read_jsonl, read_section, write_jsonl
+from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, revision_for, write_jsonl
 
 
 def fingerprint(settings: dict, records: list[dict], model: str, revision: str | None) -> str:
@@ -77,19 +76,12 @@ def _sample_shard(model, tokenizer, shard: list[dict], settings: dict, template:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True)
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--iteration", type=int, required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
+    args = iteration_stage_args(__doc__, argv, "model", "out")
     run = read_section(args.params, args.run)
     data = run["data"]
     records = data_sources.load_records(data["prompts"], data, data["prompts_size"], need_answers=False)
-    revision = run.get("model_revision") if args.iteration == 1 else None
     reused = generate(run[f"it{args.iteration}"]["generate"], records, args.model, args.out,
-                      data.get("prompt_template") or "{question}", revision)
+                      data["prompt_template"], revision_for(run, args.model))
     print(f"generate: {len(records)} prompts" + (f", {reused} shard(s) reused from an interrupted run" if reused else ""))
 
 

@@ -17,12 +17,11 @@ Gold answers are otherwise read only for statistics (how often the vote agreed w
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 
 from selfimprove.answers import same_answer
-from selfimprove.stages._io import read_jsonl, read_section, write_json, write_jsonl
+from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, write_json, write_jsonl
 
 
 def scpo_pair(record: dict, min_votes: float, rng: random.Random) -> dict | None:
@@ -130,14 +129,7 @@ def build_pairs(records: list[dict], settings: dict, seed: int = 0) -> tuple[lis
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True)
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--iteration", type=int, required=True)
-    parser.add_argument("--votes", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--stats", required=True)
-    args = parser.parse_args(argv)
+    args = iteration_stage_args(__doc__, argv, "votes", "out", "stats")
     settings = read_section(args.params, f"{args.run}.it{args.iteration}.pairs")
     pairs, stats = build_pairs(read_jsonl(args.votes), settings, seed=settings["seed"] * 1000 + args.iteration)
     write_jsonl(args.out, pairs)

@@ -16,17 +16,18 @@ from pathlib import Path
 from selfimprove.stages._io import write_json
 
 
+def iteration_figures(iteration_dir: Path) -> dict:
+    """One iteration's evaluation (metrics.json) and pair statistics (pairs.json), merged; {} if neither."""
+    figures = {}
+    for name in ("metrics.json", "pairs.json"):
+        path = iteration_dir / name
+        if path.exists():
+            figures.update(json.loads(path.read_text()))
+    return figures
+
+
 def collect(run_dir: str | Path, iterations: int) -> dict:
-    run_dir = Path(run_dir)
-    report = {}
-    for k in range(iterations + 1):
-        metrics = {}
-        for name in ("metrics.json", "pairs.json"):
-            path = run_dir / f"it{k}" / name
-            if path.exists():
-                metrics.update(json.loads(path.read_text()))
-        report[f"it{k}"] = metrics
-    return report
+    return {f"it{k}": iteration_figures(Path(run_dir) / f"it{k}") for k in range(iterations + 1)}
 
 
 def main(argv=None) -> None:

@@ -10,14 +10,13 @@ by a fingerprint of the inputs, so a killed train stage resumes from its last ch
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
 from pathlib import Path
 
 from selfimprove.models import model_identity
-from selfimprove.stages._io import read_jsonl, read_section
+from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, revision_for
 
 
 def dpo_config(settings: dict, output_dir: str):
@@ -107,17 +106,10 @@ def _trainer(model, tokenizer, dataset, config, alpha: float):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True)
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--iteration", type=int, required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--pairs", required=True)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
+    args = iteration_stage_args(__doc__, argv, "model", "pairs", "out")
     run = read_section(args.params, args.run)
-    revision = run.get("model_revision") if args.iteration == 1 else None
-    figures = train(run[f"it{args.iteration}"]["train"], read_jsonl(args.pairs), args.model, args.out, revision)
+    figures = train(run[f"it{args.iteration}"]["train"], read_jsonl(args.pairs), args.model, args.out,
+                    revision_for(run, args.model))
     print("train: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
 
 
