@@ -157,8 +157,14 @@ def diff(a: str, b: str, as_json: bool) -> None:
     table.add_column(report["a"], justify="right")
     table.add_column(report["b"], justify="right")
     table.add_column("delta", justify="right")
+    table.add_column("95% intervals", justify="right")
     for row in report["metrics"]:
-        table.add_row(row["metric"], results.fmt(row["a"]), results.fmt(row["b"]), results.fmt_delta(row["delta"]))
+        intervals = ""
+        if "ci_a" in row:  # a rate: its Wilson intervals, and whether the change is beyond them
+            (a0, a1), (b0, b1) = row["ci_a"], row["ci_b"]
+            intervals = f"[{a0:.3f}, {a1:.3f}] -> [{b0:.3f}, {b1:.3f}]" + (" separated" if row["separated"] else " overlap")
+        table.add_row(row["metric"], results.fmt(row["a"]), results.fmt(row["b"]), results.fmt_delta(row["delta"]),
+                      intervals)
     _console().print(table)
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 
 import selfimprove
-from selfimprove.config import DATA_SETTINGS, Loop, resolved_params
+from selfimprove.config import DATA_SETTINGS, Loop, judged, resolved_params, uses_judge
+from selfimprove.judging import template_path
 from selfimprove.errors import UserError
 from selfimprove.models import builtin_dir
 
@@ -44,10 +45,7 @@ def _code(project: Path, stage_module: str) -> list[str]:
     paths = []
     for module in sorted(_imported_modules(f"selfimprove.{stage_module}")):
         path = package.parent / f"{module.replace('.', '/')}.py"
-        try:
-            paths.append(str(path.relative_to(project.resolve())))
-        except ValueError:
-            paths.append(str(path))
+        paths.append(_relative(path, project))
     return paths
 
 
@@ -111,15 +109,20 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
                 "params": [f"{run}.it{k}.generate"] + _data_params(run, "eval") + ([f"{run}.model_revision"] if k == 1 else []),
                 "outs": [f"{out}/samples.jsonl"],
             }
-            stages[stage_name(run, k, "vote")] = {
-                "cmd": f"python -m selfimprove.stages.vote --samples {out}/samples.jsonl --out {out}/votes.jsonl",
-                "deps": _code(project, "stages.vote") + [f"{out}/samples.jsonl"],
-                "outs": [f"{out}/votes.jsonl"],
-            }
+            if judged(loop.per_iteration[k]):
+                stages[stage_name(run, k, "judge")] = _judge_stage(loop, project, k, model, model_is_dep)
+                scored = f"{out}/judgements.jsonl"
+            else:
+                stages[stage_name(run, k, "vote")] = {
+                    "cmd": f"python -m selfimprove.stages.vote --samples {out}/samples.jsonl --out {out}/votes.jsonl",
+                    "deps": _code(project, "stages.vote") + [f"{out}/samples.jsonl"],
+                    "outs": [f"{out}/votes.jsonl"],
+                }
+                scored = f"{out}/votes.jsonl"
             stages[stage_name(run, k, "pairs")] = {
                 "cmd": f"python -m selfimprove.stages.pairs --params {params} --run {run} --iteration {k} "
-                       f"--votes {out}/votes.jsonl --out {out}/pairs.jsonl --stats {out}/pairs.json",
-                "deps": _code(project, "stages.pairs") + [f"{out}/votes.jsonl"],
+                       f"--scored {scored} --out {out}/pairs.jsonl --stats {out}/pairs.json",
+                "deps": _code(project, "stages.pairs") + [scored],
                 "params": [f"{run}.it{k}.pairs"],
                 "outs": [f"{out}/pairs.jsonl"],
                 "metrics": [{f"{out}/pairs.json": {"cache": False}}],
@@ -137,7 +140,8 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
                    f"--model {model} --out {out}/metrics.json",
             "deps": _code(project, "stages.evaluate")
                     + [d for d in data_deps if d == loop.data["eval"]] + ([model] if model_is_dep else []),
-            "params": [f"{run}.it{k}.evaluate"] + _data_params(run, "prompts") + ([f"{run}.model_revision"] if k == 0 else []),
+            "params": [f"{run}.it{k}.evaluate"] + ([f"{run}.it{k}.judge"] if uses_judge(loop) else [])
+                      + _data_params(run, "prompts") + ([f"{run}.model_revision"] if k == 0 else []),
             "metrics": [{f"{out}/metrics.json": {"cache": False}}],
         }
     iterations = range(0, loop.iterations + 1)
@@ -145,10 +149,38 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
         "cmd": f"python -m selfimprove.stages.report --run-dir {run_dir(run)} --iterations {loop.iterations} "
                f"--out {run_dir(run)}/metrics.json",
         "deps": _code(project, "stages.report") + [f"{iteration_dir(run, k)}/metrics.json" for k in iterations]
-                + [f"{iteration_dir(run, k)}/pairs.json" for k in iterations if k > 0],
+                + [f"{iteration_dir(run, k)}/pairs.json" for k in iterations if k > 0]
+                + [f"{iteration_dir(run, k)}/judge.json" for k in iterations if k > 0 and judged(loop.per_iteration[k])],
         "metrics": [{f"{run_dir(run)}/metrics.json": {"cache": False}}],
     }
     return stages
+
+
+def _judge_stage(loop: Loop, project: Path, k: int, policy: str, policy_is_dep: bool) -> dict:
+    """Judge iteration k's samples with the policy that wrote them (source: self) or another model."""
+    run, out, settings = loop.name, iteration_dir(loop.name, k), loop.per_iteration[k]["judge"]
+    if settings["source"] == "self":
+        judge_model, judge_is_dep = policy, policy_is_dep
+    else:
+        judge_model, judge_is_dep = settings["source"], Path(project, settings["source"]).is_dir()
+    template = template_path(settings["template"])
+    return {
+        "cmd": f"python -m selfimprove.stages.judge --params params.yaml --run {run} --iteration {k} "
+               f"--model {judge_model} --samples {out}/samples.jsonl --out {out}/judgements.jsonl "
+               f"--stats {out}/judge.json",
+        "deps": _code(project, "stages.judge") + [f"{out}/samples.jsonl"] + ([judge_model] if judge_is_dep else [])
+                + ([_relative(template, project)] if template else []),
+        "params": [f"{run}.it{k}.judge"] + ([f"{run}.model_revision"] if k == 1 else []),
+        "outs": [f"{out}/judgements.jsonl"],
+        "metrics": [{f"{out}/judge.json": {"cache": False}}],
+    }
+
+
+def _relative(path: Path, project: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(project.resolve()))
+    except ValueError:
+        return str(path.resolve())
 
 
 def report_name(run: str) -> str:

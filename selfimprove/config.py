@@ -37,12 +37,28 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
     "vote": {
         "extract": (str, "final_number"),
     },
+    "judge": {  # used when pairs.rule is a judge rule (best_vs_worst, length_controlled, length_band)
+        "source": (str, "self"),  # self: the policy judges its own samples; else a model directory or hub id
+        "template": (str, "additive"),  # additive | pairwise | tiny-arith | a path to a text file
+        "n": (int, 3),  # judgements per response, averaged (Self-Rewarding: 3)
+        "temperature": (float, 0.7),
+        "top_p": (float, 0.9),
+        "max_new_tokens": (int, 256),
+        "response_marker": (str, ""),  # TPO: the judge sees only the text after it ("" = everything)
+        "score_pattern": (str, r"Score:\s*(\d+)"),
+        "max_score": (int, 5),
+        "max_failure_rate": (float, 0.5),  # more unparseable judgements than this fails the stage
+        "batch_size": (int, 512),
+        "shard_size": (int, 512),  # responses per resumable shard
+        "seed": (int, 0),
+    },
     "pairs": {
         "rule": (str, "most_vs_least_voted"),  # ScPO; `gold` is IRPO; `semi_supervised` mixes the two
         "min_votes": (float, 0.5),  # tau as a fraction of n: keep a prompt if its top answer has >= tau*n votes
         "weight": (str, "vote_margin"),
         "pairs_per_question": (int, 10),  # K for the gold rule (IRPO: 10 on GSM8K)
         "labelled_fraction": (float, 0.5),  # semi_supervised: share of questions whose gold answer is used
+        "rho": (float, 0.0),  # length control of the judge rules (TPO, Meta-Rewarding); 0 = off
         "seed": (int, 0),
     },
     "train": {
@@ -64,6 +80,7 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
         "top_p": (float, 0.9),
         "max_new_tokens": (int, 64),
         "batch_size": (int, 512),
+        "judge_size": (int, 0),  # judge loops: held-out candidate answers to measure the judge's agreement on
         "seed": (int, 1234),
     },
 }
@@ -71,7 +88,8 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
 CHOICES = {
     ("generate", "backend"): ["hf"],
     ("vote", "extract"): ["final_number"],
-    ("pairs", "rule"): ["most_vs_least_voted", "gold", "semi_supervised"],
+    ("pairs", "rule"): ["most_vs_least_voted", "gold", "semi_supervised", "best_vs_worst", "length_controlled",
+                        "length_band"],
     ("pairs", "weight"): ["vote_margin", "none"],
     ("train", "loss"): ["dpo+nll", "dpo"],
 }
@@ -96,8 +114,10 @@ BOOTSTRAP_SETTINGS: dict[str, tuple[type, Any]] = {
     "direct_fraction": (float, 0.6),  # share of examples that state the answer without worked steps
     "digits": (int, 3),  # 2-digit direct sums are learnt too easily: the model leaves the regime (README)
     "layers": (int, 2),
+    "judge_fraction": (float, 0.0),  # share of judge examples (builtin:tiny-arith-judge sets it)
     "seed": (int, 0),
 }
+JUDGE_RULES = ("best_vs_worst", "length_controlled", "length_band")
 
 TOP_LEVEL = {"name", "description", "model", "model_revision", "data", "iterations", "seed",
              "bootstrap", "stages", "schedule", "from"}
@@ -267,7 +287,7 @@ def _validate(raw: dict, path: Path, problems: _Problems) -> Loop | None:
     for key in ("prompts", "eval"):
         if not data.get(key):
             problems.add(("data",), f"missing data.{key}; e.g. data: {{prompts: builtin:arith/train, eval: builtin:arith/test}}")
-    bootstrap = {**_defaults(BOOTSTRAP_SETTINGS),
+    bootstrap = {**_defaults(BOOTSTRAP_SETTINGS), **builtin_bootstrap(str(raw.get("model", ""))),
                  **_check_section(raw.get("bootstrap", {}), BOOTSTRAP_SETTINGS, ("bootstrap",), problems)}
     base = _check_stages(raw.get("stages", {}), ("stages",), problems)
     per_iteration = {}
@@ -316,6 +336,14 @@ def _check_values(per_iteration: dict, problems: _Problems) -> None:
         ("generate", "extra_n", lambda v: v >= 0, "must be >= 0 (0: no extra samples)"),
         ("pairs", "pairs_per_question", lambda v: v >= 1, "must be >= 1"),
         ("pairs", "labelled_fraction", lambda v: 0 <= v <= 1, "is a fraction of the questions; use a value in [0, 1]"),
+        ("pairs", "rho", lambda v: 0 <= v <= 1, "is a length-control weight; use a value in [0, 1] (0: off)"),
+        ("judge", "n", lambda v: v >= 1, "must be >= 1"),
+        ("judge", "max_failure_rate", lambda v: 0 <= v <= 1, "is a fraction; use a value in [0, 1]"),
+        ("judge", "template", _template_exists, "is not a template: use additive, pairwise, tiny-arith or a path to "
+                                                "a text file"),
+        ("judge", "score_pattern", _one_group, "must be a regular expression with one group capturing the score, "
+                                               "e.g. 'Score:\\s*(\\d+)'"),
+        ("evaluate", "judge_size", lambda v: v >= 0, "must be >= 0 (0: off)"),
     ]
     for k, stages in per_iteration.items():
         for stage, key, ok, message in rules:
@@ -324,11 +352,43 @@ def _check_values(per_iteration: dict, problems: _Problems) -> None:
                 problems.add(("stages", stage, key), f"{stages[stage][key]!r} {message}")
 
 
+def _template_exists(name: str) -> bool:
+    from selfimprove.judging import template_path
+
+    path = template_path(name)
+    return path is None or path.is_file()
+
+
+def _one_group(pattern: str) -> bool:
+    try:
+        return re.compile(pattern).groups == 1
+    except re.error:
+        return False
+
+
+def builtin_bootstrap(model: str) -> dict:
+    """The bootstrap defaults a builtin model sets (the judging variant trains on judge examples)."""
+    from selfimprove.models import BUILTIN_BOOTSTRAP
+
+    return dict(BUILTIN_BOOTSTRAP.get(model.removeprefix("builtin:"), {})) if model.startswith("builtin:") else {}
+
+
+def uses_judge(loop: Loop) -> bool:
+    return any(stages["pairs"]["rule"] in JUDGE_RULES for stages in loop.per_iteration.values())
+
+
+def judged(stages: dict) -> bool:
+    return stages["pairs"]["rule"] in JUDGE_RULES
+
+
 def resolved_params(loop: Loop) -> dict:
-    """The params a compiled run tracks in params.yaml: one section per iteration and stage."""
+    """The params a compiled run tracks in params.yaml: one section per iteration and stage (the judge's
+    only in loops that judge)."""
     params = {"model": loop.model, "model_revision": loop.model_revision, "data": copy.deepcopy(loop.data)}
+    keep = [s for s in STAGE_SETTINGS if s != "judge" or uses_judge(loop)]
     for k, stages in loop.per_iteration.items():
-        params[f"it{k}"] = copy.deepcopy(stages)
-    # Iteration 0 is the base model; only its evaluation runs, with iteration 1's evaluate settings.
-    params["it0"] = {"evaluate": copy.deepcopy(loop.per_iteration[1]["evaluate"])}
+        params[f"it{k}"] = {stage: copy.deepcopy(stages[stage]) for stage in keep}
+    # Iteration 0 is the base model; only its evaluation runs, with iteration 1's settings.
+    params["it0"] = {stage: copy.deepcopy(loop.per_iteration[1][stage]) for stage in ("evaluate", "judge")
+                     if stage in keep}
     return params

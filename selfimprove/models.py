@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BUILTIN_MODELS = {"tiny-arith": "runs/builtin/tiny-arith"}
+BUILTIN_MODELS = {"tiny-arith": "runs/builtin/tiny-arith", "tiny-arith-judge": "runs/builtin/tiny-arith-judge"}
+# Bootstrap settings a builtin sets over the defaults: the judging variant, the miniature of
+# Self-Rewarding's seed model, spends half its examples on judging (issue 4 and README).
+BUILTIN_BOOTSTRAP = {"tiny-arith-judge": {"judge_fraction": 0.5, "layers": 4, "steps": 1000}}
 
 
 def builtin_dir(model: str) -> str | None:

@@ -7,6 +7,7 @@ The iteration diff is our own because `dvc metrics diff` compares git revisions,
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -18,10 +19,15 @@ from selfimprove.compiler import STAGE_RE
 from selfimprove.errors import UserError
 from selfimprove.stages.report import iteration_figures
 
+# Rates measured on n items: their 95% interval is shown beside them, so a delta can be read as real or noise.
+RATE_DENOMINATORS = {"accuracy": "problems", "maj_at_k": "problems", "thought_rate": "problems",
+                     "judge_agreement": "judge_eval_candidates"}
 REF_RE = re.compile(r"^(?P<run>[a-z][a-z0-9_-]*)(?:@(?P<k>\d+))?$")
 # Shown first, in this order; any other numeric metric follows.
-HEADLINE = ["accuracy", "maj_at_k", "sample_accuracy", "greedy_correct", "maj_correct", "problems",
-            "parse_failure_rate", "pairs", "dropped_below_tau", "mean_weight", "chosen_correct"]
+HEADLINE = ["accuracy", "maj_at_k", "sample_accuracy", "judge_agreement", "thought_rate", "greedy_correct",
+            "maj_correct", "problems", "parse_failure_rate", "pairs", "dropped_below_tau", "dropped_ties",
+            "mean_weight", "chosen_correct", "rejected_correct", "judge_sample_agreement",
+            "judge_parse_failure_rate", "judge_tie_rate", "judge_mean_score"]
 
 
 def stage_status(project: Path) -> list[dict]:
@@ -97,7 +103,26 @@ def resolve(project: Path, reference: str) -> tuple[str, dict]:
     return f"{match['run']}@{k}", per_iteration[k]
 
 
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion."""
+    if n == 0:
+        return 0.0, 0.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def interval(metrics: dict, key: str) -> tuple[float, float] | None:
+    """The 95% interval of a rate metric, when its denominator was recorded."""
+    n = metrics.get(RATE_DENOMINATORS.get(key, ""))
+    if not _numeric(metrics.get(key)) or not n:
+        return None
+    return wilson(metrics[key] * n, n)
+
+
 def diff(project: Path, a: str, b: str) -> dict:
+    """Rows of metric, both values, delta, and for rates their 95% intervals and whether those are separated."""
     name_a, left = resolve(project, a)
     name_b, right = resolve(project, b)
     keys = _ordered([k for k in {**left, **right} if _numeric(left.get(k)) or _numeric(right.get(k))])
@@ -105,7 +130,11 @@ def diff(project: Path, a: str, b: str) -> dict:
     for key in keys:
         x, y = left.get(key), right.get(key)
         delta = y - x if _numeric(x) and _numeric(y) else None
-        rows.append({"metric": key, "a": x, "b": y, "delta": delta})
+        row = {"metric": key, "a": x, "b": y, "delta": delta}
+        ci_a, ci_b = interval(left, key), interval(right, key)
+        if ci_a and ci_b:
+            row.update(ci_a=list(ci_a), ci_b=list(ci_b), separated=ci_a[1] < ci_b[0] or ci_b[1] < ci_a[0])
+        rows.append(row)
     return {"a": name_a, "b": name_b, "metrics": rows}
 
 

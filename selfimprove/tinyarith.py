@@ -11,6 +11,14 @@ Formats (character-level tokens):
     question:  "47+38="
     direct:    " #### 85"
     worked:    " 7+8=15 r5; 4+3+1=8 r85; #### 85"
+
+The judging variant (`builtin:tiny-arith-judge`, the miniature of Self-Rewarding's seed model, trained
+on instruction data plus judge data) also learns to grade a candidate answer with the additive
+rubric's last line, after checking it by worked steps and a digit-by-digit comparison:
+    judge prompt:  "47+38=84 judge:"
+    judgement:     " 7+8=15 r5; 4+3+1=8 r85; 84 vs 85: 8=8, 4/5. Score: 1"
+Writing the comparison digit by digit is what makes the score follow the model's own check: with only
+"84 vs 85. Score: N" a 0.9M-parameter judge stayed at chance (issue 4's measurements).
 """
 
 from __future__ import annotations
@@ -19,6 +27,10 @@ import random
 import zlib
 
 CHARS = list("0123456789+=#;r ")
+# The judging variant reads and writes words ("judge:", "Score:"): printable ASCII, appended after CHARS.
+JUDGE_CHARS = CHARS + [chr(c) for c in range(32, 127) if chr(c) not in CHARS]
+JUDGE_TEMPLATE = "{question}{response} judge:"  # what the judge is shown; {response} is the final answer
+RIGHT_SCORE, WRONG_SCORE = 5, 1  # the rubric's points for a right answer, and for a relevant wrong one
 SPECIAL = {"pad": "<pad>", "bos": "<s>", "eos": "</s>"}
 
 
@@ -75,14 +87,60 @@ def _split_of(a: int, b: int) -> str:
     return "test" if bucket < 2 else "validation" if bucket == 2 else "train"
 
 
-def bootstrap_examples(seed: int, count: int, digits: int, direct_fraction: float) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs for pretraining the tiny model on the train partition."""
+def bootstrap_examples(seed: int, count: int, digits: int, direct_fraction: float,
+                       judge_fraction: float = 0.0) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs for pretraining the tiny model on the train partition; a share
+    judge_fraction of them are judge examples (the judging variant)."""
     rng = random.Random(f"bootstrap:{seed}:{digits}")
+    judging = iter(judge_examples(seed, int(count * judge_fraction) + 1, digits)) if judge_fraction else None
     examples = []
     while len(examples) < count:
+        if judging is not None and rng.random() < judge_fraction:
+            prompt, completion, _ = next(judging, (None, None, None))
+            if prompt is not None:
+                examples.append((prompt, completion))
+                continue
         a, b = make_problem(rng, digits)
         if _split_of(a, b) != "train":
             continue
         solve = direct_solution if rng.random() < direct_fraction else worked_solution
         examples.append((question(a, b), solve(a, b)))
+    return examples
+
+
+def comparison(candidate: str, truth: int) -> str:
+    """'148 vs 159: 1=1, 4/5, 8/9' - digits right-aligned (zero-padded), '=' where they agree."""
+    width = max(len(candidate), len(str(truth)))
+    left, right = candidate.zfill(width), str(truth).zfill(width)
+    marks = ", ".join(f"{x}={y}" if x == y else f"{x}/{y}" for x, y in zip(left, right))
+    return f"{left} vs {right}: {marks}"
+
+
+def judgement(a: int, b: int, candidate: str) -> str:
+    """The judge's completion: re-derive the sum by worked steps, compare, score."""
+    steps = worked_solution(a, b).rsplit(" #### ", 1)[0]
+    score = RIGHT_SCORE if candidate == str(a + b) else WRONG_SCORE
+    return f"{steps} {comparison(candidate, a + b)}. Score: {score}"
+
+
+def candidate_answer(rng: random.Random, truth: int) -> str:
+    """Right half the time, else off by a small amount of the kind a tiny solver gets wrong (a unit, a
+    dropped or doubled carry in some column)."""
+    if rng.random() < 0.5:
+        return str(truth)
+    delta = rng.choice([1, 2, 3, 10, 20, 100]) * rng.choice([-1, 1])
+    return str(max(0, truth + delta))
+
+
+def judge_examples(seed: int, count: int, digits: int, split: str = "train") -> list[tuple[str, str, bool]]:
+    """(judge prompt, judgement, candidate is right) triples from one part of the partition."""
+    rng = random.Random(f"judge:{split}:{seed}:{digits}")
+    examples = []
+    while len(examples) < count:
+        a, b = make_problem(rng, digits)
+        if _split_of(a, b) != split:
+            continue
+        candidate = candidate_answer(rng, a + b)
+        prompt = JUDGE_TEMPLATE.format(question=question(a, b), response=candidate)
+        examples.append((prompt, judgement(a, b, candidate), candidate == str(a + b)))
     return examples

@@ -83,6 +83,18 @@ def test_diff_between_iterations_has_both_values_and_deltas(workspace):
     assert "scpo@2" in table and "+0.7070" in table
 
 
+def test_diff_shows_95_percent_intervals_of_rates(workspace):
+    report = json.loads(CliRunner().invoke(main, ["diff", "scpo@1", "scpo@2", "--json"]).output)
+    rows = {row["metric"]: row for row in report["metrics"]}
+    # 968/1000 vs 981/1000: Wilson intervals [0.955, 0.977] and [0.971, 0.988] overlap.
+    assert rows["accuracy"]["ci_a"] == pytest.approx([0.9551, 0.9772], abs=1e-4)
+    assert rows["accuracy"]["ci_b"] == pytest.approx([0.9705, 0.9878], abs=1e-4)
+    assert rows["accuracy"]["separated"] is False
+    report = json.loads(CliRunner().invoke(main, ["diff", "scpo@0", "scpo@2", "--json"]).output)
+    assert {row["metric"]: row for row in report["metrics"]}["accuracy"]["separated"] is True
+    assert "ci_a" not in {row["metric"]: row for row in report["metrics"]}["pairs"]  # not a rate
+
+
 def test_diff_errors_name_what_exists(workspace):
     result = CliRunner().invoke(main, ["diff", "scpo@0", "scpo@7"])
     assert result.exit_code == 2

@@ -54,3 +54,29 @@ def test_code_deps_follow_imports_including_lazy_ones():
     assert "selfimprove/weighted_dpo.py" in train_deps  # imported inside a function of stages/train.py
     assert "selfimprove/sampling.py" not in train_deps  # training does not sample: editing it keeps train cached
     assert "selfimprove/answers.py" in document["stages"]["scpo-it1-vote"]["deps"]
+
+
+def test_judge_loops_judge_instead_of_voting_and_track_the_judge(tmp_path):
+    template = tmp_path / "my_judge.txt"
+    template.write_text("Question: {question}\nAnswer: {response}\nScore 0-5 as 'Score: N'.")
+    loop = load_loop(ROOT / "loops/self_rewarding.yaml", [f"judge.template={template}", "judge.source=judges/big"])
+    (tmp_path / "judges/big").mkdir(parents=True)
+    document, params = compiler.compile_loop(loop, tmp_path)
+    stages = document["stages"]
+    assert "self_rewarding-it1-vote" not in stages and "bootstrap-tiny-arith-judge" in stages
+    judge = stages["self_rewarding-it2-judge"]
+    assert "--model judges/big" in judge["cmd"] and "judges/big" in judge["deps"]  # another local model judges
+    assert "my_judge.txt" in judge["deps"] and "runs/self_rewarding/it2/samples.jsonl" in judge["deps"]
+    assert "--scored runs/self_rewarding/it2/judgements.jsonl" in stages["self_rewarding-it2-pairs"]["cmd"]
+    assert "runs/self_rewarding/it3/judge.json" in stages["self_rewarding-report"]["deps"]
+    assert "self_rewarding.it0.judge" in stages["self_rewarding-it0-evaluate"]["params"]
+    assert params["self_rewarding"]["it2"]["judge"]["n"] == 3
+    assert params["builtin"]["tiny-arith-judge"]["judge_fraction"] == 0.5
+    # The policy judges itself by default: the judge of iteration 2 is iteration 1's model.
+    own, _ = compiler.compile_loop(load_loop(ROOT / "loops/self_rewarding.yaml"), ROOT)
+    assert "--model runs/self_rewarding/it1/model" in own["stages"]["self_rewarding-it2-judge"]["cmd"]
+
+
+def test_vote_loops_carry_no_judge_settings():
+    _, params = compiler.compile_loop(load_loop(ROOT / "loops/scpo.yaml"), ROOT)
+    assert "judge" not in params["scpo"]["it1"] and "judge" not in params["scpo"]["it0"]

@@ -171,3 +171,45 @@ def test_second_run_on_a_busy_workspace_is_refused_naming_the_holder(reference):
     assert process.returncode != 0
     assert "busy: pid 4242 running `selfimprove run loop.yaml`" in output
     assert "Traceback" not in output
+
+
+JUDGE_LOOP = """\
+name: j
+model: builtin:tiny-arith-judge
+data: {prompts: builtin:arith/train, eval: builtin:arith/test, prompts_size: 16, eval_size: 20, digits: 2}
+iterations: 1
+bootstrap: {steps: 60, batch_size: 16, digits: 2, layers: 2}
+stages:
+  generate: {n: 2, max_new_tokens: 30}
+  judge: {template: tiny-arith, n: 2, max_new_tokens: 70, response_marker: "####", max_failure_rate: 1.0}
+  pairs: {rule: best_vs_worst}
+  train: {loss: dpo, batch_size: 2, lr: 1.0e-4, max_length: 64}
+  evaluate: {k: 2, max_new_tokens: 30, judge_size: 10}
+"""
+
+
+def test_judge_loop_runs_end_to_end_and_an_unhealthy_judge_fails_in_one_line(tmp_path):
+    project = tmp_path / "judged"
+    project.mkdir()
+    (project / "loop.yaml").write_text(JUDGE_LOOP)
+    # Judgements cut to 4 tokens never reach "Score:": the judge stage must fail, saying what it wrote.
+    process = selfimprove(project, "run", "loop.yaml", "--set", "judge.max_new_tokens=4",
+                          "--set", "judge.max_failure_rate=0.5")
+    output, _ = process.communicate(timeout=900)
+    assert process.returncode == 2, output
+    assert "j-it1-judge failed" in output and "judge: 100% of 64 judgements have no score" in output
+    assert "the judge wrote e.g." in output and "Traceback" not in output
+
+    output = run_to_end(project, "run", "loop.yaml")
+    log = (project / "runs/j/repro.log").read_text()
+    ran = [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")]
+    assert ran.count("bootstrap-tiny-arith-judge") == 1 and ran.count("j-it1-generate") == 1  # kept from the failed run
+    assert "j-it1-vote" not in ran and ran[-5:] == ["j-it1-judge", "j-it1-pairs", "j-it1-train", "j-it1-evaluate", "j-report"]
+    health = json.loads((project / "runs/j/it1/judge.json").read_text())
+    assert health["judge_judgements"] == 16 * 2 * 2
+    assert 0 <= health["judge_parse_failure_rate"] <= 1 and "judge_score_5" in health
+    records = [json.loads(line) for line in (project / "runs/j/it1/judgements.jsonl").read_text().splitlines()]
+    assert len(records) == 16 and all(len(r["judgements"]) == 2 for r in records)
+    metrics = json.loads((project / "runs/j/metrics.json").read_text())
+    assert metrics["it0"]["judge_eval_candidates"] == 10 and "judge_agreement" in metrics["it1"]
+    assert "judge_parse_failure_rate" in metrics["it1"] and "dropped_ties" in metrics["it1"]

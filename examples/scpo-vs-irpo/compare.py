@@ -14,13 +14,14 @@ pairs kept, how often the vote agreed with the gold answer) and accuracy-seed<S>
 from __future__ import annotations
 
 import argparse
-import math
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT))
+from selfimprove.results import wilson  # noqa: E402  (the repository's package, installed or not)
 METHODS = [  # (label, loop file, run name)
     ("ScPO (no labels)", "loops/scpo.yaml", "scpo"),
     ("IRPO (gold)", "loops/irpo.yaml", "irpo"),
@@ -30,16 +31,6 @@ METHODS = [  # (label, loop file, run name)
 # pairs per question, so it trains on 4-6x more pairs; overrides per method go here, e.g.
 # {"irpo": ["pairs.pairs_per_question=1"]} for one pair per question like ScPO.
 PER_METHOD: dict[str, list[str]] = {}
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion."""
-    if n == 0:
-        return 0.0, 0.0
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def run_loops(project: Path, seed: int, iterations: int, overrides: list[str]) -> None:

@@ -57,3 +57,17 @@ def write_json(path: str | Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+def stage_main(main) -> None:
+    """Run a stage's main; a UserError (bad input, an unhealthy judge) ends it with one line, not a
+    traceback, and a non-zero exit that `selfimprove run` reports with the stage's name."""
+    import sys
+
+    from selfimprove.errors import UserError
+
+    try:
+        main()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

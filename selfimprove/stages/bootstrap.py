@@ -1,5 +1,6 @@
-"""Build `builtin:tiny-arith` from scratch: a character tokenizer and a ~0.9M-parameter Llama model
-trained on the mixed direct/worked arithmetic of `selfimprove.tinyarith`. No downloads.
+"""Build `builtin:tiny-arith` (or its judging variant) from scratch: a character tokenizer and a small
+Llama model trained on the mixed direct/worked arithmetic of `selfimprove.tinyarith`, plus judge
+examples when bootstrap.judge_fraction > 0. No downloads.
 
     python -m selfimprove.stages.bootstrap --params params.yaml --section builtin.tiny-arith \
         --out runs/builtin/tiny-arith
@@ -13,16 +14,16 @@ from pathlib import Path
 
 from selfimprove import tinyarith
 from selfimprove.progress import Progress
-from selfimprove.stages._io import read_section
+from selfimprove.stages._io import read_section, stage_main
 
 
-def build_tokenizer():
+def build_tokenizer(chars: list[str] = tinyarith.CHARS):
     """A character-level tokenizer built locally with `tokenizers`, wrapped for transformers."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = [tinyarith.SPECIAL["pad"], tinyarith.SPECIAL["bos"], tinyarith.SPECIAL["eos"], "<unk>"]
-    vocab = {token: i for i, token in enumerate(specials + tinyarith.CHARS)}
+    vocab = {token: i for i, token in enumerate(specials + chars)}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.decoder = decoders.Fuse()
@@ -65,11 +66,13 @@ def train_tiny_arith(settings: dict, out: str | Path) -> dict:
     import torch
 
     torch.manual_seed(settings["seed"])
-    tokenizer = build_tokenizer()
+    judge_fraction = settings.get("judge_fraction", 0.0)
+    # The solving-only model keeps its small vocabulary, so its weights (and results) do not move.
+    tokenizer = build_tokenizer(tinyarith.JUDGE_CHARS if judge_fraction else tinyarith.CHARS)
     model = build_model(tokenizer, settings.get("layers", 4))
     steps, batch_size = settings["steps"], settings["batch_size"]
     examples = tinyarith.bootstrap_examples(settings["seed"], steps * batch_size, settings["digits"],
-                                            settings["direct_fraction"])
+                                            settings["direct_fraction"], judge_fraction)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.01)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warmup, cosine decay to 10%
@@ -106,4 +109,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stage_main(main)

@@ -3,56 +3,38 @@
     python -m selfimprove.stages.generate --params params.yaml --section scpo.it1 \
         --model runs/builtin/tiny-arith --out runs/scpo/it1/samples.jsonl
 
-Resumable inside the stage: prompts are processed in shards written to a scratch folder beside the
-output, named by a fingerprint of the settings, prompts and model. A rerun after a crash reuses every
-complete shard; a changed setting or model gives a new fingerprint, so a stale shard is never reused.
+Resumable inside the stage (selfimprove.shards): prompts are processed in shards named by a fingerprint
+of the settings, prompts, template and model, so a rerun after a crash reuses every complete shard and
+a changed setting or model never reuses a stale one.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 from pathlib import Path
 
 from selfimprove import data as data_sources
 from selfimprove.models import model_identity
-from selfimprove.progress import Progress
-from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, revision_for, write_jsonl
-
-
-def fingerprint(settings: dict, records: list[dict], model: str, revision: str | None) -> str:
-    blob = json.dumps([settings, records, model_identity(model, revision)], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+from selfimprove.shards import discard, fingerprint, run_in_shards
+from selfimprove.stages._io import iteration_stage_args, read_section, revision_for, stage_main, write_jsonl
 
 
 def generate(settings: dict, records: list[dict], model_ref: str, out: str | Path, template: str = "{question}",
              revision: str | None = None) -> int:
     """Write one JSONL row per sample; return how many shards were reused from an interrupted run."""
     out = Path(out)
-    scratch = out.parent / f".{out.stem}-shards" / fingerprint(settings, records, model_ref, revision)
-    scratch.mkdir(parents=True, exist_ok=True)
-    shard_size = settings["shard_size"]
-    shards = [records[i:i + shard_size] for i in range(0, len(records), shard_size)]
-    progress = Progress("generate", len(records), "prompts")
-    model = tokenizer = None
-    reused = 0
-    for index, shard in enumerate(shards):
-        shard_path = scratch / f"shard-{index:05d}.jsonl"
-        if shard_path.exists():
-            reused += 1
-        else:
-            if model is None:  # load lazily: a fully reused run never pays for it
-                from selfimprove import models
+    loaded = {}
 
-                model, tokenizer = models.load(model_ref, revision)
-            done_before = index * shard_size
-            write_jsonl(shard_path, _sample_shard(model, tokenizer, shard, settings, template, index,
-                                                  on_batch=lambda done: progress.update(done_before + done)))
-        progress.update(min(len(records), (index + 1) * shard_size))
-    rows = [row for index in range(len(shards)) for row in read_jsonl(scratch / f"shard-{index:05d}.jsonl")]
+    def work(shard: list[dict], index: int, on_done) -> list[dict]:
+        if not loaded:  # load lazily: a fully reused run never pays for it
+            from selfimprove import models
+
+            loaded["model"], loaded["tokenizer"] = models.load(model_ref, revision)
+        return _sample_shard(loaded["model"], loaded["tokenizer"], shard, settings, template, index, on_batch=on_done)
+
+    key = fingerprint(settings, records, template, model_identity(model_ref, revision))
+    rows, reused = run_in_shards("generate", records, settings["shard_size"], out, key, work)
     write_jsonl(out, rows)
-    shutil.rmtree(scratch.parent)
+    discard(out)
     return reused
 
 
@@ -70,7 +52,7 @@ def _sample_shard(model, tokenizer, shard: list[dict], settings: dict, template:
     if settings["extra_n"]:
         extras = sample(model, tokenizer, prompts, settings["extra_n"], settings["extra_temperature"],
                         settings["top_p"], settings["max_new_tokens"], settings["batch_size"], seed=seed + 1)
-    return [{"id": r["id"], "prompt": p, "gold": r["answer"], "solution": r.get("solution"), "sample": j,
+    return [{"id": r["id"], "prompt": p, "question": r["question"], "gold": r["answer"], "solution": r.get("solution"), "sample": j,
              "extra": j >= len(main), "completion": c}
             for r, p, main, extra in zip(shard, prompts, completions, extras) for j, c in enumerate(main + extra)]
 
@@ -86,4 +68,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stage_main(main)

@@ -13,13 +13,14 @@ import argparse
 import json
 from pathlib import Path
 
-from selfimprove.stages._io import write_json
+from selfimprove.stages._io import stage_main, write_json
 
 
 def iteration_figures(iteration_dir: Path) -> dict:
-    """One iteration's evaluation (metrics.json) and pair statistics (pairs.json), merged; {} if neither."""
+    """One iteration's evaluation (metrics.json), pair statistics (pairs.json) and judge health
+    (judge.json), merged; {} if none exists."""
     figures = {}
-    for name in ("metrics.json", "pairs.json"):
+    for name in ("metrics.json", "pairs.json", "judge.json"):
         path = iteration_dir / name
         if path.exists():
             figures.update(json.loads(path.read_text()))
@@ -43,4 +44,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stage_main(main)

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from selfimprove.models import model_identity
-from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, revision_for
+from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, revision_for, stage_main
 
 
 def dpo_config(settings: dict, output_dir: str):
@@ -114,4 +114,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stage_main(main)

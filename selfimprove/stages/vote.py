@@ -9,7 +9,7 @@ import argparse
 from collections import Counter, defaultdict
 
 from selfimprove.answers import extract_final
-from selfimprove.stages._io import read_jsonl, write_jsonl
+from selfimprove.stages._io import read_jsonl, stage_main, write_jsonl
 
 
 def vote(samples: list[dict]) -> list[dict]:
@@ -46,4 +46,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stage_main(main)

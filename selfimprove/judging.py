@@ -1,0 +1,137 @@
+"""LLM-as-a-judge building blocks: prompt templates, splitting thought from response, score parsing,
+judge health. Used by the judge stage, by evaluation (the judge's agreement with the truth) and by tests.
+
+A judgement that does not end in a parseable score is a parse failure and stays one: it is never turned
+into a score, it is counted, and too many of them fail the stage (judge.max_failure_rate).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+from selfimprove import tinyarith
+from selfimprove.answers import normalize_number, same_answer
+from selfimprove.errors import UserError
+
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+# Named templates: files shipped in selfimprove/prompts/, except the tiny model's, which its bootstrap
+# is trained on and so lives beside the task generator.
+TEMPLATE_FILES = {"additive": "judge_additive.txt", "pairwise": "judge_pairwise.txt",
+                  "thought-generic": "thought_generic.txt", "thought-specific": "thought_specific.txt"}
+
+
+def template_path(name: str) -> Path | None:
+    """The file behind a template reference (a name or a path), or None for the in-code tiny template."""
+    if name == "tiny-arith":
+        return None
+    if name in TEMPLATE_FILES:
+        return PROMPTS_DIR / TEMPLATE_FILES[name]
+    return Path(name)
+
+
+def load_template(name: str, placeholders: tuple[str, ...] = ("question", "response")) -> str:
+    """A template's text; a user file must exist and use the placeholders, and nothing else in braces."""
+    if name == "tiny-arith":
+        return tinyarith.JUDGE_TEMPLATE
+    path = template_path(name)
+    if not path.is_file():
+        raise UserError(f"{name}: no such template file; use one of {', '.join(['tiny-arith', *TEMPLATE_FILES])} "
+                        "or a path to a text file")
+    text = path.read_text()
+    found = set(re.findall(r"(?<!\{)\{(\w+)\}(?!\})", text))
+    missing, unknown = set(placeholders) - found, found - set(placeholders)
+    if missing or unknown:
+        raise UserError(f"{path}: a template needs the placeholders {', '.join('{' + p + '}' for p in placeholders)}"
+                        + (f"; {', '.join('{' + u + '}' for u in sorted(unknown))} is not one (write {{{{ }}}} for a "
+                           "literal brace)" if unknown else ""))
+    return text
+
+
+def split_response(completion: str, marker: str) -> tuple[str, str] | None:
+    """(thought, response) split at the last marker; the whole completion is the response when marker
+    is empty. None when the marker is missing: the output cannot be split (TPO rejects those)."""
+    if not marker:
+        return "", completion.strip()
+    if marker not in completion:
+        return None
+    thought, response = completion.rsplit(marker, 1)
+    return thought.strip(), response.strip()
+
+
+def parse_score(text: str, pattern: str, max_score: int) -> int | None:
+    """The last score the judgement states, or None: no match, or a value outside 0..max_score."""
+    matches = re.findall(pattern, text)
+    if not matches:
+        return None
+    value = int(matches[-1])
+    return value if 0 <= value <= max_score else None
+
+
+def mean(values: list) -> float | None:
+    """Mean of the parsed scores; None when every judgement failed (no score, not a zero)."""
+    parsed = [v for v in values if v is not None]
+    return sum(parsed) / len(parsed) if parsed else None
+
+
+def health(records: list[dict], max_score: int) -> dict:
+    """Judge health over a stage's records (one per prompt: scores per response, correctness when known):
+    parse failures, ties, the score histogram, and agreement with the truth where gold answers exist."""
+    scores = [s for r in records for per_response in r["scores"] for s in per_response]
+    parsed = [s for s in scores if s is not None]
+    histogram = Counter(parsed)
+    judged_prompts = [r for r in records if sum(m is not None for m in r["mean_scores"]) >= 2]
+    ties = sum(len({m for m in r["mean_scores"] if m is not None}) == 1 for r in judged_prompts)
+    agree = checked = 0
+    for record in records:
+        for per_response, correct in zip(record["scores"], record.get("correct") or []):
+            for score in per_response:
+                if score is not None and correct is not None:
+                    checked += 1
+                    agree += says_right(score, max_score) == correct
+    figures = {
+        "judge_judgements": len(scores),
+        "judge_parse_failures": len(scores) - len(parsed),
+        "judge_parse_failure_rate": (len(scores) - len(parsed)) / len(scores) if scores else 0.0,
+        "judge_tie_rate": ties / len(judged_prompts) if judged_prompts else 0.0,
+        "judge_mean_score": sum(parsed) / len(parsed) if parsed else 0.0,
+        "judge_unsplittable": sum(r["unsplittable"].count(True) for r in records),
+        **{f"judge_score_{value}": histogram.get(value, 0) for value in range(max_score + 1)},
+    }
+    if checked:
+        figures["judge_sample_agreement"] = agree / checked  # on this iteration's samples, vs gold
+    return figures
+
+
+def says_right(score: float, max_score: int) -> bool:
+    """A pointwise score read as a verdict: above the middle of the scale means 'right'."""
+    return score > max_score / 2
+
+
+def check_failure_rate(records: list[dict], figures: dict, limit: float, pattern: str) -> None:
+    """Fail with what the judge actually wrote when too many judgements have no score."""
+    rate = figures["judge_parse_failure_rate"]
+    if rate <= limit:
+        return
+    failed = next((text for r in records for texts, scores in zip(r["judgements"], r["scores"])
+                   for text, score in zip(texts, scores) if score is None), "")
+    raise UserError(f"judge: {rate:.0%} of {figures['judge_judgements']} judgements have no score matching "
+                    f"{pattern!r} (limit {limit:.0%}, judge.max_failure_rate); the judge wrote e.g. {failed[-200:]!r}. "
+                    "Fix the template, or raise judge.max_new_tokens if the judgements are cut short")
+
+
+def held_out_candidates(records: list[dict], seed: int) -> list[dict]:
+    """Candidate answers to judge for the agreement metric: for each labelled numeric problem, the right
+    answer half the time, else one off by a small amount. Seeded, so every iteration judges the same."""
+    rng = random.Random(f"judge-eval:{seed}")
+    candidates = []
+    for record in records:
+        truth = normalize_number(record["answer"] or "")
+        if truth is None or "." in truth:
+            continue
+        candidate = tinyarith.candidate_answer(rng, int(truth))
+        candidates.append({"question": record["question"], "response": candidate,
+                           "correct": same_answer(candidate, record["answer"])})
+    return candidates
