@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 import selfimprove
-from selfimprove.config import DATA_SETTINGS, Loop, judged, resolved_params, uses_judge
+from selfimprove.config import DATA_SETTINGS, Loop, judged, meta_judged, resolved_params, uses_judge
 from selfimprove.judging import template_path
 from selfimprove.errors import UserError
 from selfimprove.models import builtin_dir
@@ -109,9 +109,13 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
                 "params": [f"{run}.it{k}.generate"] + _data_params(run, "eval") + ([f"{run}.model_revision"] if k == 1 else []),
                 "outs": [f"{out}/samples.jsonl"],
             }
+            judge_pairs = []
             if judged(loop.per_iteration[k]):
                 stages[stage_name(run, k, "judge")] = _judge_stage(loop, project, k, model, model_is_dep)
                 scored = f"{out}/judgements.jsonl"
+                if meta_judged(loop.per_iteration[k]):
+                    stages[stage_name(run, k, "metajudge")] = _metajudge_stage(loop, project, k, model, model_is_dep)
+                    judge_pairs = [f"{out}/judge_pairs.jsonl"]
             else:
                 stages[stage_name(run, k, "vote")] = {
                     "cmd": f"python -m selfimprove.stages.vote --samples {out}/samples.jsonl --out {out}/votes.jsonl",
@@ -121,8 +125,9 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
                 scored = f"{out}/votes.jsonl"
             stages[stage_name(run, k, "pairs")] = {
                 "cmd": f"python -m selfimprove.stages.pairs --params {params} --run {run} --iteration {k} "
-                       f"--scored {scored} --out {out}/pairs.jsonl --stats {out}/pairs.json",
-                "deps": _code(project, "stages.pairs") + [scored],
+                       f"--scored {scored} --out {out}/pairs.jsonl --stats {out}/pairs.json"
+                       + "".join(f" --judge-pairs {path}" for path in judge_pairs),
+                "deps": _code(project, "stages.pairs") + [scored] + judge_pairs,
                 "params": [f"{run}.it{k}.pairs"],
                 "outs": [f"{out}/pairs.jsonl"],
                 "metrics": [{f"{out}/pairs.json": {"cache": False}}],
@@ -150,7 +155,9 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
                f"--out {run_dir(run)}/metrics.json",
         "deps": _code(project, "stages.report") + [f"{iteration_dir(run, k)}/metrics.json" for k in iterations]
                 + [f"{iteration_dir(run, k)}/pairs.json" for k in iterations if k > 0]
-                + [f"{iteration_dir(run, k)}/judge.json" for k in iterations if k > 0 and judged(loop.per_iteration[k])],
+                + [f"{iteration_dir(run, k)}/judge.json" for k in iterations if k > 0 and judged(loop.per_iteration[k])]
+                + [f"{iteration_dir(run, k)}/metajudge.json" for k in iterations
+                   if k > 0 and meta_judged(loop.per_iteration[k])],
         "metrics": [{f"{run_dir(run)}/metrics.json": {"cache": False}}],
     }
     return stages
@@ -173,6 +180,22 @@ def _judge_stage(loop: Loop, project: Path, k: int, policy: str, policy_is_dep: 
         "params": [f"{run}.it{k}.judge"] + ([f"{run}.model_revision"] if k == 1 else []),
         "outs": [f"{out}/judgements.jsonl"],
         "metrics": [{f"{out}/judge.json": {"cache": False}}],
+    }
+
+
+def _metajudge_stage(loop: Loop, project: Path, k: int, policy: str, policy_is_dep: bool) -> dict:
+    """The policy, as meta-judge, compares its own judgements of iteration k's samples."""
+    run, out = loop.name, iteration_dir(loop.name, k)
+    template = template_path(loop.per_iteration[k]["metajudge"]["template"])
+    return {
+        "cmd": f"python -m selfimprove.stages.metajudge --params params.yaml --run {run} --iteration {k} "
+               f"--model {policy} --judgements {out}/judgements.jsonl --out {out}/judge_pairs.jsonl "
+               f"--stats {out}/metajudge.json",
+        "deps": _code(project, "stages.metajudge") + [f"{out}/judgements.jsonl"] + ([policy] if policy_is_dep else [])
+                + ([_relative(template, project)] if template else []),
+        "params": [f"{run}.it{k}.metajudge", f"{run}.it{k}.judge"] + ([f"{run}.model_revision"] if k == 1 else []),
+        "outs": [f"{out}/judge_pairs.jsonl"],
+        "metrics": [{f"{out}/metajudge.json": {"cache": False}}],
     }
 
 

@@ -52,6 +52,17 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
         "shard_size": (int, 512),  # responses per resumable shard
         "seed": (int, 0),
     },
+    "metajudge": {  # Meta-Rewarding: used in iterations where pairs.judge_pairs is true
+        "template": (str, "meta"),  # meta | tiny-arith-meta | a path to a text file
+        "temperature": (float, 0.0),
+        "top_p": (float, 1.0),
+        "max_new_tokens": (int, 256),
+        "winner_pattern": (str, r"Winner:\s*([AB])"),
+        "max_judgement_length": (int, 1100),  # characters; longer chosen judgements are dropped
+        "batch_size": (int, 512),
+        "shard_size": (int, 512),  # comparisons per resumable shard
+        "seed": (int, 0),
+    },
     "pairs": {
         "rule": (str, "most_vs_least_voted"),  # ScPO; `gold` is IRPO; `semi_supervised` mixes the two
         "min_votes": (float, 0.5),  # tau as a fraction of n: keep a prompt if its top answer has >= tau*n votes
@@ -59,6 +70,7 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
         "pairs_per_question": (int, 10),  # K for the gold rule (IRPO: 10 on GSM8K)
         "labelled_fraction": (float, 0.5),  # semi_supervised: share of questions whose gold answer is used
         "rho": (float, 0.0),  # length control of the judge rules (TPO, Meta-Rewarding); 0 = off
+        "judge_pairs": (bool, False),  # Meta-Rewarding: add judge pairs from the meta-judge (train the judge)
         "seed": (int, 0),
     },
     "train": {
@@ -115,6 +127,7 @@ BOOTSTRAP_SETTINGS: dict[str, tuple[type, Any]] = {
     "digits": (int, 3),  # 2-digit direct sums are learnt too easily: the model leaves the regime (README)
     "layers": (int, 2),
     "judge_fraction": (float, 0.0),  # share of judge examples (builtin:tiny-arith-judge sets it)
+    "meta_fraction": (float, 0.0),  # share of meta-judge examples (idem)
     "seed": (int, 0),
 }
 JUDGE_RULES = ("best_vs_worst", "length_controlled", "length_band")
@@ -344,6 +357,9 @@ def _check_values(per_iteration: dict, problems: _Problems) -> None:
         ("judge", "score_pattern", _one_group, "must be a regular expression with one group capturing the score, "
                                                "e.g. 'Score:\\s*(\\d+)'"),
         ("evaluate", "judge_size", lambda v: v >= 0, "must be >= 0 (0: off)"),
+        ("metajudge", "template", _template_exists, "is not a template: use meta, tiny-arith-meta or a path to a "
+                                                    "text file"),
+        ("metajudge", "winner_pattern", _one_group, "must be a regular expression with one group capturing A or B"),
     ]
     for k, stages in per_iteration.items():
         for stage, key, ok, message in rules:
@@ -381,11 +397,16 @@ def judged(stages: dict) -> bool:
     return stages["pairs"]["rule"] in JUDGE_RULES
 
 
+def meta_judged(stages: dict) -> bool:
+    return judged(stages) and stages["pairs"]["judge_pairs"]
+
+
 def resolved_params(loop: Loop) -> dict:
     """The params a compiled run tracks in params.yaml: one section per iteration and stage (the judge's
     only in loops that judge)."""
     params = {"model": loop.model, "model_revision": loop.model_revision, "data": copy.deepcopy(loop.data)}
-    keep = [s for s in STAGE_SETTINGS if s != "judge" or uses_judge(loop)]
+    meta = any(meta_judged(stages) for stages in loop.per_iteration.values())
+    keep = [s for s in STAGE_SETTINGS if (s != "judge" or uses_judge(loop)) and (s != "metajudge" or meta)]
     for k, stages in loop.per_iteration.items():
         params[f"it{k}"] = {stage: copy.deepcopy(stages[stage]) for stage in keep}
     # Iteration 0 is the base model; only its evaluation runs, with iteration 1's settings.

@@ -19,29 +19,38 @@ from selfimprove.errors import UserError
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 # Named templates: files shipped in selfimprove/prompts/, except the tiny model's, which its bootstrap
 # is trained on and so lives beside the task generator.
-TEMPLATE_FILES = {"additive": "judge_additive.txt", "pairwise": "judge_pairwise.txt",
+TEMPLATE_FILES = {"additive": "judge_additive.txt", "pairwise": "judge_pairwise.txt", "meta": "meta_judge.txt",
                   "thought-generic": "thought_generic.txt", "thought-specific": "thought_specific.txt"}
+IN_CODE_TEMPLATES = {"tiny-arith": tinyarith.JUDGE_TEMPLATE, "tiny-arith-meta": tinyarith.META_TEMPLATE}
+# A meta-judge template shows the two judgements whole, or (the tiny model's) only their scores.
+META_PLACEHOLDERS = [("question", "response", "judgement_a", "judgement_b"), ("question", "response", "score_a", "score_b")]
 
 
 def template_path(name: str) -> Path | None:
-    """The file behind a template reference (a name or a path), or None for the in-code tiny template."""
-    if name == "tiny-arith":
+    """The file behind a template reference (a name or a path), or None for an in-code tiny template."""
+    if name in IN_CODE_TEMPLATES:
         return None
     if name in TEMPLATE_FILES:
         return PROMPTS_DIR / TEMPLATE_FILES[name]
     return Path(name)
 
 
-def load_template(name: str, placeholders: tuple[str, ...] = ("question", "response")) -> str:
-    """A template's text; a user file must exist and use the placeholders, and nothing else in braces."""
-    if name == "tiny-arith":
-        return tinyarith.JUDGE_TEMPLATE
+def load_template(name: str, placeholders: tuple[str, ...] = ("question", "response"),
+                  alternatives: list[tuple[str, ...]] | None = None) -> str:
+    """A template's text; a user file must exist and use the placeholders (or one of the alternative
+    sets), and nothing else in braces."""
+    if name in IN_CODE_TEMPLATES:
+        return IN_CODE_TEMPLATES[name]
     path = template_path(name)
     if not path.is_file():
-        raise UserError(f"{name}: no such template file; use one of {', '.join(['tiny-arith', *TEMPLATE_FILES])} "
+        raise UserError(f"{name}: no such template file; use one of {', '.join([*IN_CODE_TEMPLATES, *TEMPLATE_FILES])} "
                         "or a path to a text file")
     text = path.read_text()
     found = set(re.findall(r"(?<!\{)\{(\w+)\}(?!\})", text))
+    for option in alternatives or []:
+        if found == set(option):
+            return text
+    placeholders = (alternatives or [placeholders])[0]
     missing, unknown = set(placeholders) - found, found - set(placeholders)
     if missing or unknown:
         raise UserError(f"{path}: a template needs the placeholders {', '.join('{' + p + '}' for p in placeholders)}"
@@ -135,3 +144,47 @@ def held_out_candidates(records: list[dict], seed: int) -> list[dict]:
         candidates.append({"question": record["question"], "response": candidate,
                            "correct": same_answer(candidate, record["answer"])})
     return candidates
+
+
+def parse_winner(text: str, pattern: str) -> str | None:
+    """'A' or 'B' from the last verdict a comparison states; None for a tie, a refusal or no verdict."""
+    matches = re.findall(pattern, text)
+    return matches[-1].upper() if matches and matches[-1].upper() in ("A", "B") else None
+
+
+def position_weights(battles: list[dict]) -> tuple[float, float]:
+    """Meta-Rewarding's correction for position bias: (w1, w2) = (wins in second place, wins in first
+    place) / all wins, so that a win in the favoured position counts less."""
+    first = sum(b["winner"] == "A" for b in battles)
+    second = sum(b["winner"] == "B" for b in battles)
+    if first + second == 0:
+        return 0.5, 0.5
+    return second / (first + second), first / (first + second)
+
+
+def battle_scores(battles: list[dict], size: int, weights: tuple[float, float]) -> list[list[float]]:
+    """B[m][n] = w1 * [m won shown first against n] + w2 * [m won shown second against n]; ties and
+    unparsed verdicts count 0. Each battle is {"first": m, "second": n, "winner": "A" | "B" | None}."""
+    w1, w2 = weights
+    scores = [[0.0] * size for _ in range(size)]
+    for battle in battles:
+        if battle["winner"] == "A":
+            scores[battle["first"]][battle["second"]] += w1
+        elif battle["winner"] == "B":
+            scores[battle["second"]][battle["first"]] += w2
+    return scores
+
+
+def elo(scores: list[list[float]], steps: int = 500, lr: float = 0.5, prior: float = 0.01) -> list[float]:
+    """Bradley-Terry strengths by maximum likelihood: maximise sum B[m][n] log sigmoid(e_m - e_n), by
+    gradient ascent. A small Gaussian prior keeps them finite when one side wins every battle."""
+    import numpy as np
+
+    wins = np.asarray(scores, dtype=float)
+    strength = np.zeros(len(wins))
+    for _ in range(steps):
+        diff = strength[:, None] - strength[None, :]
+        p_loss = 1.0 / (1.0 + np.exp(diff))  # sigmoid(e_n - e_m): how surprising each win of m over n is
+        gradient = (wins * p_loss).sum(axis=1) - (wins.T * p_loss.T).sum(axis=1) - prior * strength
+        strength += lr * gradient / max(1.0, wins.sum())
+    return (strength - strength.mean()).tolist()

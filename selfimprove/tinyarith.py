@@ -17,6 +17,9 @@ on instruction data plus judge data) also learns to grade a candidate answer wit
 rubric's last line, after checking it by worked steps and a digit-by-digit comparison:
     judge prompt:  "47+38=84 judge:"
     judgement:     " 7+8=15 r5; 4+3+1=8 r85; 84 vs 85: 8=8, 4/5. Score: 1"
+and, as a meta-judge, to say which of two judgements of an answer is right:
+    meta prompt:   "47+38=84 A:5 B:1 meta:"
+    completion:    " 7+8=15 r5; 4+3+1=8 r85; 84 vs 85: 8=8, 4/5. Winner: B"
 Writing the comparison digit by digit is what makes the score follow the model's own check: with only
 "84 vs 85. Score: N" a 0.9M-parameter judge stayed at chance (issue 4's measurements).
 """
@@ -31,6 +34,10 @@ CHARS = list("0123456789+=#;r ")
 JUDGE_CHARS = CHARS + [chr(c) for c in range(32, 127) if chr(c) not in CHARS]
 JUDGE_TEMPLATE = "{question}{response} judge:"  # what the judge is shown; {response} is the final answer
 RIGHT_SCORE, WRONG_SCORE = 5, 1  # the rubric's points for a right answer, and for a relevant wrong one
+# The meta-judge (Meta-Rewarding) is shown two judgements of one answer, by their scores (whole
+# judgements would not fit the model's 128 positions), checks the answer itself and names the more
+# accurate judgement.
+META_TEMPLATE = "{question}{response} A:{score_a} B:{score_b} meta:"
 SPECIAL = {"pad": "<pad>", "bos": "<s>", "eos": "</s>"}
 
 
@@ -88,17 +95,20 @@ def _split_of(a: int, b: int) -> str:
 
 
 def bootstrap_examples(seed: int, count: int, digits: int, direct_fraction: float,
-                       judge_fraction: float = 0.0) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs for pretraining the tiny model on the train partition; a share
-    judge_fraction of them are judge examples (the judging variant)."""
+                       judge_fraction: float = 0.0, meta_fraction: float = 0.0) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs for pretraining the tiny model on the train partition; shares
+    judge_fraction and meta_fraction of them are judge and meta-judge examples (the judging variant)."""
     rng = random.Random(f"bootstrap:{seed}:{digits}")
-    judging = iter(judge_examples(seed, int(count * judge_fraction) + 1, digits)) if judge_fraction else None
+    judging = iter([(p, c) for p, c, _ in judge_examples(seed, int(count * judge_fraction) + 1, digits)])
+    meta = iter(meta_examples(seed, int(count * meta_fraction) + 1, digits) if meta_fraction else [])
     examples = []
     while len(examples) < count:
-        if judging is not None and rng.random() < judge_fraction:
-            prompt, completion, _ = next(judging, (None, None, None))
-            if prompt is not None:
-                examples.append((prompt, completion))
+        draw = rng.random() if judge_fraction or meta_fraction else 1.0
+        source = judging if draw < judge_fraction else meta if draw < judge_fraction + meta_fraction else None
+        if source is not None:
+            example = next(source, None)
+            if example is not None:
+                examples.append(example)
                 continue
         a, b = make_problem(rng, digits)
         if _split_of(a, b) != "train":
@@ -130,6 +140,31 @@ def candidate_answer(rng: random.Random, truth: int) -> str:
         return str(truth)
     delta = rng.choice([1, 2, 3, 10, 20, 100]) * rng.choice([-1, 1])
     return str(max(0, truth + delta))
+
+
+def meta_judgement(a: int, b: int, candidate: str, score_a: int, score_b: int) -> str:
+    """The meta-judge's completion: the same check as a judgement, then the judgement whose score is right."""
+    steps = worked_solution(a, b).rsplit(" #### ", 1)[0]
+    right = RIGHT_SCORE if candidate == str(a + b) else WRONG_SCORE
+    return f"{steps} {comparison(candidate, a + b)}. Winner: {'A' if score_a == right else 'B'}"
+
+
+def meta_examples(seed: int, count: int, digits: int, split: str = "train") -> list[tuple[str, str]]:
+    """(meta prompt, completion) pairs: one judgement scores the candidate rightly, the other wrongly, in
+    a random order."""
+    rng = random.Random(f"meta:{split}:{seed}:{digits}")
+    examples = []
+    while len(examples) < count:
+        a, b = make_problem(rng, digits)
+        if _split_of(a, b) != split:
+            continue
+        candidate = candidate_answer(rng, a + b)
+        right = RIGHT_SCORE if candidate == str(a + b) else WRONG_SCORE
+        wrong = WRONG_SCORE if right == RIGHT_SCORE else RIGHT_SCORE
+        score_a, score_b = (right, wrong) if rng.random() < 0.5 else (wrong, right)
+        prompt = META_TEMPLATE.format(question=question(a, b), response=candidate, score_a=score_a, score_b=score_b)
+        examples.append((prompt, meta_judgement(a, b, candidate, score_a, score_b)))
+    return examples
 
 
 def judge_examples(seed: int, count: int, digits: int, split: str = "train") -> list[tuple[str, str, bool]]:

@@ -80,3 +80,14 @@ def test_judge_loops_judge_instead_of_voting_and_track_the_judge(tmp_path):
 def test_vote_loops_carry_no_judge_settings():
     _, params = compiler.compile_loop(load_loop(ROOT / "loops/scpo.yaml"), ROOT)
     assert "judge" not in params["scpo"]["it1"] and "judge" not in params["scpo"]["it0"]
+
+
+def test_meta_rewarding_meta_judges_only_in_the_iterations_that_train_the_judge():
+    document, params = compiler.compile_loop(load_loop(ROOT / "loops/meta_rewarding.yaml"), ROOT)
+    stages = document["stages"]
+    assert "meta_rewarding-it2-metajudge" in stages and "meta_rewarding-it3-metajudge" not in stages
+    assert "--judge-pairs runs/meta_rewarding/it2/judge_pairs.jsonl" in stages["meta_rewarding-it2-pairs"]["cmd"]
+    assert "runs/meta_rewarding/it2/judge_pairs.jsonl" in stages["meta_rewarding-it2-pairs"]["deps"]
+    assert "--judge-pairs" not in stages["meta_rewarding-it3-pairs"]["cmd"]
+    assert "--model runs/meta_rewarding/it1/model" in stages["meta_rewarding-it2-metajudge"]["cmd"]
+    assert params["meta_rewarding"]["it3"]["pairs"]["judge_pairs"] is False

@@ -182,13 +182,14 @@ bootstrap: {steps: 60, batch_size: 16, digits: 2, layers: 2}
 stages:
   generate: {n: 2, max_new_tokens: 30}
   judge: {template: tiny-arith, n: 2, max_new_tokens: 70, response_marker: "####", max_failure_rate: 1.0}
-  pairs: {rule: best_vs_worst}
+  metajudge: {template: tiny-arith-meta, max_new_tokens: 70}
+  pairs: {rule: length_band, judge_pairs: true}
   train: {loss: dpo, batch_size: 2, lr: 1.0e-4, max_length: 64}
   evaluate: {k: 2, max_new_tokens: 30, judge_size: 10}
 """
 
 
-def test_judge_loop_runs_end_to_end_and_an_unhealthy_judge_fails_in_one_line(tmp_path):
+def test_meta_rewarding_loop_runs_end_to_end_and_an_unhealthy_judge_fails_in_one_line(tmp_path):
     project = tmp_path / "judged"
     project.mkdir()
     (project / "loop.yaml").write_text(JUDGE_LOOP)
@@ -204,7 +205,8 @@ def test_judge_loop_runs_end_to_end_and_an_unhealthy_judge_fails_in_one_line(tmp
     log = (project / "runs/j/repro.log").read_text()
     ran = [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")]
     assert ran.count("bootstrap-tiny-arith-judge") == 1 and ran.count("j-it1-generate") == 1  # kept from the failed run
-    assert "j-it1-vote" not in ran and ran[-5:] == ["j-it1-judge", "j-it1-pairs", "j-it1-train", "j-it1-evaluate", "j-report"]
+    assert "j-it1-vote" not in ran
+    assert ran[-6:] == ["j-it1-judge", "j-it1-metajudge", "j-it1-pairs", "j-it1-train", "j-it1-evaluate", "j-report"]
     health = json.loads((project / "runs/j/it1/judge.json").read_text())
     assert health["judge_judgements"] == 16 * 2 * 2
     assert 0 <= health["judge_parse_failure_rate"] <= 1 and "judge_score_5" in health
@@ -213,3 +215,6 @@ def test_judge_loop_runs_end_to_end_and_an_unhealthy_judge_fails_in_one_line(tmp
     metrics = json.loads((project / "runs/j/metrics.json").read_text())
     assert metrics["it0"]["judge_eval_candidates"] == 10 and "judge_agreement" in metrics["it1"]
     assert "judge_parse_failure_rate" in metrics["it1"] and "dropped_ties" in metrics["it1"]
+    meta = json.loads((project / "runs/j/it1/metajudge.json").read_text())
+    pairs = json.loads((project / "runs/j/it1/pairs.json").read_text())
+    assert pairs["pairs"] == pairs["actor_pairs"] + meta["judge_pairs"] and "meta_battles" in metrics["it1"]

@@ -176,3 +176,65 @@ def test_user_template_must_use_the_placeholders(tmp_path):
     good = tmp_path / "good.txt"
     good.write_text("Q: {question}\nA: {response}\nJSON like {{\"score\": 1}}")
     assert judging.load_template(str(good)).format(question="q", response="r").startswith("Q: q")
+
+
+def test_position_weights_discount_wins_in_the_favoured_position():
+    battles = [{"winner": "A"}] * 3 + [{"winner": "B"}] + [{"winner": None}]
+    assert judging.position_weights(battles) == (1 / 4, 3 / 4)  # first place wins 3 of 4: worth 1/4 each
+
+
+def test_elo_orders_judgements_by_weighted_wins():
+    # 0 beats 1 and 2, 1 beats 2: strengths must come out 0 > 1 > 2, and stay finite.
+    scores = [[0, 1, 1], [0, 0, 1], [0, 0, 0]]
+    strengths = judging.elo(scores)
+    assert strengths[0] > strengths[1] > strengths[2] and max(map(abs, strengths)) < 20
+    assert judging.elo([[0, 0], [0, 0]]) == [0.0, 0.0]
+    battles = [{"first": 0, "second": 1, "winner": "A"}, {"first": 1, "second": 0, "winner": "B"},
+               {"first": 1, "second": 0, "winner": None}]
+    assert judging.battle_scores(battles, 2, (0.25, 0.75)) == [[0.0, 0.25 + 0.75], [0.0, 0.0]]  # B[0][1]
+
+
+def test_parse_winner_reads_the_last_verdict_and_refuses_ties():
+    pattern = STAGE_SETTINGS["metajudge"]["winner_pattern"][1]
+    assert judging.parse_winner("A seems fine... Winner: B", pattern) == "B"
+    assert judging.parse_winner("Winner: tie", pattern) is None and judging.parse_winner("", pattern) is None
+
+
+def judged_record(scores, correct=True):
+    texts = [[f"check {i}.{j}. Score: {s}" for j, s in enumerate(per)] for i, per in enumerate(scores)]
+    return {"id": 0, "question": "47+38=", "responses": [f"8{i}" for i in range(len(scores))], "judgements": texts,
+            "scores": scores, "correct": [correct] * len(scores)}
+
+
+def test_metajudge_compares_the_most_uncertain_responses_judgements_in_both_orders(tmp_path):
+    from selfimprove.stages.metajudge import metajudge, most_uncertain
+
+    record = judged_record([[5, 5, 5], [5, 1, 1], [1, None, 5]])
+    assert most_uncertain(record) == 2  # scores 1 and 5: variance 4 (the failed judgement is ignored)
+    settings = {key: default for key, (_, default) in STAGE_SETTINGS["metajudge"].items()}
+    settings["template"] = "tiny-arith-meta"
+    # The scripted meta-judge always prefers the judgement that says 5: "Winner: A" when A says 5.
+    seen = []
+
+    def verdicts(prompts, index, on_done):
+        seen.extend(prompts)
+        return ["ok. Winner: A" if " A:5 " in p else "ok. Winner: B" for p in prompts]
+
+    pairs, stats = metajudge(settings, JUDGE | {"template": "tiny-arith"}, [record], "m", tmp_path / "jp.jsonl",
+                             generate_verdicts=verdicts)
+    assert seen == ["47+38=82 A:1 B:5 meta:", "47+38=82 A:5 B:1 meta:"]  # both orders of judgements 0 and 2
+    assert stats["meta_battles"] == 2 and stats["meta_first_position_win_rate"] == 0.5
+    assert stats["meta_higher_score_win_rate"] == 1.0
+    [pair] = pairs
+    assert pair["prompt"] == "47+38=82 judge:" and pair["chosen"] == "check 2.2. Score: 5"
+    assert pair["rejected"] == "check 2.0. Score: 1"
+    assert pair["chosen_verdict_right"] is True and stats["judge_pairs_chosen_right"] == 1.0
+
+
+def test_unanimous_judgements_give_no_judge_pair(tmp_path):
+    from selfimprove.stages.metajudge import metajudge
+
+    settings = {key: default for key, (_, default) in STAGE_SETTINGS["metajudge"].items()} | {"template": "tiny-arith-meta"}
+    pairs, stats = metajudge(settings, JUDGE | {"template": "tiny-arith"}, [judged_record([[5, 5], [1, 1]])], "m",
+                             tmp_path / "jp.jsonl", generate_verdicts=lambda prompts, i, done: [])
+    assert pairs == [] and stats["meta_battles"] == 0

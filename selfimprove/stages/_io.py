@@ -11,15 +11,19 @@ from typing import Iterable
 import yaml
 
 
-def iteration_stage_args(doc: str, argv, *paths: str) -> argparse.Namespace:
-    """The arguments of an iteration stage: --params, --run, --iteration, then its own paths (--model ...)."""
+def iteration_stage_parser(doc: str, *paths: str) -> argparse.ArgumentParser:
+    """The parser of an iteration stage: --params, --run, --iteration, then its own paths (--model ...)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--params", required=True)
     parser.add_argument("--run", required=True)
     parser.add_argument("--iteration", type=int, required=True)
     for name in paths:
         parser.add_argument(f"--{name}", required=True)
-    return parser.parse_args(argv)
+    return parser
+
+
+def iteration_stage_args(doc: str, argv, *paths: str) -> argparse.Namespace:
+    return iteration_stage_parser(doc, *paths).parse_args(argv)
 
 
 def revision_for(run: dict, model: str) -> str | None:

@@ -68,11 +68,12 @@ def train_tiny_arith(settings: dict, out: str | Path) -> dict:
     torch.manual_seed(settings["seed"])
     judge_fraction = settings.get("judge_fraction", 0.0)
     # The solving-only model keeps its small vocabulary, so its weights (and results) do not move.
-    tokenizer = build_tokenizer(tinyarith.JUDGE_CHARS if judge_fraction else tinyarith.CHARS)
+    tokenizer = build_tokenizer(tinyarith.JUDGE_CHARS if judge_fraction or settings.get("meta_fraction") else tinyarith.CHARS)
     model = build_model(tokenizer, settings.get("layers", 4))
     steps, batch_size = settings["steps"], settings["batch_size"]
     examples = tinyarith.bootstrap_examples(settings["seed"], steps * batch_size, settings["digits"],
-                                            settings["direct_fraction"], judge_fraction)
+                                            settings["direct_fraction"], judge_fraction,
+                                            settings.get("meta_fraction", 0.0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.01)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warmup, cosine decay to 10%

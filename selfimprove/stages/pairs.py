@@ -30,7 +30,7 @@ import math
 import random
 
 from selfimprove.answers import same_answer
-from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, stage_main, write_json, write_jsonl
+from selfimprove.stages._io import iteration_stage_parser, read_jsonl, read_section, stage_main, write_json, write_jsonl
 
 
 def scpo_pair(record: dict, min_votes: float, rng: random.Random) -> dict | None:
@@ -222,9 +222,15 @@ def build_pairs(records: list[dict], settings: dict, seed: int = 0) -> tuple[lis
 
 
 def main(argv=None) -> None:
-    args = iteration_stage_args(__doc__, argv, "scored", "out", "stats")
+    parser = iteration_stage_parser(__doc__, "scored", "out", "stats")
+    parser.add_argument("--judge-pairs", action="append", default=[],
+                        help="Meta-Rewarding's judge pairs (from the metajudge stage), trained on with the actor pairs")
+    args = parser.parse_args(argv)
     settings = read_section(args.params, f"{args.run}.it{args.iteration}.pairs")
     pairs, stats = build_pairs(read_jsonl(args.scored), settings, seed=settings["seed"] * 1000 + args.iteration)
+    extra = [pair for path in args.judge_pairs for pair in read_jsonl(path)]
+    pairs += extra
+    stats["actor_pairs"], stats["pairs"] = stats["pairs"], stats["pairs"] + len(extra)
     write_jsonl(args.out, pairs)
     write_json(args.stats, stats)
     dropped = (f"{stats['dropped_ties']} ties" if "dropped_ties" in stats

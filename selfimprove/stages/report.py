@@ -17,10 +17,10 @@ from selfimprove.stages._io import stage_main, write_json
 
 
 def iteration_figures(iteration_dir: Path) -> dict:
-    """One iteration's evaluation (metrics.json), pair statistics (pairs.json) and judge health
-    (judge.json), merged; {} if none exists."""
+    """One iteration's evaluation (metrics.json), pair statistics (pairs.json), judge health (judge.json)
+    and meta-judge statistics (metajudge.json), merged; {} if none exists."""
     figures = {}
-    for name in ("metrics.json", "pairs.json", "judge.json"):
+    for name in ("metrics.json", "pairs.json", "judge.json", "metajudge.json"):
         path = iteration_dir / name
         if path.exists():
             figures.update(json.loads(path.read_text()))
