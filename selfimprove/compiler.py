@@ -168,6 +168,8 @@ def _judge_stage(loop: Loop, project: Path, k: int, policy: str, policy_is_dep: 
     run, out, settings = loop.name, iteration_dir(loop.name, k), loop.per_iteration[k]["judge"]
     if settings["source"] == "self":
         judge_model, judge_is_dep = policy, policy_is_dep
+    elif settings["source"] == "openai":  # a server: its endpoint and model name are params
+        judge_model, judge_is_dep = "openai", False
     else:
         judge_model, judge_is_dep = settings["source"], Path(project, settings["source"]).is_dir()
     template = template_path(settings["template"])

@@ -38,7 +38,13 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
         "extract": (str, "final_number"),
     },
     "judge": {  # used when pairs.rule is a judge rule (best_vs_worst, length_controlled, length_band)
-        "source": (str, "self"),  # self: the policy judges its own samples; else a model directory or hub id
+        "source": (str, "self"),  # self (the policy judges its own samples), openai, or a model directory / hub id
+        "endpoint": (str, ""),  # source openai: base URL of an OpenAI-compatible server, e.g. http://host:8000/v1
+        "api_model": (str, ""),  # source openai: the model name the server knows
+        "api_key_env": (str, ""),  # source openai: the environment variable holding the key (never the key)
+        "concurrency": (int, 8),  # source openai: requests in flight
+        "timeout": (float, 60.0),  # source openai: seconds per request
+        "max_retries": (int, 5),  # source openai: on 429, 5xx and dropped connections, with exponential backoff
         "template": (str, "additive"),  # additive | pairwise | tiny-arith | a path to a text file
         "n": (int, 3),  # judgements per response, averaged (Self-Rewarding: 3)
         "temperature": (float, 0.7),
@@ -317,6 +323,7 @@ def _validate(raw: dict, path: Path, problems: _Problems) -> Loop | None:
         per_iteration[k] = {stage: {**_defaults(settings), **base.get(stage, {}), **override.get(stage, {})}
                             for stage, settings in STAGE_SETTINGS.items()}
     _check_values(per_iteration, problems)
+    _check_openai(per_iteration, problems)
     return Loop(path=path, name=name, model=str(raw.get("model", "")), model_revision=raw.get("model_revision"),
                 data=data, iterations=iterations, bootstrap=bootstrap, start_from=start_from,
                 per_iteration=per_iteration)
@@ -351,6 +358,7 @@ def _check_values(per_iteration: dict, problems: _Problems) -> None:
         ("pairs", "labelled_fraction", lambda v: 0 <= v <= 1, "is a fraction of the questions; use a value in [0, 1]"),
         ("pairs", "rho", lambda v: 0 <= v <= 1, "is a length-control weight; use a value in [0, 1] (0: off)"),
         ("judge", "n", lambda v: v >= 1, "must be >= 1"),
+        ("judge", "concurrency", lambda v: v >= 1, "must be >= 1"),
         ("judge", "max_failure_rate", lambda v: 0 <= v <= 1, "is a fraction; use a value in [0, 1]"),
         ("judge", "template", _template_exists, "is not a template: use additive, pairwise, tiny-arith or a path to "
                                                 "a text file"),
@@ -366,6 +374,21 @@ def _check_values(per_iteration: dict, problems: _Problems) -> None:
             if (stage, key) not in seen and not ok(stages[stage][key]):
                 seen.add((stage, key))
                 problems.add(("stages", stage, key), f"{stages[stage][key]!r} {message}")
+
+
+def _check_openai(per_iteration: dict, problems: _Problems) -> None:
+    """An OpenAI-compatible judge needs its endpoint and model; a key goes in the environment, never here."""
+    for stages in per_iteration.values():
+        judge = stages["judge"]
+        if judge["source"] != "openai":
+            continue
+        for key, example in (("endpoint", "http://localhost:8000/v1"), ("api_model", "meta-llama/Llama-3.1-70B-Instruct")):
+            if not judge[key]:
+                problems.add(("stages", "judge", key), f"judge.source openai needs judge.{key}, e.g. {example}")
+        if judge["api_key_env"] and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", judge["api_key_env"]):
+            problems.add(("stages", "judge", "api_key_env"), "is the NAME of an environment variable holding the key "
+                         "(e.g. OPENAI_API_KEY), never the key itself")
+        return
 
 
 def _template_exists(name: str) -> bool:

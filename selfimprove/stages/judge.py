@@ -73,7 +73,9 @@ def judge(settings: dict, samples: list[dict], model_ref: str, out: str | Path, 
     out = Path(out)
     template = judging.load_template(settings["template"])
     items = judge_prompts(samples, template, settings["response_marker"])
-    generate_judgements = generate_judgements or _model_judge(settings, model_ref, revision)
+    if generate_judgements is None:
+        generate_judgements = (_endpoint_judge(settings) if settings["source"] == "openai"
+                               else _model_judge(settings, model_ref, revision))
 
     def work(shard: list[dict], index: int, on_done) -> list[dict]:
         todo = [item for item in shard if item["judge_prompt"] is not None]
@@ -103,6 +105,20 @@ def _model_judge(settings: dict, model_ref: str, revision: str | None):
         return sample(loaded["model"], loaded["tokenizer"], prompts, settings["n"], settings["temperature"],
                       settings["top_p"], settings["max_new_tokens"], settings["batch_size"],
                       seed=settings["seed"] * 100003 + shard_index, on_batch=on_done)
+
+    return generate_judgements
+
+
+def _endpoint_judge(settings: dict):
+    """n judgements per prompt from an OpenAI-compatible server."""
+    from selfimprove.openai_api import Endpoint
+
+    endpoint = Endpoint(settings["endpoint"], settings["api_model"], settings["api_key_env"], settings["concurrency"],
+                        settings["timeout"], settings["max_retries"])
+
+    def generate_judgements(prompts: list[str], shard_index: int, on_done) -> list[list[str]]:
+        return endpoint.complete(prompts, settings["n"], settings["temperature"], settings["top_p"],
+                                 settings["max_new_tokens"], on_done)
 
     return generate_judgements
 
