@@ -19,7 +19,7 @@ rubric's last line, after checking it by worked steps and a digit-by-digit compa
     judgement:     " 7+8=15 r5; 4+3+1=8 r85; 84 vs 85: 8=8, 4/5. Score: 1"
 and, as a meta-judge, to say which of two judgements of an answer is right:
     meta prompt:   "47+38=84 A:5 B:1 meta:"
-    completion:    " 7+8=15 r5; 4+3+1=8 r85; 84 vs 85: 8=8, 4/5. Winner: B"
+    completion:    " 7+8=15 r5; 4+3+1=8 r85; 84 vs 85: 8=8, 4/5. Score: 1; A:5 B:1; Winner: B"
 Writing the comparison digit by digit is what makes the score follow the model's own check: with only
 "84 vs 85. Score: N" a 0.9M-parameter judge stayed at chance (issue 4's measurements).
 """
@@ -126,11 +126,25 @@ def comparison(candidate: str, truth: int) -> str:
     return f"{left} vs {right}: {marks}"
 
 
-def judgement(a: int, b: int, candidate: str) -> str:
-    """The judge's completion: re-derive the sum by worked steps, compare, score."""
+def check(a: int, b: int, candidate: str) -> tuple[str, int]:
+    """(the worked steps and digit comparison, the score they lead to): what judge and meta-judge write."""
     steps = worked_solution(a, b).rsplit(" #### ", 1)[0]
     score = RIGHT_SCORE if candidate == str(a + b) else WRONG_SCORE
-    return f"{steps} {comparison(candidate, a + b)}. Score: {score}"
+    return f"{steps} {comparison(candidate, a + b)}.", score
+
+
+def judgement(a: int, b: int, candidate: str) -> str:
+    """The judge's completion: re-derive the sum by worked steps, compare, score."""
+    checked, score = check(a, b, candidate)
+    return f"{checked} Score: {score}"
+
+
+def meta_judgement(a: int, b: int, candidate: str, score_a: int, score_b: int) -> str:
+    """The meta-judge's completion: its own check and score, the two judgements' scores copied beside it
+    (so that finding the matching one is a local comparison), then the judgement that scored rightly.
+    Naming the winner straight after the check was not learnt: the model answered B 99% of the time."""
+    checked, score = check(a, b, candidate)
+    return f"{checked} Score: {score}; A:{score_a} B:{score_b}; Winner: {'A' if score_a == score else 'B'}"
 
 
 def candidate_answer(rng: random.Random, truth: int) -> str:
@@ -142,24 +156,117 @@ def candidate_answer(rng: random.Random, truth: int) -> str:
     return str(max(0, truth + delta))
 
 
-def meta_judgement(a: int, b: int, candidate: str, score_a: int, score_b: int) -> str:
-    """The meta-judge's completion: the same check as a judgement, then the judgement whose score is right."""
-    steps = worked_solution(a, b).rsplit(" #### ", 1)[0]
-    right = RIGHT_SCORE if candidate == str(a + b) else WRONG_SCORE
-    return f"{steps} {comparison(candidate, a + b)}. Winner: {'A' if score_a == right else 'B'}"
+def _labelled_candidates(tag: str, seed: int, count: int, digits: int, split: str):
+    """(rng, a, b, candidate) for `count` problems of one part of the partition."""
+    rng = random.Random(f"{tag}:{split}:{seed}:{digits}")
+    made = 0
+    while made < count:
+        a, b = make_problem(rng, digits)
+        if _split_of(a, b) != split:
+            continue
+        made += 1
+        yield rng, a, b, candidate_answer(rng, a + b)
 
 
 def meta_examples(seed: int, count: int, digits: int, split: str = "train") -> list[tuple[str, str]]:
     """(meta prompt, completion) pairs: one judgement scores the candidate rightly, the other wrongly, in
     a random order."""
-    rng = random.Random(f"meta:{split}:{seed}:{digits}")
+    examples = []
+    for rng, a, b, candidate in _labelled_candidates("meta", seed, count, digits, split):
+        right = check(a, b, candidate)[1]
+        wrong = WRONG_SCORE if right == RIGHT_SCORE else RIGHT_SCORE
+        score_a, score_b = (right, wrong) if rng.random() < 0.5 else (wrong, right)
+        prompt = META_TEMPLATE.format(question=question(a, b), response=candidate, score_a=score_a, score_b=score_b)
+        examples.append((prompt, meta_judgement(a, b, candidate, score_a, score_b)))
+    return examples
+
+
+def judge_examples(seed: int, count: int, digits: int, split: str = "train") -> list[tuple[str, str, bool]]:
+    """(judge prompt, judgement, candidate is right) triples from one part of the partition."""
+    return [(JUDGE_TEMPLATE.format(question=question(a, b), response=candidate), judgement(a, b, candidate),
+             candidate == str(a + b)) for _, a, b, candidate in _labelled_candidates("judge", seed, count, digits, split)]
+
+
+def bootstrap_examples(seed: int, count: int, digits: int, direct_fraction: float,
+                       judge_fraction: float = 0.0, meta_fraction: float = 0.0) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs for pretraining the tiny model on the train partition; shares
+    judge_fraction and meta_fraction of them are judge and meta-judge examples (the judging variant)."""
+    rng = random.Random(f"bootstrap:{seed}:{digits}")
+    judging = iter([(p, c) for p, c, _ in judge_examples(seed, int(count * judge_fraction) + 1, digits)])
+    meta = iter(meta_examples(seed, int(count * meta_fraction) + 1, digits) if meta_fraction else [])
     examples = []
     while len(examples) < count:
+        draw = rng.random() if judge_fraction or meta_fraction else 1.0
+        source = judging if draw < judge_fraction else meta if draw < judge_fraction + meta_fraction else None
+        if source is not None:
+            example = next(source, None)
+            if example is not None:
+                examples.append(example)
+                continue
+        a, b = make_problem(rng, digits)
+        if _split_of(a, b) != "train":
+            continue
+        solve = direct_solution if rng.random() < direct_fraction else worked_solution
+        examples.append((question(a, b), solve(a, b)))
+    return examples
+
+
+def comparison(candidate: str, truth: int) -> str:
+    """'148 vs 159: 1=1, 4/5, 8/9' - digits right-aligned (zero-padded), '=' where they agree."""
+    width = max(len(candidate), len(str(truth)))
+    left, right = candidate.zfill(width), str(truth).zfill(width)
+    marks = ", ".join(f"{x}={y}" if x == y else f"{x}/{y}" for x, y in zip(left, right))
+    return f"{left} vs {right}: {marks}"
+
+
+def check(a: int, b: int, candidate: str) -> tuple[str, int]:
+    """(the worked steps and digit comparison, the score they lead to): what judge and meta-judge write."""
+    steps = worked_solution(a, b).rsplit(" #### ", 1)[0]
+    score = RIGHT_SCORE if candidate == str(a + b) else WRONG_SCORE
+    return f"{steps} {comparison(candidate, a + b)}.", score
+
+
+def judgement(a: int, b: int, candidate: str) -> str:
+    """The judge's completion: re-derive the sum by worked steps, compare, score."""
+    checked, score = check(a, b, candidate)
+    return f"{checked} Score: {score}"
+
+
+def meta_judgement(a: int, b: int, candidate: str, score_a: int, score_b: int) -> str:
+    """The meta-judge's completion: its own check and score, the two judgements' scores copied beside it
+    (so that finding the matching one is a local comparison), then the judgement that scored rightly.
+    Naming the winner straight after the check was not learnt: the model answered B 99% of the time."""
+    checked, score = check(a, b, candidate)
+    return f"{checked} Score: {score}; A:{score_a} B:{score_b}; Winner: {'A' if score_a == score else 'B'}"
+
+
+def candidate_answer(rng: random.Random, truth: int) -> str:
+    """Right half the time, else off by a small amount of the kind a tiny solver gets wrong (a unit, a
+    dropped or doubled carry in some column)."""
+    if rng.random() < 0.5:
+        return str(truth)
+    delta = rng.choice([1, 2, 3, 10, 20, 100]) * rng.choice([-1, 1])
+    return str(max(0, truth + delta))
+
+
+def _labelled_candidates(tag: str, seed: int, count: int, digits: int, split: str):
+    """(rng, a, b, candidate) for `count` problems of one part of the partition."""
+    rng = random.Random(f"{tag}:{split}:{seed}:{digits}")
+    made = 0
+    while made < count:
         a, b = make_problem(rng, digits)
         if _split_of(a, b) != split:
             continue
-        candidate = candidate_answer(rng, a + b)
-        right = RIGHT_SCORE if candidate == str(a + b) else WRONG_SCORE
+        made += 1
+        yield rng, a, b, candidate_answer(rng, a + b)
+
+
+def meta_examples(seed: int, count: int, digits: int, split: str = "train") -> list[tuple[str, str]]:
+    """(meta prompt, completion) pairs: one judgement scores the candidate rightly, the other wrongly, in
+    a random order."""
+    examples = []
+    for rng, a, b, candidate in _labelled_candidates("meta", seed, count, digits, split):
+        right = check(a, b, candidate)[1]
         wrong = WRONG_SCORE if right == RIGHT_SCORE else RIGHT_SCORE
         score_a, score_b = (right, wrong) if rng.random() < 0.5 else (wrong, right)
         prompt = META_TEMPLATE.format(question=question(a, b), response=candidate, score_a=score_a, score_b=score_b)
