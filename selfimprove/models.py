@@ -6,8 +6,8 @@ from pathlib import Path
 
 BUILTIN_MODELS = {"tiny-arith": "runs/builtin/tiny-arith", "tiny-arith-judge": "runs/builtin/tiny-arith-judge"}
 # Bootstrap settings a builtin sets over the defaults: the judging variant, the miniature of
-# Self-Rewarding's seed model, spends half its examples on judging and 15% on meta-judging (README).
-BUILTIN_BOOTSTRAP = {"tiny-arith-judge": {"judge_fraction": 0.5, "meta_fraction": 0.15, "layers": 4, "steps": 1250}}
+# Self-Rewarding's seed model, spends half its examples on judging and a tenth on meta-judging (README).
+BUILTIN_BOOTSTRAP = {"tiny-arith-judge": {"judge_fraction": 0.5, "meta_fraction": 0.1, "layers": 4, "steps": 1000}}
 
 
 def builtin_dir(model: str) -> str | None:

@@ -19,7 +19,7 @@ rubric's last line, after checking it by worked steps and a digit-by-digit compa
     judgement:     " 7+8=15 r5; 4+3+1=8 r85; 84 vs 85: 8=8, 4/5. Score: 1"
 and, as a meta-judge, to say which of two judgements of an answer is right:
     meta prompt:   "47+38=84 A:5 B:1 meta:"
-    completion:    " 7+8=15 r5; 4+3+1=8 r85; 84 vs 85: 8=8, 4/5. Score: 1; A:5 B:1; Winner: B"
+    completion:    " 7+8=15 r5; 4+3+1=8 r85; 84 vs 85: 8=8, 4/5. Winner: B"
 Writing the comparison digit by digit is what makes the score follow the model's own check: with only
 "84 vs 85. Score: N" a 0.9M-parameter judge stayed at chance (issue 4's measurements).
 """
@@ -140,11 +140,9 @@ def judgement(a: int, b: int, candidate: str) -> str:
 
 
 def meta_judgement(a: int, b: int, candidate: str, score_a: int, score_b: int) -> str:
-    """The meta-judge's completion: its own check and score, the two judgements' scores copied beside it
-    (so that finding the matching one is a local comparison), then the judgement that scored rightly.
-    Naming the winner straight after the check was not learnt: the model answered B 99% of the time."""
+    """The meta-judge's completion: the same check as a judgement, then the judgement whose score is right."""
     checked, score = check(a, b, candidate)
-    return f"{checked} Score: {score}; A:{score_a} B:{score_b}; Winner: {'A' if score_a == score else 'B'}"
+    return f"{checked} Winner: {'A' if score_a == score else 'B'}"
 
 
 def candidate_answer(rng: random.Random, truth: int) -> str:
@@ -233,11 +231,9 @@ def judgement(a: int, b: int, candidate: str) -> str:
 
 
 def meta_judgement(a: int, b: int, candidate: str, score_a: int, score_b: int) -> str:
-    """The meta-judge's completion: its own check and score, the two judgements' scores copied beside it
-    (so that finding the matching one is a local comparison), then the judgement that scored rightly.
-    Naming the winner straight after the check was not learnt: the model answered B 99% of the time."""
+    """The meta-judge's completion: the same check as a judgement, then the judgement whose score is right."""
     checked, score = check(a, b, candidate)
-    return f"{checked} Score: {score}; A:{score_a} B:{score_b}; Winner: {'A' if score_a == score else 'B'}"
+    return f"{checked} Winner: {'A' if score_a == score else 'B'}"
 
 
 def candidate_answer(rng: random.Random, truth: int) -> str:

@@ -34,11 +34,11 @@ def build_tokenizer(chars: list[str] = tinyarith.CHARS):
                                    pad_token=tinyarith.SPECIAL["pad"], unk_token="<unk>", padding_side="left")
 
 
-def build_model(tokenizer, layers: int = 4, positions: int = 128):
+def build_model(tokenizer, layers: int = 4):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=positions,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
     return LlamaForCausalLM(config)
@@ -70,7 +70,7 @@ def train_tiny_arith(settings: dict, out: str | Path) -> dict:
     # The solving-only model keeps its small vocabulary, so its weights (and results) do not move.
     judging = bool(judge_fraction or settings.get("meta_fraction"))
     tokenizer = build_tokenizer(tinyarith.JUDGE_CHARS if judging else tinyarith.CHARS)
-    model = build_model(tokenizer, settings.get("layers", 4), positions=192 if judging else 128)  # meta-judging is long
+    model = build_model(tokenizer, settings.get("layers", 4))
     steps, batch_size = settings["steps"], settings["batch_size"]
     examples = tinyarith.bootstrap_examples(settings["seed"], steps * batch_size, settings["digits"],
                                             settings["direct_fraction"], judge_fraction,
