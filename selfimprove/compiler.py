@@ -18,7 +18,7 @@ import selfimprove
 from selfimprove.config import DATA_SETTINGS, Loop, judged, meta_judged, resolved_params, uses_judge
 from selfimprove.judging import template_path
 from selfimprove.errors import UserError
-from selfimprove.models import builtin_dir
+from selfimprove.models import BUILTIN_GGUF, builtin_dir
 
 STAGE_RE = re.compile(r"^(?P<run>.+)-it(?P<k>\d+)-(?P<stage>[a-z]+)$")
 ITERATION_STAGES = ["generate", "vote", "pairs", "train", "evaluate"]
@@ -217,9 +217,10 @@ def bootstrap_stage(loop: Loop, project: Path) -> dict[str, dict]:
     if not local or loop.start_from:
         return {}
     name = loop.model.split(":", 1)[1]
+    builder = "convert" if name in BUILTIN_GGUF else "bootstrap"
     return {f"bootstrap-{name}": {
-        "cmd": f"python -m selfimprove.stages.bootstrap --params params.yaml --section builtin.{name} --out {local}",
-        "deps": _code(project, "stages.bootstrap"),
+        "cmd": f"python -m selfimprove.stages.{builder} --params params.yaml --section builtin.{name} --out {local}",
+        "deps": _code(project, f"stages.{builder}"),
         "params": [f"builtin.{name}"],
         "outs": [local],
     }}
@@ -235,7 +236,8 @@ def compile_loop(loop: Loop, project: Path, existing_stages: dict | None = None,
     params[loop.name] = resolved_params(loop)
     local = builtin_dir(loop.model)
     if local and not loop.start_from:
-        params.setdefault("builtin", {})[loop.model.split(":", 1)[1]] = dict(loop.bootstrap)
+        name = loop.model.split(":", 1)[1]
+        params.setdefault("builtin", {})[name] = dict(BUILTIN_GGUF.get(name) or loop.bootstrap)
     return {"stages": stages}, params
 
 

