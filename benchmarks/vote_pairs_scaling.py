@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from selfimprove.config import STAGE_SETTINGS
+from selfimprove.settings import STAGE_SETTINGS
 from selfimprove.stages import pairs, vote
 from selfimprove.stages._io import read_jsonl, write_json, write_jsonl
 

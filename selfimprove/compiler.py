@@ -15,8 +15,9 @@ from pathlib import Path
 import yaml
 
 import selfimprove
-from selfimprove.config import DATA_SETTINGS, Loop, judged, meta_judged, resolved_params, uses_judge
+from selfimprove.config import Loop, judged, meta_judged, resolved_params, uses_judge
 from selfimprove.judging import template_path
+from selfimprove.settings import DATA_SETTINGS
 from selfimprove.errors import UserError
 from selfimprove.models import BUILTIN_GGUF, builtin_dir
 

