@@ -45,9 +45,15 @@ def _code(project: Path, stage_module: str) -> list[str]:
     package = Path(selfimprove.__file__).resolve().parent
     paths = []
     for module in sorted(_imported_modules(f"selfimprove.{stage_module}")):
-        path = package.parent / f"{module.replace('.', '/')}.py"
-        paths.append(_relative(path, project))
+        paths.append(_relative(_module_file(package.parent, module), project))
     return paths
+
+
+def _module_file(root: Path, module: str) -> Path:
+    """selfimprove/x.py for a module, selfimprove/x/__init__.py for a package (which may not exist:
+    `from selfimprove import data` names a module, not a package)."""
+    path = root / f"{module.replace('.', '/')}.py"
+    return path if path.exists() else root / module.replace(".", "/") / "__init__.py"
 
 
 def _imported_modules(root: str) -> set[str]:
@@ -57,8 +63,8 @@ def _imported_modules(root: str) -> set[str]:
     seen, todo = set(), [root]
     while todo:
         module = todo.pop()
-        path = package_dir / f"{module.replace('.', '/')}.py"
-        if module in seen or not path.exists():
+        path = _module_file(package_dir, module)
+        if module in seen or module == "selfimprove" or not path.exists():  # the root holds only a version
             continue
         seen.add(module)
         for node in ast.walk(ast.parse(path.read_text())):
@@ -141,15 +147,7 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
                 "outs": [f"{out}/model"],
             }
             model, model_is_dep = f"{out}/model", True
-        stages[stage_name(run, k, "evaluate")] = {
-            "cmd": f"python -m selfimprove.stages.evaluate --params {params} --run {run} --iteration {k} "
-                   f"--model {model} --out {out}/metrics.json",
-            "deps": _code(project, "stages.evaluate")
-                    + [d for d in data_deps if d == loop.data["eval"]] + ([model] if model_is_dep else []),
-            "params": [f"{run}.it{k}.evaluate"] + ([f"{run}.it{k}.judge"] if uses_judge(loop) else [])
-                      + _data_params(run, "prompts") + ([f"{run}.model_revision"] if k == 0 else []),
-            "metrics": [{f"{out}/metrics.json": {"cache": False}}],
-        }
+        stages[stage_name(run, k, "evaluate")] = _evaluate_stage(loop, project, k, model, model_is_dep, data_deps)
     iterations = range(0, loop.iterations + 1)
     stages[report_name(run)] = {
         "cmd": f"python -m selfimprove.stages.report --run-dir {run_dir(run)} --iterations {loop.iterations} "
@@ -162,6 +160,32 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
         "metrics": [{f"{run_dir(run)}/metrics.json": {"cache": False}}],
     }
     return stages
+
+
+def _evaluate_stage(loop: Loop, project: Path, k: int, model: str, model_is_dep: bool, data_deps: list[str]) -> dict:
+    """Evaluation of iteration k. With evaluate.win_rate_size, every iteration writes its greedy outputs
+    and iterations k >= 1 meet iteration 0's, judged by the loop's base model (a fixed judge)."""
+    run, out = loop.name, iteration_dir(loop.name, k)
+    stage = {
+        "cmd": f"python -m selfimprove.stages.evaluate --params params.yaml --run {run} --iteration {k} "
+               f"--model {model} --out {out}/metrics.json",
+        "deps": _code(project, "stages.evaluate")
+                + [d for d in data_deps if d == loop.data["eval"]] + ([model] if model_is_dep else []),
+        "params": [f"{run}.it{k}.evaluate"] + ([f"{run}.it{k}.judge"] if uses_judge(loop) else [])
+                  + _data_params(run, "prompts") + ([f"{run}.model_revision"] if k == 0 else []),
+        "metrics": [{f"{out}/metrics.json": {"cache": False}}],
+    }
+    if loop.per_iteration[max(k, 1)]["evaluate"]["win_rate_size"] and uses_judge(loop):
+        stage["cmd"] += f" --outputs {out}/outputs.jsonl"
+        stage["outs"] = [f"{out}/outputs.jsonl"]
+        if k > 0:
+            base, base_is_dep = base_model(loop)
+            base_outputs = f"{iteration_dir(run, 0)}/outputs.jsonl"
+            stage["cmd"] += f" --base-outputs {base_outputs} --win-judge {base}"
+            stage["deps"] += [base_outputs] + ([base] if base_is_dep and base != model else [])
+            if f"{run}.model_revision" not in stage["params"]:
+                stage["params"].append(f"{run}.model_revision")
+    return stage
 
 
 def _judge_stage(loop: Loop, project: Path, k: int, policy: str, policy_is_dep: bool) -> dict:

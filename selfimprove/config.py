@@ -206,6 +206,7 @@ def _validate(raw: dict, path: Path, problems: _Problems) -> Loop | None:
                             for stage, settings in STAGE_SETTINGS.items()}
     _check_values(per_iteration, problems)
     _check_openai(per_iteration, problems)
+    _check_judge_mode(per_iteration, problems)
     return Loop(path=path, name=name, model=str(raw.get("model", "")), model_revision=raw.get("model_revision"),
                 data=data, iterations=iterations, bootstrap=bootstrap, start_from=start_from,
                 per_iteration=per_iteration)
@@ -247,6 +248,9 @@ def _check_values(per_iteration: dict, problems: _Problems) -> None:
         ("judge", "score_pattern", _one_group, "must be a regular expression with one group capturing the score, "
                                                "e.g. 'Score:\\s*(\\d+)'"),
         ("evaluate", "judge_size", lambda v: v >= 0, "must be >= 0 (0: off)"),
+        ("evaluate", "win_rate_size", lambda v: v >= 0, "must be >= 0 (0: off)"),
+        ("evaluate", "win_template", _template_exists, "is not a template: use pairwise or a path to a text file"),
+        ("judge", "min_score_mass", lambda v: 0 <= v <= 1, "is a probability; use a value in [0, 1]"),
         ("metajudge", "template", _template_exists, "is not a template: use meta, tiny-arith-meta or a path to a "
                                                     "text file"),
         ("metajudge", "winner_pattern", _one_group, "must be a regular expression with one group capturing A or B"),
@@ -271,6 +275,21 @@ def _check_openai(per_iteration: dict, problems: _Problems) -> None:
             problems.add(("stages", "judge", "api_key_env"), "is the NAME of an environment variable holding the key "
                          "(e.g. OPENAI_API_KEY), never the key itself")
         return
+
+
+def _check_judge_mode(per_iteration: dict, problems: _Problems) -> None:
+    """judge.mode expected reads a local model's token probabilities and writes no judgement text."""
+    for stages in per_iteration.values():
+        if stages["judge"]["mode"] != "expected":
+            continue
+        if stages["judge"]["source"] == "openai":
+            problems.add(("stages", "judge", "mode"), "expected reads a local model's token probabilities; with "
+                         "judge.source openai use mode generate")
+            return
+        if meta_judged(stages):
+            problems.add(("stages", "judge", "mode"), "expected writes no judgements for the meta-judge to compare; "
+                         "use mode generate, or set pairs.judge_pairs: false")
+            return
 
 
 def _template_exists(name: str) -> bool:

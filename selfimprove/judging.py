@@ -79,6 +79,15 @@ def parse_score(text: str, pattern: str, max_score: int) -> int | None:
     return value if 0 <= value <= max_score else None
 
 
+def expected_score(probs: list[float], min_mass: float) -> float | None:
+    """The probability-weighted score from the probabilities of the scores 0..len-1, renormalised over
+    them; None (a failure, counted as one) when their total mass is below min_mass."""
+    mass = sum(probs)
+    if mass <= 0 or mass < min_mass:
+        return None
+    return sum(value * p for value, p in enumerate(probs)) / mass
+
+
 def mean(values: list) -> float | None:
     """Mean of the parsed scores; None when every judgement failed (no score, not a zero)."""
     parsed = [v for v in values if v is not None]
@@ -90,7 +99,7 @@ def health(records: list[dict], max_score: int) -> dict:
     parse failures, ties, the score histogram, and agreement with the truth where gold answers exist."""
     scores = [s for r in records for per_response in r["scores"] for s in per_response]
     parsed = [s for s in scores if s is not None]
-    histogram = Counter(parsed)
+    histogram = Counter(round(s) for s in parsed)  # expected scores fall in their nearest bin
     judged_prompts = [r for r in records if sum(m is not None for m in r["mean_scores"]) >= 2]
     ties = sum(len({m for m in r["mean_scores"] if m is not None}) == 1 for r in judged_prompts)
     agree = checked = 0
@@ -109,6 +118,9 @@ def health(records: list[dict], max_score: int) -> dict:
         "judge_unsplittable": sum(r["unsplittable"].count(True) for r in records),
         **{f"judge_score_{value}": histogram.get(value, 0) for value in range(max_score + 1)},
     }
+    masses = [sum(p) for r in records for p in r.get("score_probs") or [] if p is not None]
+    if masses:  # mode expected: how much of the judge's next-token mass falls on score digits
+        figures["judge_score_mass"] = sum(masses) / len(masses)
     if checked:
         figures["judge_sample_agreement"] = agree / checked  # on this iteration's samples, vs gold
     return figures
@@ -124,6 +136,11 @@ def check_failure_rate(records: list[dict], figures: dict, limit: float, pattern
     rate = figures["judge_parse_failure_rate"]
     if rate <= limit:
         return
+    if "judge_score_mass" in figures:
+        raise UserError(f"judge: {rate:.0%} of {figures['judge_judgements']} expected scores put less than "
+                        f"judge.min_score_mass of the next-token probability on the score digits (mean "
+                        f"{figures['judge_score_mass']:.2f}; limit {limit:.0%}, judge.max_failure_rate). Check that "
+                        "judge.prefill ends where the judge's score digit comes, or lower judge.min_score_mass")
     failed = next((text for r in records for texts, scores in zip(r["judgements"], r["scores"])
                    for text, score in zip(texts, scores) if score is None), "")
     raise UserError(f"judge: {rate:.0%} of {figures['judge_judgements']} judgements have no score matching "

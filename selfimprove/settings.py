@@ -19,7 +19,6 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
         "extra_n": (int, 0),  # extra samples per prompt that never vote, only supply rejected answers (ScPO: 8)
         "extra_temperature": (float, 1.2),
         "seed": (int, 0),
-        "backend": (str, "hf"),
     },
     "vote": {
         "extract": (str, "final_number"),
@@ -33,6 +32,10 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
         "timeout": (float, 60.0),  # source openai: seconds per request
         "max_retries": (int, 5),  # source openai: on 429, 5xx and dropped connections, with exponential backoff
         "template": (str, "additive"),  # additive | pairwise | tiny-arith | a path to a text file
+        "mode": (str, "generate"),  # generate: write judgements and parse `Score: N`; expected: read the score
+        # digits' probabilities after the prompt + prefill, score = their mean (for judges that never write one)
+        "prefill": (str, "Score: "),  # mode expected: text appended to the judge prompt before the score digit
+        "min_score_mass": (float, 0.1),  # mode expected: less probability than this on the digits is a failure
         "n": (int, 3),  # judgements per response, averaged (Self-Rewarding: 3)
         "temperature": (float, 0.7),
         "top_p": (float, 0.9),
@@ -86,12 +89,14 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
         "max_new_tokens": (int, 64),
         "batch_size": (int, 512),
         "judge_size": (int, 0),  # judge loops: held-out candidate answers to measure the judge's agreement on
+        "win_rate_size": (int, 0),  # judge loops: held-out prompts on which iteration K meets iteration 0 (0 = off)
+        "win_template": (str, "pairwise"),  # the comparison prompt: {question} {response_a} {response_b}
         "seed": (int, 1234),
     },
 }
 
 CHOICES = {
-    ("generate", "backend"): ["hf"],
+    ("judge", "mode"): ["generate", "expected"],
     ("vote", "extract"): ["final_number"],
     ("pairs", "rule"): ["most_vs_least_voted", "gold", "semi_supervised", "best_vs_worst", "length_controlled",
                         "length_band"],

@@ -8,13 +8,16 @@ and, with a response marker (TPO), how often it thinks before answering.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from selfimprove import data as data_sources
 from selfimprove import judging
+from selfimprove.backends import open_backend
 from selfimprove.answers import extract_final, same_answer
 from selfimprove.progress import Progress
-from selfimprove.stages._io import iteration_stage_args, read_section, revision_for, stage_main, write_json
+from selfimprove.stages._io import (iteration_stage_parser, read_jsonl, read_section, revision_for, stage_main,
+                                    write_json, write_jsonl)
 
 
 def score(records: list[dict], greedy: list[str], samples: list[list[str]]) -> dict:
@@ -48,18 +51,21 @@ def thinking(greedy: list[str], marker: str) -> dict:
             "mean_thought_length": sum(map(len, thoughts)) / len(thoughts) if thoughts else 0.0}
 
 
-def judge_agreement(model, tokenizer, records: list[dict], judge: dict, size: int, seed: int,
-                    on_batch=None) -> dict:
+def judge_agreement(backend, records: list[dict], judge: dict, size: int, seed: int, on_batch=None) -> dict:
     """Greedy judgements of held-out candidate answers (half right, half slightly off): how often the
     verdict matches the truth. A judgement without a score counts as a disagreement, and is counted."""
-    from selfimprove.sampling import sample
+    from selfimprove.stages.judge import score_distributions
 
     candidates = judging.held_out_candidates(records, seed)[:size]
     template = judging.load_template(judge["template"])
     prompts = [template.format(question=c["question"], response=c["response"]) for c in candidates]
-    texts = [t[0] for t in sample(model, tokenizer, prompts, 1, 0.0, 1.0, judge["max_new_tokens"],
-                                  judge["batch_size"], seed, on_batch=on_batch)]
-    scores = [judging.parse_score(t, judge["score_pattern"], judge["max_score"]) for t in texts]
+    if judge["mode"] == "expected":
+        scores = [judging.expected_score(p, judge["min_score_mass"])
+                  for p in score_distributions(backend, prompts, judge, on_batch)]
+    else:
+        texts = [t[0] for t in backend.sample(prompts, 1, 0.0, 1.0, judge["max_new_tokens"], judge["batch_size"],
+                                              seed, on_batch=on_batch)]
+        scores = [judging.parse_score(t, judge["score_pattern"], judge["max_score"]) for t in texts]
     agree = sum(s is not None and judging.says_right(s, judge["max_score"]) == c["correct"]
                 for s, c in zip(scores, candidates))
     return {"judge_agreement": agree / len(candidates) if candidates else 0.0,
@@ -67,44 +73,123 @@ def judge_agreement(model, tokenizer, records: list[dict], judge: dict, size: in
             "judge_eval_parse_failure_rate": sum(s is None for s in scores) / len(scores) if scores else 0.0}
 
 
-def evaluate(settings: dict, records: list[dict], model_ref: str, template: str = "{question}",
-             revision: str | None = None, judge: dict | None = None) -> dict:
-    from selfimprove import models
-    from selfimprove.sampling import sample
+def length_stats(outputs: list[str]) -> dict:
+    """Response length in characters (instruction loops drift longer: the length the judge rewards)."""
+    lengths = sorted(map(len, outputs))
+    if not lengths:
+        return {}
+    return {"mean_length": sum(lengths) / len(lengths), "median_length": float(lengths[len(lengths) // 2]),
+            "p90_length": float(lengths[min(len(lengths) - 1, int(0.9 * len(lengths)))])}
 
-    model, tokenizer = models.load(model_ref, revision)
+
+def evaluate(settings: dict, records: list[dict], model_ref: str, template: str = "{question}",
+             revision: str | None = None, judge: dict | None = None, backend=None) -> tuple[dict, list[str]]:
+    """(metrics, greedy outputs). Solving metrics need gold answers; instruction prompts have none, and
+    their iterations are compared by win rate (win_rate) on the greedy outputs instead."""
+    backend = backend or open_backend({}, model_ref, revision)
     prompts = [template.format(question=r["question"]) for r in records]
-    judge_size = settings["judge_size"] if judge else 0
+    labelled = all(r["answer"] is not None for r in records)
+    k = settings["k"] if labelled else 0
+    judge_size = settings["judge_size"] if judge and labelled else 0
     # Progress in sequences: one greedy pass, then k samples per problem, then the judge's candidates.
-    progress = Progress("evaluate", len(prompts) * (1 + settings["k"]) + judge_size, "sequences")
-    greedy = [texts[0] for texts in sample(model, tokenizer, prompts, 1, 0.0, 1.0, settings["max_new_tokens"],
-                                           settings["batch_size"], settings["seed"], on_batch=progress.update)]
-    samples = sample(model, tokenizer, prompts, settings["k"], settings["temperature"], settings["top_p"],
-                     settings["max_new_tokens"], settings["batch_size"], settings["seed"],
-                     on_batch=lambda done: progress.update(len(prompts) + done * settings["k"]))
-    metrics = score(records, greedy, samples)
-    metrics["k"] = settings["k"]
-    metrics["mean_length"] = sum(map(len, greedy)) / len(greedy) if greedy else 0.0
+    progress = Progress("evaluate", len(prompts) * (1 + k) + judge_size, "sequences")
+    greedy = [texts[0] for texts in backend.sample(prompts, 1, 0.0, 1.0, settings["max_new_tokens"],
+                                                   settings["batch_size"], settings["seed"], on_batch=progress.update)]
+    metrics = {"problems": len(records), **length_stats(greedy)}
+    if labelled:
+        samples = backend.sample(prompts, k, settings["temperature"], settings["top_p"], settings["max_new_tokens"],
+                                 settings["batch_size"], settings["seed"],
+                                 on_batch=lambda done: progress.update(len(prompts) + done * k))
+        metrics.update(score(records, greedy, samples), k=k)
     if judge and judge["response_marker"]:
         metrics.update(thinking(greedy, judge["response_marker"]))
     if judge_size:
-        done = len(prompts) * (1 + settings["k"])
-        metrics.update(judge_agreement(model, tokenizer, records, judge, judge_size, settings["seed"],
+        done = len(prompts) * (1 + k)
+        metrics.update(judge_agreement(backend, records, judge, judge_size, settings["seed"],
                                        on_batch=lambda n: progress.update(done + n)))
-    return metrics
+    backend.close()
+    return metrics, greedy
+
+
+def win_rate(settings: dict, judge: dict, records: list[dict], outputs: list[str], base_outputs: list[str],
+             judge_backend=None, generate_verdicts=None) -> dict:
+    """Pairwise win rate of this iteration's greedy outputs against iteration 0's, on the first
+    evaluate.win_rate_size held-out prompts, judged in both orders (A/B then B/A) by a fixed judge so the
+    figures of all iterations are comparable. In judge.mode expected the judge's probabilities of `A`
+    and `B` after `Winner: ` give a win probability per order; otherwise it writes a verdict (ties
+    count half, an unparseable verdict is counted and left out). The two orders are averaged, which
+    cancels a constant position bias; position_consistency says how often both orders agree."""
+    size = min(settings["win_rate_size"], len(records), len(outputs), len(base_outputs))
+    template = judging.load_template(settings["win_template"], ("question", "response_a", "response_b"))
+    prompts = []
+    for record, ours, base in zip(records[:size], outputs, base_outputs):
+        prompts.append(template.format(question=record["question"], response_a=ours, response_b=base))
+        prompts.append(template.format(question=record["question"], response_a=base, response_b=ours))
+    if judge["mode"] == "expected":
+        probs = judge_backend.choice_probs([p + "Winner: " for p in prompts], ["A", "B"], judge["batch_size"])
+        wins = [_share(a, b) if first else _share(b, a) for (a, b), first in zip(probs, _alternating(size))]
+    else:
+        texts = (generate_verdicts(prompts) if generate_verdicts else
+                 [t[0] for t in judge_backend.sample(prompts, 1, 0.0, 1.0, judge["max_new_tokens"], judge["batch_size"],
+                                                     settings["seed"])])
+        verdicts = [_verdict(t) for t in texts]
+        wins = [None if v is None else 0.5 if v == "tie" else float((v == "A") == first)
+                for v, first in zip(verdicts, _alternating(size))]
+    if judge_backend:
+        judge_backend.close()
+    per_prompt = [(wins[2 * i], wins[2 * i + 1]) for i in range(size)]
+    both = [(a, b) for a, b in per_prompt if a is not None and b is not None]
+    decided = [(a, b) for a, b in both if a != 0.5 and b != 0.5]
+    return {"win_rate_vs_base": sum(a + b for a, b in both) / (2 * len(both)) if both else 0.0,
+            "win_prompts": len(both), "win_unparsed": sum(w is None for w in wins),
+            "win_position_consistency": sum((a > 0.5) == (b > 0.5) for a, b in decided) / len(decided) if decided else 0.0,
+            "win_first_position_rate": _first_position_rate(wins)}
+
+
+def _verdict(text: str) -> str | None:
+    """The last `Winner: A|B|tie` a comparison states, or None."""
+    found = re.findall(r"Winner:\s*(A|B|tie)\b", text, flags=re.IGNORECASE)
+    return found[-1].upper() if found and found[-1].lower() != "tie" else "tie" if found else None
+
+
+def _alternating(size: int) -> list[bool]:
+    """Whether this iteration's output is response A, for the 2*size prompts in win_rate's order."""
+    return [True, False] * size
+
+
+def _share(ours: float, theirs: float) -> float | None:
+    return ours / (ours + theirs) if ours + theirs > 0 else None
+
+
+def _first_position_rate(wins: list) -> float:
+    """How often the response shown first wins (0.5 = no position bias)."""
+    firsts = [w if first else 1 - w for w, first in zip(wins, _alternating(len(wins) // 2)) if w is not None]
+    return sum(firsts) / len(firsts) if firsts else 0.0
 
 
 def main(argv=None) -> None:
-    args = iteration_stage_args(__doc__, argv, "model", "out")
+    parser = iteration_stage_parser(__doc__, "model", "out")
+    parser.add_argument("--outputs", help="write the greedy outputs here (iteration 0's feed the win rate)")
+    parser.add_argument("--base-outputs", help="iteration 0's greedy outputs: compute the win rate against them")
+    parser.add_argument("--win-judge", help="the model judging the win rate (the loop's base model)")
+    args = parser.parse_args(argv)
     run = read_section(args.params, args.run)
     data = run["data"]
-    records = data_sources.load_records(data["eval"], data, data["eval_size"])
+    records = data_sources.load_records(data["eval"], data, data["eval_size"], need_answers=False)
     stages = run[f"it{args.iteration}"]
-    metrics = evaluate(stages["evaluate"], records, args.model, data["prompt_template"],
-                       revision_for(run, args.model), judge=stages.get("judge"))
+    revision = revision_for(run, args.model)
+    metrics, greedy = evaluate(stages["evaluate"], records, args.model, data["prompt_template"], revision,
+                               judge=stages.get("judge"), backend=open_backend(run, args.model, revision))
+    if args.outputs:
+        write_jsonl(args.outputs, [{"id": r["id"], "question": r["question"], "output": g} for r, g in zip(records, greedy)])
+    if args.base_outputs:
+        base = [row["output"] for row in read_jsonl(args.base_outputs)]
+        judge_backend = open_backend(run, args.win_judge, revision_for(run, args.win_judge))
+        metrics.update(win_rate(stages["evaluate"], stages["judge"], records, greedy, base, judge_backend))
     write_json(args.out, metrics)
-    judged = f", judge agreement {metrics['judge_agreement']:.3f}" if "judge_agreement" in metrics else ""
-    print(f"evaluate: accuracy {metrics['accuracy']:.3f}, maj@{metrics['k']} {metrics['maj_at_k']:.3f}{judged}")
+    print("evaluate: " + ", ".join(f"{key} {metrics[key]:.3f}" for key in
+                                   ("accuracy", "maj_at_k", "judge_agreement", "win_rate_vs_base", "mean_length")
+                                   if key in metrics))
 
 
 if __name__ == "__main__":

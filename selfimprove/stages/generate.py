@@ -13,45 +13,41 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfimprove import data as data_sources
+from selfimprove.backends import open_backend
 from selfimprove.models import model_identity
 from selfimprove.shards import discard, fingerprint, run_in_shards
 from selfimprove.stages._io import iteration_stage_args, read_section, revision_for, stage_main, write_jsonl
 
 
 def generate(settings: dict, records: list[dict], model_ref: str, out: str | Path, template: str = "{question}",
-             revision: str | None = None) -> int:
+             revision: str | None = None, backend=None) -> int:
     """Write one JSONL row per sample; return how many shards were reused from an interrupted run."""
     out = Path(out)
-    loaded = {}
+    backend = backend or open_backend({}, model_ref, revision)
 
     def work(shard: list[dict], index: int, on_done) -> list[dict]:
-        if not loaded:  # load lazily: a fully reused run never pays for it
-            from selfimprove import models
-
-            loaded["model"], loaded["tokenizer"] = models.load(model_ref, revision)
-        return _sample_shard(loaded["model"], loaded["tokenizer"], shard, settings, template, index, on_batch=on_done)
+        return _sample_shard(backend, shard, settings, template, index, on_batch=on_done)
 
     key = fingerprint(settings, records, template, model_identity(model_ref, revision))
     rows, reused = run_in_shards("generate", records, settings["shard_size"], out, key, work)
+    backend.close()
     write_jsonl(out, rows)
     discard(out)
     return reused
 
 
-def _sample_shard(model, tokenizer, shard: list[dict], settings: dict, template: str, index: int,
+def _sample_shard(backend, shard: list[dict], settings: dict, template: str, index: int,
                   on_batch=None) -> list[dict]:
     """The n voting samples of each prompt, then its extra_n high-temperature samples (ScPO's later
     iterations draw those only to find rejected answers: they never vote)."""
-    from selfimprove.sampling import sample
-
     prompts = [template.format(question=r["question"]) for r in shard]
     seed = settings["seed"] * 100003 + index
-    completions = sample(model, tokenizer, prompts, settings["n"], settings["temperature"], settings["top_p"],
-                         settings["max_new_tokens"], settings["batch_size"], seed=seed, on_batch=on_batch)
+    completions = backend.sample(prompts, settings["n"], settings["temperature"], settings["top_p"],
+                                 settings["max_new_tokens"], settings["batch_size"], seed, on_batch=on_batch)
     extras = [[] for _ in prompts]
     if settings["extra_n"]:
-        extras = sample(model, tokenizer, prompts, settings["extra_n"], settings["extra_temperature"],
-                        settings["top_p"], settings["max_new_tokens"], settings["batch_size"], seed=seed + 1)
+        extras = backend.sample(prompts, settings["extra_n"], settings["extra_temperature"], settings["top_p"],
+                                settings["max_new_tokens"], settings["batch_size"], seed + 1)
     return [{"id": r["id"], "prompt": p, "question": r["question"], "gold": r["answer"], "solution": r.get("solution"), "sample": j,
              "extra": j >= len(main), "completion": c}
             for r, p, main, extra in zip(shard, prompts, completions, extras) for j, c in enumerate(main + extra)]
@@ -63,7 +59,8 @@ def main(argv=None) -> None:
     data = run["data"]
     records = data_sources.load_records(data["prompts"], data, data["prompts_size"], need_answers=False)
     reused = generate(run[f"it{args.iteration}"]["generate"], records, args.model, args.out,
-                      data["prompt_template"], revision_for(run, args.model))
+                      data["prompt_template"], revision_for(run, args.model),
+                      open_backend(run, args.model, revision_for(run, args.model)))
     print(f"generate: {len(records)} prompts" + (f", {reused} shard(s) reused from an interrupted run" if reused else ""))
 
 

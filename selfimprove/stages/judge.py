@@ -18,6 +18,7 @@ from pathlib import Path
 
 from selfimprove import judging
 from selfimprove.answers import extract_final, same_answer
+from selfimprove.backends import open_backend
 from selfimprove.models import model_identity
 from selfimprove.shards import discard, fingerprint, run_in_shards
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main,
@@ -45,19 +46,29 @@ def collect(samples: list[dict], judged: list[dict], settings: dict) -> list[dic
     for prompt_id in sorted(by_prompt):
         rows = by_prompt[prompt_id]
         first = rows[0][0]
-        scores = [[judging.parse_score(t, settings["score_pattern"], settings["max_score"]) for t in item["judgements"]]
-                  for _, item in rows]
+        scores = [_scores(item, settings) for _, item in rows]
         records.append({
             "id": prompt_id, "prompt": first["prompt"], "question": first["question"], "gold": first.get("gold"),
             "completions": [row["completion"] for row, _ in rows],
             "responses": [item["response"] for _, item in rows],
             "unsplittable": [item["response"] is None for _, item in rows],
             "judgements": [item["judgements"] for _, item in rows],
+            **({"score_probs": [item["score_probs"] for _, item in rows]} if "score_probs" in rows[0][1] else {}),
             "scores": scores,
             "mean_scores": [judging.mean(s) for s in scores],
             "correct": [_correct(row) for row, _ in rows],
         })
     return records
+
+
+def _scores(item: dict, settings: dict) -> list:
+    """A response's scores: parsed from each written judgement, or (mode expected) the one
+    probability-weighted score, None when too little of the judge's mass falls on the score digits."""
+    if "score_probs" not in item:
+        return [judging.parse_score(t, settings["score_pattern"], settings["max_score"]) for t in item["judgements"]]
+    if item["score_probs"] is None:
+        return []
+    return [judging.expected_score(item["score_probs"], settings["min_score_mass"])]
 
 
 def _correct(row: dict) -> bool | None:
@@ -67,23 +78,30 @@ def _correct(row: dict) -> bool | None:
 
 
 def judge(settings: dict, samples: list[dict], model_ref: str, out: str | Path, revision: str | None = None,
-          generate_judgements=None) -> tuple[list[dict], dict]:
-    """Judge the samples; return (records, health figures). generate_judgements(prompts, on_done) -> n texts
-    per prompt may be given (tests script a judge with it); by default the judge model samples them."""
+          generate_judgements=None, backend=None) -> tuple[list[dict], dict]:
+    """Judge the samples; return (records, health figures). generate_judgements(prompts, shard, on_done)
+    -> n texts per prompt may be given (tests script a judge with it); by default the judge model writes
+    them, or, in mode `expected`, reads its score distribution (score_distributions)."""
     out = Path(out)
     template = judging.load_template(settings["template"])
     items = judge_prompts(samples, template, settings["response_marker"])
-    if generate_judgements is None:
-        generate_judgements = (_endpoint_judge(settings) if settings["source"] == "openai"
-                               else _model_judge(settings, model_ref, revision))
+    if generate_judgements is None and settings["source"] == "openai":
+        generate_judgements = _endpoint_judge(settings)
+    backend = backend or open_backend({}, model_ref, revision)
+    expected = settings["mode"] == "expected"
 
     def work(shard: list[dict], index: int, on_done) -> list[dict]:
-        todo = [item for item in shard if item["judge_prompt"] is not None]
-        texts = iter(generate_judgements([item["judge_prompt"] for item in todo], index, on_done) if todo else [])
+        todo = [item["judge_prompt"] for item in shard if item["judge_prompt"] is not None]
+        if expected:
+            found = iter(score_distributions(backend, todo, settings, on_done) if todo else [])
+            return [{**item, "judgements": [], "score_probs": next(found) if item["judge_prompt"] else None}
+                    for item in shard]
+        texts = iter((generate_judgements or _model_judge(settings, backend))(todo, index, on_done) if todo else [])
         return [{**item, "judgements": next(texts) if item["judge_prompt"] is not None else []} for item in shard]
 
     key = fingerprint(settings, items, model_identity(model_ref, revision))
     judged, _ = run_in_shards("judge", items, settings["shard_size"], out, key, work, unit="responses")
+    backend.close()
     records = collect(samples, judged, settings)
     figures = judging.health(records, settings["max_score"])
     judging.check_failure_rate(records, figures, settings["max_failure_rate"], settings["score_pattern"])
@@ -92,19 +110,22 @@ def judge(settings: dict, samples: list[dict], model_ref: str, out: str | Path, 
     return records, figures
 
 
-def _model_judge(settings: dict, model_ref: str, revision: str | None):
-    """n sampled judgements per prompt from a local or hub model, loaded on first use."""
-    loaded = {}
+def score_distributions(backend, prompts: list[str], settings: dict, on_done=None) -> list[list[float]]:
+    """Mode `expected`: the judge's probability of each score 0..max_score as the token after the
+    prompt and the prefill (`Score: `). A model that never writes a score on its own (SmolLM2-135M)
+    still has a distribution over the digits there; its mean is the probability-weighted score."""
+    choices = [str(value) for value in range(settings["max_score"] + 1)]
+    return backend.choice_probs([p + settings["prefill"] for p in prompts], choices, settings["batch_size"],
+                                on_batch=on_done)
+
+
+def _model_judge(settings: dict, backend):
+    """n sampled judgements per prompt from the judge model."""
 
     def generate_judgements(prompts: list[str], shard_index: int, on_done) -> list[list[str]]:
-        from selfimprove import models
-        from selfimprove.sampling import sample
-
-        if not loaded:
-            loaded["model"], loaded["tokenizer"] = models.load(model_ref, revision)
-        return sample(loaded["model"], loaded["tokenizer"], prompts, settings["n"], settings["temperature"],
-                      settings["top_p"], settings["max_new_tokens"], settings["batch_size"],
-                      seed=settings["seed"] * 100003 + shard_index, on_batch=on_done)
+        return backend.sample(prompts, settings["n"], settings["temperature"], settings["top_p"],
+                              settings["max_new_tokens"], settings["batch_size"],
+                              settings["seed"] * 100003 + shard_index, on_batch=on_done)
 
     return generate_judgements
 
@@ -127,7 +148,9 @@ def main(argv=None) -> None:
     args = iteration_stage_args(__doc__, argv, "model", "samples", "out", "stats")
     run = read_section(args.params, args.run)
     settings = run[f"it{args.iteration}"]["judge"]
-    _, figures = judge(settings, read_jsonl(args.samples), args.model, args.out, revision_for(run, args.model))
+    revision = revision_for(run, args.model)
+    _, figures = judge(settings, read_jsonl(args.samples), args.model, args.out, revision,
+                       backend=open_backend(run, args.model, revision))
     write_json(args.stats, figures)
     agreement = f", agreement with gold {figures['judge_sample_agreement']:.3f}" if "judge_sample_agreement" in figures else ""
     print(f"judge: {figures['judge_judgements']} judgements, parse failures {figures['judge_parse_failure_rate']:.1%}, "

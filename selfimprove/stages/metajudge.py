@@ -18,6 +18,7 @@ import random
 from pathlib import Path
 
 from selfimprove import judging
+from selfimprove.backends import open_backend
 from selfimprove.models import model_identity
 from selfimprove.shards import discard, fingerprint, run_in_shards
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main,
@@ -119,13 +120,15 @@ def _higher_score_win_rate(battles: list[dict]) -> float:
 
 
 def metajudge(settings: dict, judge_settings: dict, records: list[dict], model_ref: str, out: str | Path,
-              revision: str | None = None, generate_verdicts=None, seed: int = 0) -> tuple[list[dict], dict]:
+              revision: str | None = None, generate_verdicts=None, seed: int = 0, backend=None) -> tuple[list[dict], dict]:
     """Run the meta-judge over the judgements; return (judge pairs, statistics). generate_verdicts(prompts,
     shard_index, on_done) -> one text per prompt may be given (tests script the meta-judge)."""
     out = Path(out)
     template = judging.load_template(settings["template"], alternatives=judging.META_PLACEHOLDERS)
     items = comparisons(records, template)
-    generate_verdicts = generate_verdicts or _model_meta_judge(settings, model_ref, revision)
+    if generate_verdicts is None:
+        backend = backend or open_backend({}, model_ref, revision)
+        generate_verdicts = _model_meta_judge(settings, backend)
 
     def work(shard: list[dict], index: int, on_done) -> list[dict]:
         texts = generate_verdicts([item["prompt"] for item in shard], index, on_done)
@@ -133,6 +136,8 @@ def metajudge(settings: dict, judge_settings: dict, records: list[dict], model_r
 
     key = fingerprint(settings, items, model_identity(model_ref, revision))
     judged, _ = run_in_shards("metajudge", items, settings["shard_size"], out, key, work, unit="comparisons")
+    if backend:
+        backend.close()
     scores = {r["id"]: r["scores"] for r in records}
     battles = [{"id": j["id"], "response": j["response"], "first": j["first"], "second": j["second"],
                 "winner": judging.parse_winner(j["verdict"], settings["winner_pattern"]),
@@ -145,18 +150,10 @@ def metajudge(settings: dict, judge_settings: dict, records: list[dict], model_r
     return pairs, stats
 
 
-def _model_meta_judge(settings: dict, model_ref: str, revision: str | None):
-    loaded = {}
-
+def _model_meta_judge(settings: dict, backend):
     def generate_verdicts(prompts: list[str], shard_index: int, on_done) -> list[str]:
-        from selfimprove import models
-        from selfimprove.sampling import sample
-
-        if not loaded:
-            loaded["model"], loaded["tokenizer"] = models.load(model_ref, revision)
-        texts = sample(loaded["model"], loaded["tokenizer"], prompts, 1, settings["temperature"], settings["top_p"],
-                       settings["max_new_tokens"], settings["batch_size"], seed=settings["seed"] * 100003 + shard_index,
-                       on_batch=on_done)
+        texts = backend.sample(prompts, 1, settings["temperature"], settings["top_p"], settings["max_new_tokens"],
+                               settings["batch_size"], settings["seed"] * 100003 + shard_index, on_batch=on_done)
         return [t[0] for t in texts]
 
     return generate_verdicts
@@ -167,7 +164,8 @@ def main(argv=None) -> None:
     run = read_section(args.params, args.run)
     stages = run[f"it{args.iteration}"]
     _, stats = metajudge(stages["metajudge"], stages["judge"], read_jsonl(args.judgements), args.model, args.out,
-                         revision_for(run, args.model), seed=stages["metajudge"]["seed"] * 1000 + args.iteration)
+                         revision_for(run, args.model), seed=stages["metajudge"]["seed"] * 1000 + args.iteration,
+                         backend=open_backend(run, args.model, revision_for(run, args.model)))
     write_json(args.stats, stats)
     print(f"metajudge: {stats['judge_pairs']} judge pairs from {stats['meta_battles']} comparisons on "
           f"{stats['meta_prompts']} prompts; first position wins {stats['meta_first_position_win_rate']:.1%}")

@@ -1,0 +1,78 @@
+"""The transformers backend: the model loaded in this process, batched `generate` (selfimprove.sampling)
+and next-token probabilities from one forward pass."""
+
+from __future__ import annotations
+
+
+class HFBackend:
+    def __init__(self, model_ref: str, revision: str | None = None):
+        self.model_ref, self.revision = model_ref, revision
+        self._model = self._tokenizer = None
+        self.usage: dict[str, float] = {}
+
+    def _load(self):
+        if self._model is None:
+            from selfimprove import models
+
+            self._model, self._tokenizer = models.load(self.model_ref, self.revision)
+        return self._model, self._tokenizer
+
+    def sample(self, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
+               batch_size: int, seed: int, on_batch=None) -> list[list[str]]:
+        from selfimprove.sampling import sample
+
+        model, tokenizer = self._load()
+        return sample(model, tokenizer, prompts, n, temperature, top_p, max_new_tokens, batch_size, seed,
+                      on_batch=on_batch)
+
+    def choice_probs(self, prompts: list[str], choices: list[str], batch_size: int = 64,
+                     on_batch=None) -> list[list[float]]:
+        """For each prompt, the probability that the text continues with each choice (its first token;
+        a judge prefilled with `Score: ` reads its digits this way). Not renormalised: the sum says how
+        much of the model's mass falls on valid answers at all."""
+        import torch
+
+        model, tokenizer = self._load()
+        probs: list[list[float]] = []
+        for start in range(0, len(prompts), batch_size):
+            targets = [continuation_tokens(tokenizer, p, choices) for p in prompts[start:start + batch_size]]
+            contexts = sorted({context for per_prompt in targets for context, _ in per_prompt})
+            row = {context: i for i, context in enumerate(contexts)}
+            with torch.no_grad():
+                logits = model(**_left_padded(contexts, tokenizer.pad_token_id, model.device)).logits[:, -1, :]
+            next_token = torch.softmax(logits.float(), dim=-1)
+            probs.extend([next_token[row[context], token].item() for context, token in per_prompt]
+                         for per_prompt in targets)
+            if on_batch:
+                on_batch(len(probs))
+        return probs
+
+    def close(self) -> None:
+        self._model = self._tokenizer = None
+
+
+def continuation_tokens(tokenizer, prompt: str, choices: list[str]) -> list[tuple[tuple[int, ...], int]]:
+    """(context token ids, the choice's first token id) for each choice after prompt. Tokenising the
+    joined text matters: BPE tokenisers merge across the seam (SmolLM2 writes `Winner: A` as
+    `Winner`, `:`, `ĠA`, so after `Winner: ` the choice's token is `ĠA` and the context drops the `Ġ`)."""
+    base = tokenizer(prompt)["input_ids"]
+    pairs = []
+    for choice in choices:
+        full = tokenizer(prompt + choice)["input_ids"]
+        shared = next((i for i, (a, b) in enumerate(zip(base, full)) if a != b), min(len(base), len(full)))
+        if shared >= len(full):
+            raise ValueError(f"choice {choice!r} adds no token after the prompt")
+        pairs.append((tuple(full[:shared]), full[shared]))
+    return pairs
+
+
+def _left_padded(sequences: list[tuple[int, ...]], pad_id: int, device):
+    import torch
+
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, width - len(seq):] = torch.tensor(seq)
+        mask[i, width - len(seq):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
