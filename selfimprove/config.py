@@ -251,6 +251,8 @@ def _check_values(per_iteration: dict, problems: _Problems) -> None:
         ("evaluate", "win_rate_size", lambda v: v >= 0, "must be >= 0 (0: off)"),
         ("evaluate", "win_template", _template_exists, "is not a template: use pairwise or a path to a text file"),
         ("judge", "min_score_mass", lambda v: 0 <= v <= 1, "is a probability; use a value in [0, 1]"),
+        ("judge", "prompt_template", lambda v: "{question}" in v, "must contain {question}, where the judge prompt "
+                                                                    "goes, e.g. '<|im_start|>user\\n{question}<|im_end|>...'"),
         ("metajudge", "template", _template_exists, "is not a template: use meta, tiny-arith-meta or a path to a "
                                                     "text file"),
         ("metajudge", "winner_pattern", _one_group, "must be a regular expression with one group capturing A or B"),
@@ -278,17 +280,17 @@ def _check_openai(per_iteration: dict, problems: _Problems) -> None:
 
 
 def _check_judge_mode(per_iteration: dict, problems: _Problems) -> None:
-    """judge.mode expected reads a local model's token probabilities and writes no judgement text."""
+    """Modes other than generate read a local model's token probabilities; mode expected writes no
+    judgement text for a meta-judge to compare."""
     for stages in per_iteration.values():
-        if stages["judge"]["mode"] != "expected":
-            continue
-        if stages["judge"]["source"] == "openai":
-            problems.add(("stages", "judge", "mode"), "expected reads a local model's token probabilities; with "
+        mode = stages["judge"]["mode"]
+        if mode != "generate" and stages["judge"]["source"] == "openai":
+            problems.add(("stages", "judge", "mode"), f"{mode} reads a local model's token probabilities; with "
                          "judge.source openai use mode generate")
             return
-        if meta_judged(stages):
+        if mode == "expected" and meta_judged(stages):
             problems.add(("stages", "judge", "mode"), "expected writes no judgements for the meta-judge to compare; "
-                         "use mode generate, or set pairs.judge_pairs: false")
+                         "use generate or generate_then_expected, or set pairs.judge_pairs: false")
             return
 
 

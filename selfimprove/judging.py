@@ -59,6 +59,12 @@ def load_template(name: str, placeholders: tuple[str, ...] = ("question", "respo
     return text
 
 
+def wrap(template: str, judge_settings: dict) -> str:
+    """A judge template inside judge.prompt_template (e.g. a chat format: an instruction model judges
+    best in the format it was tuned on). Not data.prompt_template: TPO's holds the thought prompt."""
+    return judge_settings["prompt_template"].replace("{question}", template)
+
+
 def split_response(completion: str, marker: str) -> tuple[str, str] | None:
     """(thought, response) split at the last marker; the whole completion is the response when marker
     is empty. None when the marker is missing: the output cannot be split (TPO rejects those)."""
@@ -118,7 +124,7 @@ def health(records: list[dict], max_score: int) -> dict:
         "judge_unsplittable": sum(r["unsplittable"].count(True) for r in records),
         **{f"judge_score_{value}": histogram.get(value, 0) for value in range(max_score + 1)},
     }
-    masses = [sum(p) for r in records for p in r.get("score_probs") or [] if p is not None]
+    masses = [sum(p) for r in records for per_response in r.get("score_probs") or [] for p in per_response]
     if masses:  # mode expected: how much of the judge's next-token mass falls on score digits
         figures["judge_score_mass"] = sum(masses) / len(masses)
     if checked:

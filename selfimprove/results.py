@@ -24,10 +24,11 @@ RATE_DENOMINATORS = {"accuracy": "problems", "maj_at_k": "problems", "thought_ra
                      "judge_agreement": "judge_eval_candidates"}
 REF_RE = re.compile(r"^(?P<run>[a-z][a-z0-9_-]*)(?:@(?P<k>\d+))?$")
 # Shown first, in this order; any other numeric metric follows.
-HEADLINE = ["accuracy", "maj_at_k", "sample_accuracy", "judge_agreement", "thought_rate", "greedy_correct",
+HEADLINE = ["accuracy", "maj_at_k", "sample_accuracy", "judge_agreement", "win_rate_vs_base", "win_position_consistency",
+            "thought_rate", "mean_length", "greedy_correct",
             "maj_correct", "problems", "parse_failure_rate", "pairs", "dropped_below_tau", "dropped_ties",
             "mean_weight", "chosen_correct", "rejected_correct", "judge_sample_agreement",
-            "judge_parse_failure_rate", "judge_tie_rate", "judge_mean_score"]
+            "judge_parse_failure_rate", "judge_tie_rate", "judge_mean_score", "judge_score_mass"]
 
 
 def stage_status(project: Path) -> list[dict]:

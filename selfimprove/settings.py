@@ -32,10 +32,12 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
         "timeout": (float, 60.0),  # source openai: seconds per request
         "max_retries": (int, 5),  # source openai: on 429, 5xx and dropped connections, with exponential backoff
         "template": (str, "additive"),  # additive | pairwise | tiny-arith | a path to a text file
-        "mode": (str, "generate"),  # generate: write judgements and parse `Score: N`; expected: read the score
-        # digits' probabilities after the prompt + prefill, score = their mean (for judges that never write one)
+        "mode": (str, "generate"),  # generate: write judgements, parse `Score: N`; expected: no text, the score
+        # digits' probabilities after prompt + prefill, score = their mean (for judges that never write one);
+        # generate_then_expected: write the judgement, then read the score digits after it + prefill
         "prefill": (str, "Score: "),  # mode expected: text appended to the judge prompt before the score digit
         "min_score_mass": (float, 0.1),  # mode expected: less probability than this on the digits is a failure
+        "prompt_template": (str, "{question}"),  # wraps judge, meta-judge and win-rate prompts (a chat format)
         "n": (int, 3),  # judgements per response, averaged (Self-Rewarding: 3)
         "temperature": (float, 0.7),
         "top_p": (float, 0.9),
@@ -50,6 +52,7 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
     },
     "metajudge": {  # Meta-Rewarding: used in iterations where pairs.judge_pairs is true
         "template": (str, "meta"),  # meta | tiny-arith-meta | a path to a text file
+        "mode": (str, "generate"),  # generate: parse `Winner: A|B`; expected: the likelier of A and B after `Winner: `
         "temperature": (float, 0.0),
         "top_p": (float, 1.0),
         "max_new_tokens": (int, 256),
@@ -96,7 +99,8 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
 }
 
 CHOICES = {
-    ("judge", "mode"): ["generate", "expected"],
+    ("judge", "mode"): ["generate", "expected", "generate_then_expected"],
+    ("metajudge", "mode"): ["generate", "expected"],
     ("vote", "extract"): ["final_number"],
     ("pairs", "rule"): ["most_vs_least_voted", "gold", "semi_supervised", "best_vs_worst", "length_controlled",
                         "length_band"],

@@ -54,18 +54,12 @@ def thinking(greedy: list[str], marker: str) -> dict:
 def judge_agreement(backend, records: list[dict], judge: dict, size: int, seed: int, on_batch=None) -> dict:
     """Greedy judgements of held-out candidate answers (half right, half slightly off): how often the
     verdict matches the truth. A judgement without a score counts as a disagreement, and is counted."""
-    from selfimprove.stages.judge import score_distributions
+    from selfimprove.stages.judge import greedy_scores
 
     candidates = judging.held_out_candidates(records, seed)[:size]
-    template = judging.load_template(judge["template"])
+    template = judging.wrap(judging.load_template(judge["template"]), judge)
     prompts = [template.format(question=c["question"], response=c["response"]) for c in candidates]
-    if judge["mode"] == "expected":
-        scores = [judging.expected_score(p, judge["min_score_mass"])
-                  for p in score_distributions(backend, prompts, judge, on_batch)]
-    else:
-        texts = [t[0] for t in backend.sample(prompts, 1, 0.0, 1.0, judge["max_new_tokens"], judge["batch_size"],
-                                              seed, on_batch=on_batch)]
-        scores = [judging.parse_score(t, judge["score_pattern"], judge["max_score"]) for t in texts]
+    scores = greedy_scores(backend, prompts, judge, seed, on_batch)
     agree = sum(s is not None and judging.says_right(s, judge["max_score"]) == c["correct"]
                 for s, c in zip(scores, candidates))
     return {"judge_agreement": agree / len(candidates) if candidates else 0.0,
@@ -118,14 +112,16 @@ def win_rate(settings: dict, judge: dict, records: list[dict], outputs: list[str
     figures of all iterations are comparable. In judge.mode expected the judge's probabilities of `A`
     and `B` after `Winner: ` give a win probability per order; otherwise it writes a verdict (ties
     count half, an unparseable verdict is counted and left out). The two orders are averaged, which
-    cancels a constant position bias; position_consistency says how often both orders agree."""
+    cancels a constant position bias; position_consistency says how often both orders agree. A judge
+    in mode expected or generate_then_expected is read by probabilities here too."""
     size = min(settings["win_rate_size"], len(records), len(outputs), len(base_outputs))
-    template = judging.load_template(settings["win_template"], ("question", "response_a", "response_b"))
+    template = judging.wrap(judging.load_template(settings["win_template"], ("question", "response_a", "response_b")),
+                            judge)
     prompts = []
     for record, ours, base in zip(records[:size], outputs, base_outputs):
         prompts.append(template.format(question=record["question"], response_a=ours, response_b=base))
         prompts.append(template.format(question=record["question"], response_a=base, response_b=ours))
-    if judge["mode"] == "expected":
+    if judge["mode"] != "generate":
         probs = judge_backend.choice_probs([p + "Winner: " for p in prompts], ["A", "B"], judge["batch_size"])
         wins = [_share(a, b) if first else _share(b, a) for (a, b), first in zip(probs, _alternating(size))]
     else:

@@ -62,13 +62,12 @@ def collect(samples: list[dict], judged: list[dict], settings: dict) -> list[dic
 
 
 def _scores(item: dict, settings: dict) -> list:
-    """A response's scores: parsed from each written judgement, or (mode expected) the one
-    probability-weighted score, None when too little of the judge's mass falls on the score digits."""
+    """A response's scores: parsed from each written judgement, or probability-weighted (one per
+    judgement; mode expected has one judgement without text), None when too little of the judge's
+    mass falls on the score digits."""
     if "score_probs" not in item:
         return [judging.parse_score(t, settings["score_pattern"], settings["max_score"]) for t in item["judgements"]]
-    if item["score_probs"] is None:
-        return []
-    return [judging.expected_score(item["score_probs"], settings["min_score_mass"])]
+    return [judging.expected_score(p, settings["min_score_mass"]) for p in item["score_probs"]]
 
 
 def _correct(row: dict) -> bool | None:
@@ -81,23 +80,37 @@ def judge(settings: dict, samples: list[dict], model_ref: str, out: str | Path, 
           generate_judgements=None, backend=None) -> tuple[list[dict], dict]:
     """Judge the samples; return (records, health figures). generate_judgements(prompts, shard, on_done)
     -> n texts per prompt may be given (tests script a judge with it); by default the judge model writes
-    them, or, in mode `expected`, reads its score distribution (score_distributions)."""
+    them. Modes expected and generate_then_expected read the score from the judge's probabilities
+    (score_distributions). The judge prompt is wrapped in judge.prompt_template (a chat format)."""
     out = Path(out)
-    template = judging.load_template(settings["template"])
+    template = judging.wrap(judging.load_template(settings["template"]), settings)
     items = judge_prompts(samples, template, settings["response_marker"])
     if generate_judgements is None and settings["source"] == "openai":
         generate_judgements = _endpoint_judge(settings)
     backend = backend or open_backend({}, model_ref, revision)
-    expected = settings["mode"] == "expected"
+    mode = settings["mode"]
 
     def work(shard: list[dict], index: int, on_done) -> list[dict]:
         todo = [item["judge_prompt"] for item in shard if item["judge_prompt"] is not None]
-        if expected:
-            found = iter(score_distributions(backend, todo, settings, on_done) if todo else [])
-            return [{**item, "judgements": [], "score_probs": next(found) if item["judge_prompt"] else None}
-                    for item in shard]
-        texts = iter((generate_judgements or _model_judge(settings, backend))(todo, index, on_done) if todo else [])
-        return [{**item, "judgements": next(texts) if item["judge_prompt"] is not None else []} for item in shard]
+        if not todo:  # nothing in this shard could be split
+            return [{**item, "judgements": [], **({"score_probs": []} if mode != "generate" else {})} for item in shard]
+        if mode == "expected":  # no text: the score digit's distribution right after the prompt
+            found = iter([[p] for p in score_distributions(backend, todo, settings, on_done)])
+            texts = iter([[] for _ in todo])
+        else:
+            written = (generate_judgements or _model_judge(settings, backend))(todo, index, on_done)
+            texts = iter(written)
+            if mode == "generate_then_expected":  # the judgement as written, then its score read
+                after = [prompt + text.rstrip() + "\n" for prompt, per_prompt in zip(todo, written) for text in per_prompt]
+                flat = iter(score_distributions(backend, after, settings))
+                found = iter([[next(flat) for _ in per_prompt] for per_prompt in written])
+        rows = []
+        for item in shard:
+            row = {**item, "judgements": next(texts) if item["judge_prompt"] is not None else []}
+            if mode != "generate":
+                row["score_probs"] = next(found) if item["judge_prompt"] is not None else []
+            rows.append(row)
+        return rows
 
     key = fingerprint(settings, items, model_identity(model_ref, revision))
     judged, _ = run_in_shards("judge", items, settings["shard_size"], out, key, work, unit="responses")
@@ -111,12 +124,25 @@ def judge(settings: dict, samples: list[dict], model_ref: str, out: str | Path, 
 
 
 def score_distributions(backend, prompts: list[str], settings: dict, on_done=None) -> list[list[float]]:
-    """Mode `expected`: the judge's probability of each score 0..max_score as the token after the
-    prompt and the prefill (`Score: `). A model that never writes a score on its own (SmolLM2-135M)
-    still has a distribution over the digits there; its mean is the probability-weighted score."""
+    """The judge's probability of each score 0..max_score as the token after the prompt and the prefill
+    (`Score: `). A model that never writes a score on its own (SmolLM2-135M) still has a distribution
+    over the digits there; its mean is the probability-weighted score."""
     choices = [str(value) for value in range(settings["max_score"] + 1)]
     return backend.choice_probs([p + settings["prefill"] for p in prompts], choices, settings["batch_size"],
                                 on_batch=on_done)
+
+
+def greedy_scores(backend, prompts: list[str], settings: dict, seed: int, on_batch=None) -> list[float | None]:
+    """One greedy judgement's score per prompt, in the judge's mode (evaluation uses this)."""
+    if settings["mode"] == "expected":
+        found = score_distributions(backend, prompts, settings, on_batch)
+        return [judging.expected_score(p, settings["min_score_mass"]) for p in found]
+    texts = [t[0] for t in backend.sample(prompts, 1, 0.0, 1.0, settings["max_new_tokens"], settings["batch_size"],
+                                          seed, on_batch=on_batch)]
+    if settings["mode"] == "generate_then_expected":
+        found = score_distributions(backend, [p + t.rstrip() + "\n" for p, t in zip(prompts, texts)], settings)
+        return [judging.expected_score(p, settings["min_score_mass"]) for p in found]
+    return [judging.parse_score(t, settings["score_pattern"], settings["max_score"]) for t in texts]
 
 
 def _model_judge(settings: dict, backend):

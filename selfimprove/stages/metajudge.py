@@ -122,13 +122,16 @@ def _higher_score_win_rate(battles: list[dict]) -> float:
 def metajudge(settings: dict, judge_settings: dict, records: list[dict], model_ref: str, out: str | Path,
               revision: str | None = None, generate_verdicts=None, seed: int = 0, backend=None) -> tuple[list[dict], dict]:
     """Run the meta-judge over the judgements; return (judge pairs, statistics). generate_verdicts(prompts,
-    shard_index, on_done) -> one text per prompt may be given (tests script the meta-judge)."""
+    shard_index, on_done) -> one text per prompt may be given (tests script the meta-judge). In mode
+    expected the verdict is the likelier of `A` and `B` right after `Winner: ` (no text is written)."""
     out = Path(out)
-    template = judging.load_template(settings["template"], alternatives=judging.META_PLACEHOLDERS)
+    template = judging.wrap(judging.load_template(settings["template"], alternatives=judging.META_PLACEHOLDERS),
+                            judge_settings)
     items = comparisons(records, template)
     if generate_verdicts is None:
         backend = backend or open_backend({}, model_ref, revision)
-        generate_verdicts = _model_meta_judge(settings, backend)
+        generate_verdicts = (_likelier_verdicts(settings, backend) if settings["mode"] == "expected"
+                             else _model_meta_judge(settings, backend))
 
     def work(shard: list[dict], index: int, on_done) -> list[dict]:
         texts = generate_verdicts([item["prompt"] for item in shard], index, on_done)
@@ -148,6 +151,17 @@ def metajudge(settings: dict, judge_settings: dict, records: list[dict], model_r
     write_jsonl(out, pairs)
     discard(out)
     return pairs, stats
+
+
+def _likelier_verdicts(settings: dict, backend):
+    """Verdicts read from the probabilities of `A` and `B` after the prompt and `Winner: `, written out
+    with both probabilities so the stage output shows how sure the meta-judge was."""
+
+    def generate_verdicts(prompts: list[str], shard_index: int, on_done) -> list[str]:
+        probs = backend.choice_probs([p + "Winner: " for p in prompts], ["A", "B"], settings["batch_size"], on_done)
+        return [f"p(A)={a:.4f} p(B)={b:.4f} Winner: {'A' if a > b else 'B' if b > a else 'tie'}" for a, b in probs]
+
+    return generate_verdicts
 
 
 def _model_meta_judge(settings: dict, backend):
