@@ -148,6 +148,7 @@ OPENAI_SETTINGS: dict[str, tuple[type, Any]] = {  # backend: openai (any OpenAI-
     "concurrency": (int, 8),  # requests in flight per endpoint
     "timeout": (float, 60.0),  # seconds per request
     "max_retries": (int, 5),  # on 429, 5xx, timeouts and dropped connections, with exponential backoff
+    "backoff": (float, 1.0),  # seconds before the first retry; doubles each time
     "price_per_1m_input_tokens": (float, 0.0),  # for the cost in the stage's metrics (0: not priced)
     "price_per_1m_output_tokens": (float, 0.0),
 }

@@ -23,11 +23,11 @@ from selfimprove.openai_api import Endpoint, ResponseCache
 
 class OpenAIBackend:
     def __init__(self, model_ref: str, settings: dict, chat_template: bool = False,
-                 cache_dir: str | Path | None = None, backoff: float = 1.0):
+                 cache_dir: str | Path | None = None):
         self.model = settings["api_model"] or model_ref
         self.settings, self.chat_template = settings, chat_template
         self.endpoint = Endpoint(settings["endpoints"], self.model, settings["api_key_env"], settings["concurrency"],
-                                 settings["timeout"], settings["max_retries"], backoff=backoff, section="openai")
+                                 settings["timeout"], settings["max_retries"], backoff=settings["backoff"], section="openai")
         self.cache = ResponseCache(cache_dir) if cache_dir else None
         self._replies: list[dict] = []  # without a cache: the replies of this process, for the usage figures
         self.usage: dict[str, float] = {}
