@@ -100,7 +100,8 @@ def test_chat_template_sends_chat_messages_and_greedy_sends_one_request_per_prom
     chat = open_backend({"backend": "openai", "chat_template": True, "openai": settings}, MODEL)
     assert chat.sample(["q1", "q2"], 5, 0.0, 1.0, 16, 8, seed=3) == [["judged q1. Score: 5"], ["judged q2. Score: 5"]]
     assert [r["path"] for r in server.requests] == ["/v1/chat/completions"] * 2
-    assert server.requests[0]["body"] == {"model": "served-name", "n": 1, "temperature": 0.0, "top_p": 1.0,
+    first = next(r for r in server.requests if r["body"]["messages"][0]["content"] == "q1")  # 2 in flight: any order
+    assert first["body"] == {"model": "served-name", "n": 1, "temperature": 0.0, "top_p": 1.0,
                                           "max_tokens": 16, "seed": 3, "messages": [{"role": "user", "content": "q1"}]}
     chat.close()
     assert chat.usage == {"requests_sent": 2, "replies_from_cache": 0, "prompt_tokens": 0, "completion_tokens": 0}
