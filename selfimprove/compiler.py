@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 import selfimprove
-from selfimprove.config import Loop, judged, meta_judged, resolved_params, uses_judge
+from selfimprove.config import Loop, backend_tracked_keys, judged, meta_judged, resolved_params, uses_judge
 from selfimprove.judging import template_path
 from selfimprove.settings import DATA_SETTINGS
 from selfimprove.errors import UserError
@@ -99,6 +99,11 @@ def _data_params(run: str, other_side: str) -> list[str]:
     return [f"{run}.data.{key}" for key in DATA_SETTINGS if key not in unused]
 
 
+def _backend_params(loop: Loop) -> list[str]:
+    """The backend keys every sampling stage tracks, so that switching backends re-runs what samples."""
+    return [f"{loop.name}.{key}" for key in backend_tracked_keys(loop)]
+
+
 def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
     run, params = loop.name, "params.yaml"
     stages: dict[str, dict] = {}
@@ -110,11 +115,13 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
             prev_deps = [model] if model_is_dep else []
             stages[stage_name(run, k, "generate")] = {
                 "cmd": f"python -m selfimprove.stages.generate --params {params} --run {run} --iteration {k} "
-                       f"--model {model} --out {out}/samples.jsonl",
+                       f"--model {model} --out {out}/samples.jsonl --stats {out}/generate.json",
                 "deps": _code(project, "stages.generate")
                         + [d for d in data_deps if d == loop.data["prompts"]] + prev_deps,
-                "params": [f"{run}.it{k}.generate"] + _data_params(run, "eval") + ([f"{run}.model_revision"] if k == 1 else []),
+                "params": [f"{run}.it{k}.generate"] + _data_params(run, "eval") + ([f"{run}.model_revision"] if k == 1 else [])
+                          + _backend_params(loop),
                 "outs": [f"{out}/samples.jsonl"],
+                "metrics": [{f"{out}/generate.json": {"cache": False}}],
             }
             judge_pairs = []
             if judged(loop.per_iteration[k]):
@@ -154,6 +161,7 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
                f"--out {run_dir(run)}/metrics.json",
         "deps": _code(project, "stages.report") + [f"{iteration_dir(run, k)}/metrics.json" for k in iterations]
                 + [f"{iteration_dir(run, k)}/pairs.json" for k in iterations if k > 0]
+                + [f"{iteration_dir(run, k)}/generate.json" for k in iterations if k > 0]
                 + [f"{iteration_dir(run, k)}/judge.json" for k in iterations if k > 0 and judged(loop.per_iteration[k])]
                 + [f"{iteration_dir(run, k)}/metajudge.json" for k in iterations
                    if k > 0 and meta_judged(loop.per_iteration[k])],
@@ -172,7 +180,8 @@ def _evaluate_stage(loop: Loop, project: Path, k: int, model: str, model_is_dep:
         "deps": _code(project, "stages.evaluate")
                 + [d for d in data_deps if d == loop.data["eval"]] + ([model] if model_is_dep else []),
         "params": [f"{run}.it{k}.evaluate"] + ([f"{run}.it{k}.judge"] if uses_judge(loop) else [])
-                  + _data_params(run, "prompts") + ([f"{run}.model_revision"] if k == 0 else []),
+                  + _data_params(run, "prompts") + ([f"{run}.model_revision"] if k == 0 else [])
+                  + _backend_params(loop),
         "metrics": [{f"{out}/metrics.json": {"cache": False}}],
     }
     if loop.per_iteration[max(k, 1)]["evaluate"]["win_rate_size"] and uses_judge(loop):
@@ -204,7 +213,7 @@ def _judge_stage(loop: Loop, project: Path, k: int, policy: str, policy_is_dep: 
                f"--stats {out}/judge.json",
         "deps": _code(project, "stages.judge") + [f"{out}/samples.jsonl"] + ([judge_model] if judge_is_dep else [])
                 + ([_relative(template, project)] if template else []),
-        "params": [f"{run}.it{k}.judge"] + ([f"{run}.model_revision"] if k == 1 else []),
+        "params": [f"{run}.it{k}.judge"] + ([f"{run}.model_revision"] if k == 1 else []) + _backend_params(loop),
         "outs": [f"{out}/judgements.jsonl"],
         "metrics": [{f"{out}/judge.json": {"cache": False}}],
     }
@@ -220,7 +229,8 @@ def _metajudge_stage(loop: Loop, project: Path, k: int, policy: str, policy_is_d
                f"--stats {out}/metajudge.json",
         "deps": _code(project, "stages.metajudge") + [f"{out}/judgements.jsonl"] + ([policy] if policy_is_dep else [])
                 + ([_relative(template, project)] if template else []),
-        "params": [f"{run}.it{k}.metajudge", f"{run}.it{k}.judge"] + ([f"{run}.model_revision"] if k == 1 else []),
+        "params": [f"{run}.it{k}.metajudge", f"{run}.it{k}.judge"] + ([f"{run}.model_revision"] if k == 1 else [])
+                  + _backend_params(loop),
         "outs": [f"{out}/judge_pairs.jsonl"],
         "metrics": [{f"{out}/metajudge.json": {"cache": False}}],
     }

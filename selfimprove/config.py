@@ -18,10 +18,12 @@ from typing import Any
 import yaml
 
 from selfimprove.errors import UserError
-from selfimprove.settings import BOOTSTRAP_SETTINGS, CHOICES, DATA_SETTINGS, JUDGE_RULES, STAGE_SETTINGS
+from selfimprove.settings import (BACKENDS, BOOTSTRAP_SETTINGS, CHOICES, DATA_SETTINGS, JUDGE_RULES, OPENAI_SETTINGS,
+                                  STAGE_SETTINGS, VLLM_SETTINGS)
 
 TOP_LEVEL = {"name", "description", "model", "model_revision", "data", "iterations", "seed",
-             "bootstrap", "stages", "schedule", "from"}
+             "bootstrap", "stages", "schedule", "from", "backend", "chat_template", "vllm", "openai"}
+BACKEND_SETTINGS = {"vllm": VLLM_SETTINGS, "openai": OPENAI_SETTINGS}
 REQUIRED = ["name", "model", "data", "iterations"]
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 FROM_RE = re.compile(r"^([a-z][a-z0-9_-]*)@(\d+)$")
@@ -40,6 +42,9 @@ class Loop:
     bootstrap: dict[str, Any]
     start_from: str | None
     per_iteration: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    backend: str = "hf"
+    chat_template: bool = False
+    backend_settings: dict[str, Any] = field(default_factory=dict)  # the vllm: or openai: section, resolved
 
 
 class _Problems:
@@ -207,9 +212,51 @@ def _validate(raw: dict, path: Path, problems: _Problems) -> Loop | None:
     _check_values(per_iteration, problems)
     _check_openai(per_iteration, problems)
     _check_judge_mode(per_iteration, problems)
+    backend, chat_template, backend_settings = _check_backend(raw, per_iteration, problems)
     return Loop(path=path, name=name, model=str(raw.get("model", "")), model_revision=raw.get("model_revision"),
                 data=data, iterations=iterations, bootstrap=bootstrap, start_from=start_from,
-                per_iteration=per_iteration)
+                per_iteration=per_iteration, backend=backend, chat_template=chat_template,
+                backend_settings=backend_settings)
+
+
+def _check_backend(raw: dict, per_iteration: dict, problems: _Problems) -> tuple[str, bool, dict]:
+    """(backend, chat_template, the chosen backend's resolved section). Both sections are checked even
+    when the other backend is chosen, so a loop can keep them and switch with the one key."""
+    backend = raw.get("backend", "hf")
+    if backend not in BACKENDS:
+        problems.add(("backend",), f"{backend!r} is not one of: {', '.join(BACKENDS)}; e.g. backend: vllm")
+    chat_template = raw.get("chat_template", False)
+    if not isinstance(chat_template, bool):
+        problems.add(("chat_template",), f"expected true or false, got {chat_template!r}")
+        chat_template = False
+    sections = {}
+    for name, schema in BACKEND_SETTINGS.items():
+        values = raw.get(name) or {}
+        if isinstance(values, dict) and isinstance(values.get("endpoints"), str):
+            values = {**values, "endpoints": [values["endpoints"]]}  # --set openai.endpoints=URL: one endpoint
+        sections[name] = {**_defaults(schema), **_check_section(values, schema, (name,), problems)}
+    for key in ("tensor_parallel_size", "data_parallel_size"):
+        if sections["vllm"][key] < 1:
+            problems.add(("vllm", key), f"{sections['vllm'][key]!r} must be >= 1")
+    if not 0 < sections["vllm"]["gpu_memory_utilization"] <= 1:
+        problems.add(("vllm", "gpu_memory_utilization"), "is a share of GPU memory; use a value in (0, 1], e.g. 0.9")
+    openai = sections["openai"]
+    if any(not isinstance(url, str) or not re.match(r"https?://", url) for url in openai["endpoints"]):
+        problems.add(("openai", "endpoints"), "must be base URLs, e.g. endpoints: [http://localhost:8000/v1]")
+    if backend == "openai" and not openai["endpoints"]:
+        problems.add(("backend",), "openai needs openai.endpoints, the servers' base URLs; e.g. "
+                     "openai: {endpoints: [http://localhost:8000/v1]}")
+    if openai["api_key_env"] and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", openai["api_key_env"]):
+        problems.add(("openai", "api_key_env"), "is the NAME of an environment variable holding the key "
+                     "(e.g. OPENAI_API_KEY), never the key itself")
+    reads_probabilities = any(stages["judge"]["mode"] == "expected" and judged(stages) for stages in per_iteration.values())
+    if reads_probabilities and backend == "openai":
+        problems.add(("backend",), "openai cannot read token probabilities, which judge.mode expected needs; "
+                     "use judge.mode generate, or backend hf or vllm")
+    if reads_probabilities and chat_template:
+        problems.add(("chat_template",), "judge.mode expected reads probabilities after the raw judge prompt; "
+                     "use judge.mode generate with chat_template: true")
+    return backend, chat_template, sections.get(backend, {})
 
 
 def _check_stages(stages: Any, path: tuple, problems: _Problems) -> dict:
@@ -327,10 +374,37 @@ def meta_judged(stages: dict) -> bool:
     return judged(stages) and stages["pairs"]["judge_pairs"]
 
 
+def backend_params(loop: Loop) -> dict:
+    """The backend's entries in params.yaml: none for the default (hf without a chat template), so loops
+    that never name a backend compile exactly as before; else backend, chat_template and its section."""
+    if loop.backend == "hf" and not loop.chat_template:
+        return {}
+    params = {"backend": loop.backend, "chat_template": loop.chat_template}
+    if loop.backend_settings:
+        params[loop.backend] = copy.deepcopy(loop.backend_settings)
+    return params
+
+
+def backend_tracked_keys(loop: Loop) -> list[str]:
+    """The backend params (relative to the run's section) that sampling stages depend on: changing them
+    re-runs those stages. An endpoint's address, concurrency, timeouts and prices change how requests
+    travel, not what comes back, so an OpenAI run tracks only the model name it asks for."""
+    params = backend_params(loop)
+    if not params:
+        return []
+    keys = ["backend", "chat_template"]
+    if loop.backend == "vllm":
+        keys.append("vllm")
+    elif loop.backend == "openai":
+        keys.append("openai.api_model")
+    return keys
+
+
 def resolved_params(loop: Loop) -> dict:
     """The params a compiled run tracks in params.yaml: one section per iteration and stage (the judge's
-    only in loops that judge)."""
-    params = {"model": loop.model, "model_revision": loop.model_revision, "data": copy.deepcopy(loop.data)}
+    only in loops that judge), and the backend's settings where the loop chooses one."""
+    params = {"model": loop.model, "model_revision": loop.model_revision, "data": copy.deepcopy(loop.data),
+              **backend_params(loop)}
     meta = any(meta_judged(stages) for stages in loop.per_iteration.values())
     keep = [s for s in STAGE_SETTINGS if (s != "judge" or uses_judge(loop)) and (s != "metajudge" or meta)]
     for k, stages in loop.per_iteration.items():

@@ -133,3 +133,26 @@ BOOTSTRAP_SETTINGS: dict[str, tuple[type, Any]] = {
     "seed": (int, 0),
 }
 JUDGE_RULES = ("best_vs_worst", "length_controlled", "length_band")
+
+# Generation backends (selfimprove.backends), chosen by the loop's top-level `backend:` key.
+BACKENDS = ("hf", "vllm", "openai")
+
+VLLM_SETTINGS: dict[str, tuple[type, Any]] = {  # backend: vllm (offline vllm.LLM, one or more GPUs)
+    "tensor_parallel_size": (int, 1),  # GPUs one model copy is split across: for a model too big for one GPU
+    "data_parallel_size": (int, 1),  # model copies, one process each on its own tensor_parallel_size GPUs;
+    # the prompts are split between them (throughput for a model that fits on one GPU)
+    "gpu_memory_utilization": (float, 0.9),  # share of each GPU's memory vLLM takes (weights + KV cache)
+    "max_model_len": (int, 0),  # context length to reserve KV cache for (0: the model's own); lower it on OOM
+}
+
+OPENAI_SETTINGS: dict[str, tuple[type, Any]] = {  # backend: openai (any OpenAI-compatible server, `vllm serve`)
+    "endpoints": (list, []),  # base URLs; requests go to the least busy, e.g. [http://gpu1:8000/v1, http://gpu2:8000/v1]
+    "api_model": (str, ""),  # the name the servers know the model by ("": the model reference the stage is given)
+    "api_key_env": (str, ""),  # the environment variable holding the key (never the key)
+    "concurrency": (int, 8),  # requests in flight per endpoint
+    "timeout": (float, 60.0),  # seconds per request
+    "max_retries": (int, 5),  # on 429, 5xx, timeouts and dropped connections, with exponential backoff
+    "backoff": (float, 1.0),  # seconds before the first retry; doubles each time
+    "price_per_1m_input_tokens": (float, 0.0),  # for the cost in the stage's metrics (0: not priced)
+    "price_per_1m_output_tokens": (float, 0.0),
+}

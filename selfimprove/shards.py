@@ -25,7 +25,7 @@ def run_in_shards(stage: str, items: list, shard_size: int, out: Path, key: str,
                   work: Callable[[list, int, Callable[[int], None]], list[dict]], unit: str = "prompts") -> tuple[list[dict], int]:
     """(rows of every shard in order, number of shards reused). work(shard, index, on_done) returns a
     shard's rows and may call on_done(items_done_in_shard) for the progress display."""
-    scratch = out.parent / f".{out.stem}-shards" / key
+    scratch = scratch_dir(out) / key
     scratch.mkdir(parents=True, exist_ok=True)
     shards = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
     progress = Progress(stage, len(items), unit)
@@ -42,6 +42,11 @@ def run_in_shards(stage: str, items: list, shard_size: int, out: Path, key: str,
     return rows, reused
 
 
+def scratch_dir(out: str | Path) -> Path:
+    """The stage's scratch area beside its output: shards, and the OpenAI backend's response cache."""
+    return Path(out).parent / f".{Path(out).stem}-shards"
+
+
 def discard(out: Path) -> None:
-    """Remove the scratch shards once the stage output is written."""
-    shutil.rmtree(out.parent / f".{out.stem}-shards", ignore_errors=True)
+    """Remove the scratch area once the stage output is written."""
+    shutil.rmtree(scratch_dir(out), ignore_errors=True)

@@ -2,9 +2,6 @@
 replies and dropped connections; no retry on 401; the key sent in the header and never persisted."""
 
 import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,60 +14,6 @@ from selfimprove.stages.judge import judge
 
 KEY = "sk-test-0123456789-secret"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Server:
-    """Answers each request with the next scripted behaviour: an HTTP status, 'slow', 'drop' or 'ok'."""
-
-    def __init__(self, script: list):
-        self.script, self.requests = list(script), []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"body": body, "auth": self.headers.get("Authorization")})
-                action = server.script.pop(0) if server.script else "ok"
-                if action == "drop":
-                    self.connection.close()  # no status line at all: a dropped connection
-                    return
-                if action == "slow":
-                    time.sleep(1.5)
-                if isinstance(action, int):
-                    self.send_response(action)
-                    self.end_headers()
-                    self.wfile.write(json.dumps({"error": {"message": f"scripted {action}"}}).encode())
-                    return
-                prompt = body["messages"][0]["content"]
-                choices = [{"message": {"content": f"judged {prompt}. Score: {5 - i}"}} for i in range(body["n"])]
-                reply = json.dumps({"choices": choices}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_port}/v1"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.http.shutdown()
-
-
-@pytest.fixture
-def server_with(request):
-    servers = []
-
-    def start(script):
-        servers.append(Server(script))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
 
 
 def test_retries_on_429_5xx_slow_and_dropped_replies_then_answers_in_order(server_with, monkeypatch):

@@ -9,21 +9,60 @@ the same methods, so a loop switches backends with its top-level `backend:` key 
     backend.close() -> frees the model (GPU memory) so training can follow on the same machine
 
 - hf: transformers `generate` in this process (the default; CPU or one GPU).
+- vllm: offline `vllm.LLM` on one or more GPUs (tensor and data parallel), selfimprove.backends.vllm.
+- openai: any OpenAI-compatible server (`vllm serve`, a hosted API), selfimprove.backends.openai.
+
+With the loop's `chat_template: true`, hf and vllm wrap each sampled prompt in the tokenizer's chat
+template and openai sends it as a chat message; otherwise every backend sees the same raw text.
 """
 
 from __future__ import annotations
 
-BACKENDS = ("hf",)
+from pathlib import Path
+
+from selfimprove.settings import BACKENDS, OPENAI_SETTINGS, VLLM_SETTINGS
 
 
-def open_backend(run: dict, model_ref: str, revision: str | None = None):
-    """The backend the loop names (run["backend"], default hf) for the model at model_ref. Models load
-    on first use, so a stage whose shards are all reused from an interrupted run never loads one."""
+def open_backend(run: dict, model_ref: str, revision: str | None = None, scratch: str | Path | None = None):
+    """The backend the loop names (run["backend"], default hf) for the model at model_ref, with its
+    section (run["vllm"] / run["openai"]). scratch is the stage's scratch area (selfimprove.shards), where
+    the OpenAI backend keeps its response cache. Models load on first use, so a stage whose shards are
+    all reused from an interrupted run never loads one."""
     name = run.get("backend", "hf")
+    chat = bool(run.get("chat_template", False))
     if name == "hf":
         from selfimprove.backends.hf import HFBackend
 
-        return HFBackend(model_ref, revision)
+        return HFBackend(model_ref, revision, chat_template=chat)
+    if name == "vllm":
+        from selfimprove.backends.vllm import VLLMBackend
+
+        return VLLMBackend(model_ref, revision, _section(run, "vllm", VLLM_SETTINGS), chat_template=chat)
+    if name == "openai":
+        from selfimprove.backends.openai import OpenAIBackend
+
+        cache = Path(scratch) / "requests" if scratch else None
+        return OpenAIBackend(model_ref, _section(run, "openai", OPENAI_SETTINGS), chat_template=chat, cache_dir=cache)
     from selfimprove.errors import UserError
 
     raise UserError(f"backend: unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _section(run: dict, name: str, schema: dict) -> dict:
+    return {**{key: default for key, (_, default) in schema.items()}, **(run.get(name) or {})}
+
+
+def chat_prompts(tokenizer, prompts: list[str]) -> list[str]:
+    """Each prompt as the single user turn of the tokenizer's chat template, ready for the reply."""
+    from selfimprove.errors import UserError
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError("chat_template: the model's tokenizer has no chat template; set chat_template: false "
+                        "(prompts are then sent as raw text, shaped by data.prompt_template)")
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts]
+
+
+def usage_figures(stage: str, backend) -> dict:
+    """A backend's usage counters as metrics named after the stage (generate_prompt_tokens, ...)."""
+    return {f"{stage}_{key}": value for key, value in getattr(backend, "usage", {}).items()}

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 
 class HFBackend:
-    def __init__(self, model_ref: str, revision: str | None = None):
-        self.model_ref, self.revision = model_ref, revision
+    def __init__(self, model_ref: str, revision: str | None = None, chat_template: bool = False):
+        self.model_ref, self.revision, self.chat_template = model_ref, revision, chat_template
         self._model = self._tokenizer = None
         self.usage: dict[str, float] = {}
 
@@ -22,6 +22,10 @@ class HFBackend:
         from selfimprove.sampling import sample
 
         model, tokenizer = self._load()
+        if self.chat_template:
+            from selfimprove.backends import chat_prompts
+
+            prompts = chat_prompts(tokenizer, prompts)
         return sample(model, tokenizer, prompts, n, temperature, top_p, max_new_tokens, batch_size, seed,
                       on_batch=on_batch)
 

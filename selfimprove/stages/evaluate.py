@@ -16,6 +16,7 @@ from selfimprove import judging
 from selfimprove.backends import open_backend
 from selfimprove.answers import extract_final, same_answer
 from selfimprove.progress import Progress
+from selfimprove.shards import discard, scratch_dir
 from selfimprove.stages._io import (iteration_stage_parser, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
 
@@ -175,14 +176,16 @@ def main(argv=None) -> None:
     stages = run[f"it{args.iteration}"]
     revision = revision_for(run, args.model)
     metrics, greedy = evaluate(stages["evaluate"], records, args.model, data["prompt_template"], revision,
-                               judge=stages.get("judge"), backend=open_backend(run, args.model, revision))
+                               judge=stages.get("judge"),
+                               backend=open_backend(run, args.model, revision, scratch=scratch_dir(args.out)))
     if args.outputs:
         write_jsonl(args.outputs, [{"id": r["id"], "question": r["question"], "output": g} for r, g in zip(records, greedy)])
     if args.base_outputs:
         base = [row["output"] for row in read_jsonl(args.base_outputs)]
-        judge_backend = open_backend(run, args.win_judge, revision_for(run, args.win_judge))
+        judge_backend = open_backend(run, args.win_judge, revision_for(run, args.win_judge), scratch=scratch_dir(args.out))
         metrics.update(win_rate(stages["evaluate"], stages["judge"], records, greedy, base, judge_backend))
     write_json(args.out, metrics)
+    discard(args.out)  # the OpenAI backend's response cache, once the metrics are written
     print("evaluate: " + ", ".join(f"{key} {metrics[key]:.3f}" for key in
                                    ("accuracy", "maj_at_k", "judge_agreement", "win_rate_vs_base", "mean_length")
                                    if key in metrics))

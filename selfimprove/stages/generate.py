@@ -1,22 +1,25 @@
 """Sample n completions per training prompt from the previous iteration's model.
 
     python -m selfimprove.stages.generate --params params.yaml --section scpo.it1 \
-        --model runs/builtin/tiny-arith --out runs/scpo/it1/samples.jsonl
+        --model runs/builtin/tiny-arith --out runs/scpo/it1/samples.jsonl --stats runs/scpo/it1/generate.json
 
 Resumable inside the stage (selfimprove.shards): prompts are processed in shards named by a fingerprint
 of the settings, prompts, template and model, so a rerun after a crash reuses every complete shard and
-a changed setting or model never reuses a stale one.
+a changed setting or model never reuses a stale one. The stats file holds the stage's figures: samples,
+seconds, and the tokens, requests and cost the backend reports (the OpenAI backend).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from selfimprove import data as data_sources
-from selfimprove.backends import open_backend
+from selfimprove.backends import open_backend, usage_figures
 from selfimprove.models import model_identity
-from selfimprove.shards import discard, fingerprint, run_in_shards
-from selfimprove.stages._io import iteration_stage_args, read_section, revision_for, stage_main, write_jsonl
+from selfimprove.shards import discard, fingerprint, run_in_shards, scratch_dir
+from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main, write_json,
+                                    write_jsonl)
 
 
 def generate(settings: dict, records: list[dict], model_ref: str, out: str | Path, template: str = "{question}",
@@ -53,14 +56,24 @@ def _sample_shard(backend, shard: list[dict], settings: dict, template: str, ind
             for r, p, main, extra in zip(shard, prompts, completions, extras) for j, c in enumerate(main + extra)]
 
 
+def generation_stats(records: list[dict], out: str | Path, backend, seconds: float) -> dict:
+    """The figures of generate.json: how much was sampled, how long it took, what the backend spent."""
+    samples = len(read_jsonl(out))
+    return {"generate_prompts": len(records), "generate_samples": samples, "generate_seconds": round(seconds, 2),
+            **usage_figures("generate", backend)}
+
+
 def main(argv=None) -> None:
-    args = iteration_stage_args(__doc__, argv, "model", "out")
+    args = iteration_stage_args(__doc__, argv, "model", "out", "stats")
     run = read_section(args.params, args.run)
     data = run["data"]
     records = data_sources.load_records(data["prompts"], data, data["prompts_size"], need_answers=False)
+    revision = revision_for(run, args.model)
+    backend = open_backend(run, args.model, revision, scratch=scratch_dir(args.out))
+    started = time.monotonic()
     reused = generate(run[f"it{args.iteration}"]["generate"], records, args.model, args.out,
-                      data["prompt_template"], revision_for(run, args.model),
-                      open_backend(run, args.model, revision_for(run, args.model)))
+                      data["prompt_template"], revision, backend)
+    write_json(args.stats, generation_stats(records, args.out, backend, time.monotonic() - started))
     print(f"generate: {len(records)} prompts" + (f", {reused} shard(s) reused from an interrupted run" if reused else ""))
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from selfimprove import judging
 from selfimprove.answers import extract_final, same_answer
-from selfimprove.backends import open_backend
+from selfimprove.backends import open_backend, usage_figures
 from selfimprove.models import model_identity
-from selfimprove.shards import discard, fingerprint, run_in_shards
+from selfimprove.shards import discard, fingerprint, run_in_shards, scratch_dir
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
 
@@ -175,9 +175,9 @@ def main(argv=None) -> None:
     run = read_section(args.params, args.run)
     settings = run[f"it{args.iteration}"]["judge"]
     revision = revision_for(run, args.model)
-    _, figures = judge(settings, read_jsonl(args.samples), args.model, args.out, revision,
-                       backend=open_backend(run, args.model, revision))
-    write_json(args.stats, figures)
+    backend = open_backend(run, args.model, revision, scratch=scratch_dir(args.out))
+    _, figures = judge(settings, read_jsonl(args.samples), args.model, args.out, revision, backend=backend)
+    write_json(args.stats, {**figures, **usage_figures("judge", backend)})
     agreement = f", agreement with gold {figures['judge_sample_agreement']:.3f}" if "judge_sample_agreement" in figures else ""
     print(f"judge: {figures['judge_judgements']} judgements, parse failures {figures['judge_parse_failure_rate']:.1%}, "
           f"ties {figures['judge_tie_rate']:.1%}{agreement}")

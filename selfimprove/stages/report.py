@@ -17,10 +17,11 @@ from selfimprove.stages._io import stage_main, write_json
 
 
 def iteration_figures(iteration_dir: Path) -> dict:
-    """One iteration's evaluation (metrics.json), pair statistics (pairs.json), judge health (judge.json)
-    and meta-judge statistics (metajudge.json), merged; {} if none exists."""
+    """One iteration's evaluation (metrics.json), generation figures (generate.json: samples, time, tokens
+    and cost where a backend reports them), pair statistics (pairs.json), judge health (judge.json) and
+    meta-judge statistics (metajudge.json), merged; {} if none exists."""
     figures = {}
-    for name in ("metrics.json", "pairs.json", "judge.json", "metajudge.json"):
+    for name in ("metrics.json", "generate.json", "pairs.json", "judge.json", "metajudge.json"):
         path = iteration_dir / name
         if path.exists():
             figures.update(json.loads(path.read_text()))

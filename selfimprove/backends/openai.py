@@ -1,0 +1,83 @@
+"""The OpenAI-compatible backend: generation (and judging) by servers that speak the OpenAI API, e.g.
+one or several `vllm serve runs/scpo/it1/model` processes.
+
+    backend: openai
+    openai: {endpoints: [http://gpu1:8000/v1, http://gpu2:8000/v1], api_key_env: MY_KEY}
+
+One request per sample (n = 1, with its own seed), so requests spread evenly over the servers and every
+completed sample is cached on its own (selfimprove.openai_api.ResponseCache, in the stage's scratch
+area): after a crash or a Ctrl-C the rerun sends only what never came back. Without a chat template the
+raw prompt goes to /completions, exactly the text the hf and vllm backends see; with
+`chat_template: true` it goes to /chat/completions as the user's message and the server applies the
+model's template. The model name sent is openai.api_model, else the model reference the stage was
+given (a `vllm serve runs/x/it1/model` serves under that name).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selfimprove.errors import UserError
+from selfimprove.openai_api import Endpoint, ResponseCache
+
+
+class OpenAIBackend:
+    def __init__(self, model_ref: str, settings: dict, chat_template: bool = False,
+                 cache_dir: str | Path | None = None):
+        self.model = settings["api_model"] or model_ref
+        self.settings, self.chat_template = settings, chat_template
+        self.endpoint = Endpoint(settings["endpoints"], self.model, settings["api_key_env"], settings["concurrency"],
+                                 settings["timeout"], settings["max_retries"], backoff=settings["backoff"], section="openai")
+        self.cache = ResponseCache(cache_dir) if cache_dir else None
+        self._replies: list[dict] = []  # without a cache: the replies of this process, for the usage figures
+        self.usage: dict[str, float] = {}
+
+    def sample(self, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
+               batch_size: int, seed: int, on_batch=None) -> list[list[str]]:
+        """n completions per prompt (greedy when temperature == 0, then n is forced to 1, as hf does);
+        the j-th sample of every prompt is asked for with seed + j."""
+        n = 1 if temperature == 0 else n
+        bodies = [self._body(prompt, temperature, top_p, max_new_tokens, seed + j) for prompt in prompts for j in range(n)]
+        path = "/chat/completions" if self.chat_template else "/completions"
+        replies = self.endpoint.post_all(bodies, path, self.cache,
+                                         on_done=(lambda done: on_batch(done // n)) if on_batch else None)
+        if self.cache is None:
+            self._replies.extend(replies)
+        texts = [self._text(reply) for reply in replies]
+        return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _body(self, prompt: str, temperature: float, top_p: float, max_tokens: int, seed: int) -> dict:
+        body = {"model": self.model, "n": 1, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
+                "seed": seed}
+        if self.chat_template:
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        return body
+
+    def _text(self, reply: dict) -> str:
+        choice = reply["choices"][0]
+        return (choice["message"]["content"] if self.chat_template else choice["text"]) or ""
+
+    def choice_probs(self, prompts: list[str], choices: list[str], batch_size: int = 64,
+                     on_batch=None) -> list[list[float]]:
+        raise UserError("backend: openai cannot read next-token probabilities over HTTP (the choice's token "
+                        "depends on the model's tokenizer); use judge.mode generate, or backend hf or vllm")
+
+    def _totals(self) -> dict[str, float]:
+        """Tokens of every reply this stage holds (in the cache: including those from an interrupted earlier
+        run, which were paid for too), requests sent by this process, replies replayed from the cache,
+        and the cost where prices are set."""
+        replies = self.cache.replies() if self.cache else self._replies
+        prompt_tokens = sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in replies)
+        completion_tokens = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in replies)
+        totals = {"requests_sent": self.endpoint.sent, "replies_from_cache": self.cache.hits if self.cache else 0,
+                  "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+        prices = self.settings["price_per_1m_input_tokens"], self.settings["price_per_1m_output_tokens"]
+        if any(prices):
+            totals["cost_usd"] = round((prompt_tokens * prices[0] + completion_tokens * prices[1]) / 1e6, 6)
+        return totals
+
+    def close(self) -> None:
+        """Nothing to free; the usage figures are final (the stage discards its scratch area next)."""
+        self.usage = self._totals()

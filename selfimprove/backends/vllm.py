@@ -1,0 +1,162 @@
+"""The vLLM backend: offline `vllm.LLM` generation on GPUs, `pip install 'selfimprove[vllm]'`.
+
+    backend: vllm
+    vllm: {tensor_parallel_size: 1, data_parallel_size: 1, gpu_memory_utilization: 0.9}
+
+- tensor_parallel_size splits one model copy across GPUs (vLLM does it inside `LLM`);
+- data_parallel_size > 1 starts one worker process per model copy, each seeing only its own GPUs
+  (CUDA_VISIBLE_DEVICES), and gives each a contiguous slice of the prompts; results come back in order.
+
+Every prompt's sample requests carry their own seed, derived from the stage's seed and the prompt's
+position, so the texts do not depend on how the prompts were split between workers.
+Developed without a GPU: exercised only against the fake `vllm` module in tests/fake_vllm.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from selfimprove.backends.hf import continuation_tokens
+from selfimprove.errors import UserError
+
+# vLLM's default engine limit on returned logprobs (max_logprobs): asking for more fails. A choice outside
+# the 20 most likely next tokens gets probability 0 (its true value is below the 20th's).
+TOP_LOGPROBS = 20
+
+
+def import_vllm():
+    try:
+        import vllm
+    except ImportError:
+        raise UserError("backend: vllm is not installed; pip install 'selfimprove[vllm]' (it needs a CUDA GPU), "
+                        "or use backend: hf") from None
+    return vllm
+
+
+class VLLMBackend:
+    def __init__(self, model_ref: str, revision: str | None = None, settings: dict | None = None,
+                 chat_template: bool = False):
+        self.model_ref, self.revision, self.chat_template = model_ref, revision, chat_template
+        self.settings = {"tensor_parallel_size": 1, "data_parallel_size": 1, "gpu_memory_utilization": 0.9,
+                         "max_model_len": 0, **(settings or {})}
+        self._llm = self._workers = None
+        self.usage: dict[str, float] = {}
+
+    def _engine(self):
+        if self._llm is None:
+            vllm = import_vllm()
+            options = dict(model=self.model_ref, revision=self.revision, seed=0,  # requests carry their own seeds
+                           tensor_parallel_size=self.settings["tensor_parallel_size"],
+                           gpu_memory_utilization=self.settings["gpu_memory_utilization"])
+            if self.settings["max_model_len"]:
+                options["max_model_len"] = self.settings["max_model_len"]
+            self._llm = vllm.LLM(**options)
+        return self._llm
+
+    def _parallel(self) -> bool:
+        return self.settings["data_parallel_size"] > 1
+
+    def sample(self, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
+               batch_size: int, seed: int, on_batch=None) -> list[list[str]]:
+        """n completions per prompt (greedy when temperature == 0, then n is forced to 1, as hf does).
+        batch_size is unused: vLLM schedules its own batches (continuous batching)."""
+        requests = [(prompt, request_seed(seed, i)) for i, prompt in enumerate(prompts)]
+        options = dict(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        if self._parallel():
+            texts = self._pool().run("sample", requests, options)
+        else:
+            texts = self.sample_requests(requests, **options)
+        if on_batch:
+            on_batch(len(texts))
+        return texts
+
+    def sample_requests(self, requests: list[tuple[str, int]], n: int, temperature: float, top_p: float,
+                        max_new_tokens: int) -> list[list[str]]:
+        """Sample in this process: one request per (prompt, seed), all handed to vLLM at once."""
+        vllm = import_vllm()
+        llm = self._engine()
+        greedy = temperature == 0
+        prompts = [prompt for prompt, _ in requests]
+        if self.chat_template:
+            from selfimprove.backends import chat_prompts
+
+            prompts = chat_prompts(llm.get_tokenizer(), prompts)
+        params = [vllm.SamplingParams(n=1 if greedy else n, temperature=temperature, top_p=1.0 if greedy else top_p,
+                                      max_tokens=max_new_tokens, seed=seed) for _, seed in requests]
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        return [[completion.text for completion in output.outputs] for output in outputs]
+
+    def choice_probs(self, prompts: list[str], choices: list[str], batch_size: int = 64,
+                     on_batch=None) -> list[list[float]]:
+        """For each prompt, the probability that the text continues with each choice's first token, read
+        from vLLM's top-TOP_LOGPROBS next-token logprobs. The contexts are token ids, cut at the seam the
+        way the hf backend cuts them (continuation_tokens), so both backends ask the same question."""
+        probs = self._pool().run("choice_probs", prompts, {"choices": choices}) if self._parallel() \
+            else self.choice_probs_here(prompts, choices)
+        if on_batch:
+            on_batch(len(probs))
+        return probs
+
+    def choice_probs_here(self, prompts: list[str], choices: list[str]) -> list[list[float]]:
+        vllm = import_vllm()
+        llm = self._engine()
+        targets = [continuation_tokens(llm.get_tokenizer(), p, choices) for p in prompts]
+        contexts = sorted({context for per_prompt in targets for context, _ in per_prompt})
+        params = vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS)
+        outputs = llm.generate([{"prompt_token_ids": list(c)} for c in contexts], params, use_tqdm=False)
+        top = {context: output.outputs[0].logprobs[0] for context, output in zip(contexts, outputs)}
+        return [[math.exp(top[context][token].logprob) if token in top[context] else 0.0
+                 for context, token in per_prompt] for per_prompt in targets]
+
+    def _pool(self):
+        if self._workers is None:
+            from selfimprove.backends.vllm_workers import WorkerPool
+
+            self._workers = WorkerPool(self.model_ref, self.revision, self.settings, self.chat_template)
+        return self._workers
+
+    def close(self) -> None:
+        """Stop the workers, or drop the engine and free its GPU memory, so training can follow."""
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
+        if self._llm is not None:
+            self._llm = None
+            release_gpu_memory()
+
+
+def request_seed(seed: int, index: int) -> int:
+    """The seed of the index-th prompt of a call: distinct per prompt, the same however prompts are split."""
+    return (seed * 1_000_003 + index) % 2**31
+
+
+def release_gpu_memory() -> None:
+    """What vLLM's maintainers give as the way to free an LLM's memory in-process (vllm#6544, vllm#23793):
+    tear down its distributed state, then collect and empty the CUDA cache. The call moved between
+    versions, so the newest available is used."""
+    import gc
+
+    try:
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+    except ImportError:
+        try:
+            from vllm.distributed import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except ImportError:
+            pass
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def visible_devices(count: int) -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (all `count` when unset)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [d.strip() for d in listed.split(",") if d.strip()] if listed else [str(i) for i in range(count)]

@@ -1,0 +1,108 @@
+"""Data parallelism for the vLLM backend: one long-lived worker process per model copy.
+
+Each worker is started with `spawn` (a forked CUDA context is unusable), sees only its own GPUs through
+CUDA_VISIBLE_DEVICES set before vLLM is imported there, loads the model once, and then serves calls
+until the backend closes: a stage calls sample() once per shard, and reloading the model per call would
+cost more than the sampling. A call splits its items into contiguous slices, one per worker, runs them
+at the same time, and concatenates the results in order.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+from selfimprove.errors import UserError
+
+
+def contiguous_slices(items: list, parts: int) -> list[list]:
+    """items cut into `parts` contiguous slices whose sizes differ by at most one (earlier ones larger)."""
+    size, extra = divmod(len(items), parts)
+    slices, start = [], 0
+    for rank in range(parts):
+        end = start + size + (rank < extra)
+        slices.append(items[start:end])
+        start = end
+    return slices
+
+
+def device_groups(visible: list[str], copies: int, per_copy: int) -> list[str]:
+    """CUDA_VISIBLE_DEVICES of each model copy: consecutive groups of per_copy of the visible GPUs."""
+    if len(visible) < copies * per_copy:
+        raise UserError(f"vllm.data_parallel_size: {copies} copies x tensor_parallel_size {per_copy} need "
+                        f"{copies * per_copy} GPUs, {len(visible)} visible ({','.join(visible)}); lower "
+                        "vllm.data_parallel_size")
+    return [",".join(visible[rank * per_copy:(rank + 1) * per_copy]) for rank in range(copies)]
+
+
+class WorkerPool:
+    def __init__(self, model_ref: str, revision: str | None, settings: dict, chat_template: bool):
+        from selfimprove.backends.vllm import visible_devices
+
+        copies, per_copy = settings["data_parallel_size"], settings["tensor_parallel_size"]
+        context = multiprocessing.get_context("spawn")
+        single = {**settings, "data_parallel_size": 1}
+        self.pipes, self.processes = [], []
+        for devices in device_groups(visible_devices(copies * per_copy), copies, per_copy):
+            parent, child = context.Pipe()
+            # Not a daemon: vLLM starts its own processes for tensor parallelism, which daemons may not.
+            process = context.Process(target=_serve, args=(child, devices, model_ref, revision, single, chat_template))
+            process.start()
+            child.close()
+            self.pipes.append(parent)
+            self.processes.append(process)
+
+    def run(self, method: str, items: list, options: dict) -> list:
+        """method(slice, **options) on every worker at once; the results concatenated in item order."""
+        slices = contiguous_slices(items, len(self.pipes))
+        for pipe, part in zip(self.pipes, slices):
+            pipe.send((method, part, options))
+        results = []
+        for rank, pipe in enumerate(self.pipes):
+            try:
+                status, value = pipe.recv()
+            except EOFError:
+                raise UserError(f"vllm: data-parallel worker {rank} died (see its output above; out of GPU "
+                                "memory? lower vllm.gpu_memory_utilization)") from None
+            if status == "error":
+                raise UserError(f"vllm: data-parallel worker {rank}: {value}")
+            results.extend(value)
+        return results
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            try:
+                pipe.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for process in self.processes:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        self.pipes, self.processes = [], []
+
+
+def _serve(pipe, devices: str, model_ref: str, revision: str | None, settings: dict, chat_template: bool) -> None:
+    """A worker's life: restrict it to its GPUs, then answer calls until told to stop (None) or the parent
+    goes away (the pipe closes)."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    from selfimprove.backends.vllm import VLLMBackend
+
+    backend = VLLMBackend(model_ref, revision, settings, chat_template)
+    methods = {"sample": backend.sample_requests, "choice_probs": backend.choice_probs_here}
+    try:
+        while True:
+            try:
+                call = pipe.recv()
+            except EOFError:
+                break
+            if call is None:
+                break
+            method, part, options = call
+            try:
+                pipe.send(("ok", methods[method](part, **options) if part else []))
+            except Exception as error:  # reported by the parent as one line, with the worker's rank
+                pipe.send(("error", f"{type(error).__name__}: {error}"))
+    finally:
+        backend.close()
