@@ -249,13 +249,14 @@ def _check_backend(raw: dict, per_iteration: dict, problems: _Problems) -> tuple
     if openai["api_key_env"] and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", openai["api_key_env"]):
         problems.add(("openai", "api_key_env"), "is the NAME of an environment variable holding the key "
                      "(e.g. OPENAI_API_KEY), never the key itself")
-    reads_probabilities = any(stages["judge"]["mode"] == "expected" and judged(stages) for stages in per_iteration.values())
-    if reads_probabilities and backend == "openai":
-        problems.add(("backend",), "openai cannot read token probabilities, which judge.mode expected needs; "
-                     "use judge.mode generate, or backend hf or vllm")
-    if reads_probabilities and chat_template:
-        problems.add(("chat_template",), "judge.mode expected reads probabilities after the raw judge prompt; "
-                     "use judge.mode generate with chat_template: true")
+    if any(reads_probabilities(stages) for stages in per_iteration.values()):
+        if backend == "openai":
+            problems.add(("backend",), "openai cannot read token probabilities, which judge.mode expected / "
+                         "generate_then_expected and metajudge.mode expected need; use mode generate, or backend hf or vllm")
+        if chat_template:
+            problems.add(("chat_template",), "probability read-outs (judge.mode expected, generate_then_expected, "
+                         "metajudge.mode expected) extend the raw prompt; set chat_template: false and put the chat "
+                         "format in judge.prompt_template and data.prompt_template")
     return backend, chat_template, sections.get(backend, {})
 
 
@@ -372,6 +373,13 @@ def judged(stages: dict) -> bool:
 
 def meta_judged(stages: dict) -> bool:
     return judged(stages) and stages["pairs"]["judge_pairs"]
+
+
+def reads_probabilities(stages: dict) -> bool:
+    """Whether an iteration reads a judge's token probabilities (a prefilled `Score: ` or `Winner: `)."""
+    if not judged(stages):
+        return False
+    return (stages["judge"]["mode"] != "generate" or (meta_judged(stages) and stages["metajudge"]["mode"] == "expected"))
 
 
 def backend_params(loop: Loop) -> dict:
