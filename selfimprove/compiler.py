@@ -107,6 +107,7 @@ def _backend_params(loop: Loop) -> list[str]:
 def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
     run, params = loop.name, "params.yaml"
     stages: dict[str, dict] = {}
+    adapter_bases: dict[str, list[str]] = {}
     model, model_is_dep = base_model(loop)
     data_deps = [loop.data[k] for k in ("prompts", "eval") if Path(project, loop.data[k]).is_file()]
     for k in range(0, loop.iterations + 1):
@@ -146,13 +147,17 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
                 "outs": [f"{out}/pairs.jsonl"],
                 "metrics": [{f"{out}/pairs.json": {"cache": False}}],
             }
+            train = loop.per_iteration[k]["train"]
             stages[stage_name(run, k, "train")] = {
-                "cmd": f"python -m selfimprove.stages.train --params {params} --run {run} --iteration {k} "
-                       f"--model {model} --pairs {out}/pairs.jsonl --out {out}/model",
-                "deps": _code(project, "stages.train") + [f"{out}/pairs.jsonl"] + prev_deps,
+                "cmd": f"{train_launcher(train)} -m selfimprove.stages.train --params {params} --run {run} "
+                       f"--iteration {k} --model {model} --pairs {out}/pairs.jsonl --out {out}/model",
+                "deps": _code(project, "stages.train") + [f"{out}/pairs.jsonl"] + prev_deps
+                        + ([train["accelerate_config"]] if train["accelerate_config"] else []),
                 "params": [f"{run}.it{k}.train"] + ([f"{run}.model_revision"] if k == 1 else []),
                 "outs": [f"{out}/model"],
             }
+            if train["lora_r"]:  # the output is an adapter: loading it needs the model it was trained on
+                adapter_bases[f"{out}/model"] = [model] if model_is_dep else []
             model, model_is_dep = f"{out}/model", True
         stages[stage_name(run, k, "evaluate")] = _evaluate_stage(loop, project, k, model, model_is_dep, data_deps)
     iterations = range(0, loop.iterations + 1)
@@ -167,6 +172,36 @@ def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
                    if k > 0 and meta_judged(loop.per_iteration[k])],
         "metrics": [{f"{run_dir(run)}/metrics.json": {"cache": False}}],
     }
+    return _with_adapter_bases(stages, adapter_bases)
+
+
+def train_launcher(settings: dict) -> str:
+    """How the train stage starts. One process: `python`, the command every loop compiled to before
+    multi-process training existed. Otherwise `accelerate launch`: --multi_gpu is its torchrun
+    launcher (on a machine without GPUs the stage's use_cpu makes that gloo processes on the CPU;
+    --cpu would start one process), and a config file (DeepSpeed, FSDP) is passed through unchanged
+    and decides the distributed type itself. `processes` always wins over the file's num_processes,
+    since it sets the global batch (batch_size * grad_accum * processes)."""
+    if settings["processes"] == 1 and not settings["accelerate_config"]:
+        return "python"
+    flags = [f"--num_processes {settings['processes']}"]
+    flags.append(f"--config_file {settings['accelerate_config']}" if settings["accelerate_config"] else "--multi_gpu")
+    if settings["mixed_precision"] != "auto":
+        flags.append(f"--mixed_precision {settings['mixed_precision']}")
+    return "accelerate launch " + " ".join(flags)
+
+
+def _with_adapter_bases(stages: dict[str, dict], adapter_bases: dict[str, list[str]]) -> dict[str, dict]:
+    """A LoRA iteration's model directory holds an adapter; loading it merges it into the model it was
+    trained on (recorded in its adapter_config.json), which may be an adapter too. So every stage that
+    depends on an adapter directory also depends on the whole chain of directories under it."""
+    def chain(path: str) -> list[str]:
+        return [d for base in adapter_bases.get(path, []) for d in [base] + chain(base)]
+
+    for stage in stages.values():
+        extra = [d for dep in stage["deps"] for d in chain(dep) if d not in stage["deps"]]
+        if extra:
+            stage["deps"] = stage["deps"] + list(dict.fromkeys(extra))
     return stages
 
 

@@ -304,6 +304,16 @@ def _check_values(per_iteration: dict, problems: _Problems) -> None:
         ("metajudge", "template", _template_exists, "is not a template: use meta, tiny-arith-meta or a path to a "
                                                     "text file"),
         ("metajudge", "winner_pattern", _one_group, "must be a regular expression with one group capturing A or B"),
+        ("train", "processes", lambda v: v >= 1, "must be >= 1 (one per GPU; 1 runs without accelerate launch)"),
+        ("train", "accelerate_config", lambda v: not v or Path(v).is_file(), "is not a file: give the path, from the "
+                                                                            "project root, of an accelerate config "
+                                                                            "file (`accelerate config --config_file "
+                                                                            "F` writes one), or '' for none"),
+        ("train", "lora_r", lambda v: v >= 0, "must be >= 0 (0: full fine-tuning)"),
+        ("train", "lora_r", lambda v: v == 0 or _peft_installed(), "needs peft: pip install 'selfimprove[lora]', "
+                                                                   "or set lora_r: 0 for full fine-tuning"),
+        ("train", "lora_alpha", lambda v: v >= 1, "must be >= 1 (the update is scaled by lora_alpha / lora_r)"),
+        ("train", "lora_dropout", lambda v: 0 <= v < 1, "is a probability; use a value in [0, 1)"),
     ]
     for k, stages in per_iteration.items():
         for stage, key, ok, message in rules:
@@ -347,6 +357,13 @@ def _template_exists(name: str) -> bool:
 
     path = template_path(name)
     return path is None or path.is_file()
+
+
+def _peft_installed() -> bool:
+    """Whether peft can be imported, without importing it (validation never imports torch)."""
+    import importlib.util
+
+    return importlib.util.find_spec("peft") is not None
 
 
 def _one_group(pattern: str) -> bool:

@@ -84,6 +84,16 @@ STAGE_SETTINGS: dict[str, dict[str, tuple[type, Any]]] = {
         "save_steps": (int, 50),  # checkpoint cadence inside the stage, for resume after a crash
         "gradient_checkpointing": (bool, False),  # true trades ~30% speed for much less activation memory
         "seed": (int, 0),
+        # Several processes (one per GPU) through `accelerate launch`; batch_size is per process, so the
+        # global batch is batch_size * grad_accum * processes.
+        "processes": (int, 1),
+        "mixed_precision": (str, "auto"),  # auto: bf16 on a GPU that supports it, else no
+        "accelerate_config": (str, ""),  # an accelerate config file (DeepSpeed, FSDP), passed through unchanged
+        # LoRA through peft (pip install 'selfimprove[lora]'); the iteration's output is then an adapter
+        "lora_r": (int, 0),  # rank; 0 = full fine-tuning. Higher: more capacity and memory
+        "lora_alpha": (int, 16),  # the adapter's update is scaled by lora_alpha / lora_r
+        "lora_dropout": (float, 0.05),
+        "lora_target_modules": (str, "all-linear"),  # or module names, comma-separated: q_proj,v_proj
     },
     "evaluate": {
         "k": (int, 8),  # samples per problem for maj@k
@@ -106,6 +116,7 @@ CHOICES = {
                         "length_band"],
     ("pairs", "weight"): ["vote_margin", "none"],
     ("train", "loss"): ["dpo+nll", "dpo"],
+    ("train", "mixed_precision"): ["auto", "no", "fp16", "bf16"],
 }
 
 DATA_SETTINGS: dict[str, tuple[type, Any]] = {

@@ -11,10 +11,14 @@ w = 1 this is IRPO's loss; ScPO uses w = (V(y+) - V(y-)) / k.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+from accelerate.utils import is_peft_model
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
+from trl.trainer.utils import use_adapter
 
 
 def weighted_dpo_nll_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
@@ -56,16 +60,26 @@ class WeightedDPOTrainer(DPOTrainer):
         outputs = model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
         return outputs.log_probs[:, -seq_len:].sum(dim=1)  # TRL's fused head zeroes non-completion positions
 
+    @contextlib.contextmanager
+    def _reference(self, model):
+        """The reference policy: TRL's frozen copy, or for a LoRA run (no copy) the trained model with
+        its adapter disabled, as TRL's own DPO loss does it: the weights the iteration started from."""
+        if self.ref_model is not None:
+            yield self.ref_model
+        elif is_peft_model(self.accelerator.unwrap_model(self.model)):
+            with use_adapter(self.accelerator.unwrap_model(self.model), adapter_name=None):
+                yield model
+        else:  # precompute_ref_log_probs: the batch would carry them, which this loss does not read
+            raise ValueError("weighted DPO computes the reference log-probs itself; leave precompute_ref_log_probs off")
+
     def _compute_loss(self, model, inputs, return_outputs=False):
         mode = "train" if self.model.training else "eval"
         completion_mask = inputs["completion_mask"]
         seq_len = completion_mask.size(1) - 1
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         chosen_logps, rejected_logps = self._completion_logps(model, inputs, labels, seq_len).chunk(2)
-        if self.ref_model is None:  # TRL drops it for PEFT adapters and precomputed reference log-probs
-            raise ValueError("weighted DPO needs the reference model in memory (no PEFT, no precompute_ref_log_probs)")
-        with torch.no_grad():
-            ref_chosen, ref_rejected = self._completion_logps(self.ref_model, inputs, labels, seq_len).chunk(2)
+        with torch.no_grad(), self._reference(model) as reference:
+            ref_chosen, ref_rejected = self._completion_logps(reference, inputs, labels, seq_len).chunk(2)
         chosen_lengths = completion_mask.chunk(2)[0].sum(dim=1).to(chosen_logps.dtype)
         loss, parts = weighted_dpo_nll_loss(chosen_logps, rejected_logps, ref_chosen, ref_rejected, chosen_lengths,
                                             inputs["weight"].to(chosen_logps.dtype), self.beta, self.alpha)

@@ -43,8 +43,10 @@ def test_trainer_carries_weights_to_the_loss(tmp_path):
     tokenizer.save_pretrained(tmp_path / "base")
     pairs = [{"prompt": f"{a}+{a}=", "chosen": f" #### {2 * a}", "rejected": f" #### {2 * a + 1}", "weight": 0.0}
              for a in range(10, 18)]
-    settings = {"loss": "dpo+nll", "beta": 0.5, "nll_weight": 1.0, "lr": 1e-2, "epochs": 1, "batch_size": 4,
-                "grad_accum": 1, "max_length": 32, "save_steps": 100, "gradient_checkpointing": False, "seed": 0}
+    from selfimprove.settings import STAGE_SETTINGS
+
+    settings = {key: default for key, (_, default) in STAGE_SETTINGS["train"].items()}
+    settings.update(lr=1e-2, batch_size=4, max_length=32, save_steps=100)
     train(settings, pairs, str(tmp_path / "base"), tmp_path / "zero")
     train(settings, [dict(p, weight=1.0) for p in pairs], str(tmp_path / "base"), tmp_path / "one")
 

@@ -3,18 +3,26 @@
     python -m selfimprove.stages.train --params params.yaml --run scpo --iteration 1 \
         --model runs/builtin/tiny-arith --pairs runs/scpo/it1/pairs.jsonl --out runs/scpo/it1/model
 
-The reference model is the starting model (TRL freezes a copy when ref_model is None): reference = M_t,
-as every paper in this family does. Trainer checkpoints go to a scratch folder beside the output, named
-by a fingerprint of the inputs, so a killed train stage resumes from its last checkpoint.
+With train.processes > 1 (or an accelerate config file) the compiler starts this module under
+`accelerate launch` instead of `python`; every process runs the same code on its share of each batch,
+and only the main one writes the model and prints the figures.
+
+The reference model is the starting model M_t, as every paper in this family has it: a frozen copy of
+it for full fine-tuning, the same weights with the adapter switched off for LoRA. Trainer checkpoints
+go to a scratch folder beside the output, named by a fingerprint of the inputs, so a killed train
+stage resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
+from selfimprove.errors import UserError
 from selfimprove.models import model_identity
 from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, revision_for, stage_main
 
@@ -30,37 +38,84 @@ def dpo_config(settings: dict, output_dir: str):
         per_device_train_batch_size=settings["batch_size"], gradient_accumulation_steps=settings["grad_accum"],
         max_length=settings["max_length"], save_strategy="steps", save_steps=settings["save_steps"],
         save_total_limit=1, logging_steps=10, report_to="none", seed=settings["seed"], data_seed=settings["seed"],
-        disable_tqdm=True, gradient_checkpointing=settings["gradient_checkpointing"], use_cpu=not on_gpu, bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        disable_tqdm=True, gradient_checkpointing=settings["gradient_checkpointing"], use_cpu=not on_gpu,
+        **precision_flags(settings, on_gpu),
     )
 
 
+def precision_flags(settings: dict, on_gpu: bool) -> dict:
+    """DPOConfig's bf16/fp16 flags for train.mixed_precision. auto: with an accelerate config file, the
+    file's choice (the launcher exports it as ACCELERATE_MIXED_PRECISION, which the Trainer reads when
+    neither flag is set); without one, bf16 on a GPU that supports it, else full precision."""
+    import torch
+
+    choice = settings["mixed_precision"]
+    if choice == "auto":
+        if settings["accelerate_config"]:
+            return {}
+        choice = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
+    if choice == "fp16" and not on_gpu:
+        raise UserError("train.mixed_precision: fp16 needs a CUDA GPU; on the CPU use bf16 or no")
+    return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
+
+
+def lora_config(settings: dict, revision: str | None):
+    """peft's LoraConfig for train.lora_*; revision pins a hub base in the saved adapter_config.json."""
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise UserError(f"train.lora_r: {settings['lora_r']} needs peft: pip install 'selfimprove[lora]', "
+                        "or set lora_r: 0 for full fine-tuning") from None
+    targets = settings["lora_target_modules"]
+    return LoraConfig(r=settings["lora_r"], lora_alpha=settings["lora_alpha"], lora_dropout=settings["lora_dropout"],
+                      target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+                      task_type="CAUSAL_LM", revision=revision)
+
+
 def train(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, revision: str | None = None) -> dict:
-    """Train on pairs and save the model to out; with no pairs the model is saved unchanged."""
+    """Train on pairs and save the model (with LoRA: the adapter) to out; with no pairs the model is
+    saved unchanged. Returns the figures the stage prints; processes is the world size training saw."""
     from datasets import Dataset
 
     from selfimprove import models
 
     out = Path(out)
-    model, tokenizer = models.load(model_ref, revision, for_training=True)
-    if not pairs:
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        return {"pairs": 0, "steps": 0}
     blob = json.dumps([settings, pairs, model_identity(model_ref, revision)], sort_keys=True)
     scratch = out.parent / f".{out.name}-checkpoints" / hashlib.sha256(blob.encode()).hexdigest()[:16]
+    # The training arguments exist before the model loads, so that a DeepSpeed ZeRO-3 config can
+    # partition the weights as they load (transformers does so only once they exist).
+    config = dpo_config(settings, str(scratch))
+    model, tokenizer = models.load(model_ref, revision, for_training=True)
+    if not pairs:
+        if is_main_process():
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+        return {"pairs": 0, "steps": 0, "processes": int(os.environ.get("WORLD_SIZE", 1))}
     # Each pair's weight scales its whole loss (ScPO's vote margin; 1.0 for IRPO's gold pairs).
     dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
                                   "weight": float(p.get("weight", 1.0))} for p in pairs])
     alpha = settings["nll_weight"] if settings["loss"] == "dpo+nll" else 0.0
-    trainer = _trainer(model, tokenizer, dataset, dpo_config(settings, str(scratch)), alpha)
+    peft_config = lora_config(settings, revision) if settings["lora_r"] else None
+    trainer = _trainer(model, tokenizer, dataset, config, alpha, peft_config)
     trainer.add_callback(_progress_callback())
-    resume = last_complete_checkpoint(scratch)
+    with trainer.accelerator.main_process_first():  # the main process removes cut-short checkpoints first
+        resume = last_complete_checkpoint(scratch)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    trainer.model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    shutil.rmtree(scratch.parent, ignore_errors=True)
+    # Every process calls save_model (DeepSpeed and FSDP gather the weights); only the main one writes.
+    # A peft model saves its adapter only, plus the tokenizer.
+    trainer.save_model(str(out))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(scratch.parent, ignore_errors=True)
     return {"pairs": len(pairs), "steps": result.global_step, "loss": result.training_loss,
-            "resumed_from_step": int(resume.name.split("-")[1]) if resume else 0}
+            "resumed_from_step": int(resume.name.split("-")[1]) if resume else 0,
+            "processes": trainer.accelerator.num_processes,
+            "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
+
+
+def is_main_process() -> bool:
+    """Process 0 of a launch (torchrun and the DeepSpeed launcher set RANK), or the only process."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def last_complete_checkpoint(scratch: Path) -> Path | None:
@@ -76,7 +131,8 @@ def last_complete_checkpoint(scratch: Path) -> Path | None:
 
 
 def _progress_callback():
-    """Report optimizer steps to the `selfimprove run` display."""
+    """Report optimizer steps to the `selfimprove run` display, from the main process only (all of
+    them take the same steps)."""
     from transformers import TrainerCallback
 
     from selfimprove.progress import Progress
@@ -85,24 +141,33 @@ def _progress_callback():
         progress = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.progress = Progress("train", state.max_steps, "steps")
-            self.progress.update(state.global_step)
+            if state.is_world_process_zero:
+                self.progress = Progress("train", state.max_steps, "steps")
+                self.progress.update(state.global_step)
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.progress.update(state.global_step)
+            if self.progress is not None:
+                self.progress.update(state.global_step)
 
     return StepProgress()
 
 
-def _trainer(model, tokenizer, dataset, config, alpha: float):
+def _trainer(model, tokenizer, dataset, config, alpha: float, peft_config=None):
     from selfimprove.weighted_dpo import WeightedDPOTrainer, WeightedPreferenceCollator
 
     tokenizer.padding_side = "right"
     collator = WeightedPreferenceCollator(pad_token_id=tokenizer.pad_token_id, max_length=config.max_length,
                                           truncation_mode=config.truncation_mode)
-    # ref_model=None: TRL loads a frozen copy of the starting model, so reference = M_t.
-    return WeightedDPOTrainer(model=model, ref_model=None, args=config, train_dataset=dataset,
-                              processing_class=tokenizer, data_collator=collator, alpha=alpha)
+    # Reference = M_t, the model this iteration starts from. Full fine-tuning: a frozen copy made here,
+    # not TRL's reload from model.config's path, which for a merged adapter chain would name the
+    # adapter directory rather than the weights in memory. LoRA: ref_model stays None; TRL 1.16 then
+    # keeps no copy and computes the reference with the adapter disabled (dpo_trainer.py: `ref_model is
+    # None` + `is_peft_model` -> `use_adapter(model, adapter_name=None)` -> `model.disable_adapter()`),
+    # i.e. with the weights loaded here: M_t, the previous iteration's merged model.
+    ref_model = None if peft_config else copy.deepcopy(model).eval()
+    return WeightedDPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=dataset,
+                              processing_class=tokenizer, data_collator=collator, alpha=alpha,
+                              peft_config=peft_config)
 
 
 def main(argv=None) -> None:
@@ -110,7 +175,8 @@ def main(argv=None) -> None:
     run = read_section(args.params, args.run)
     figures = train(run[f"it{args.iteration}"]["train"], read_jsonl(args.pairs), args.model, args.out,
                     revision_for(run, args.model))
-    print("train: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+    if is_main_process():
+        print("train: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
 
 
 if __name__ == "__main__":
