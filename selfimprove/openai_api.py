@@ -33,7 +33,6 @@ class Endpoint:
     def __init__(self, base_url: str | list[str], model: str, api_key_env: str = "", concurrency: int = 8,
                  timeout: float = 60.0, max_retries: int = 5, backoff: float = 1.0, section: str = "judge"):
         self.bases = [url.rstrip("/") for url in ([base_url] if isinstance(base_url, str) else base_url)]
-        self.url = self.bases[0] + "/chat/completions"
         self.model, self.api_key_env, self.section = model, api_key_env, section
         self.concurrency, self.timeout, self.max_retries, self.backoff = concurrency, timeout, max_retries, backoff
         self.in_flight = [0] * len(self.bases)
@@ -46,25 +45,11 @@ class Endpoint:
 
     def complete(self, prompts: list[str], n: int, temperature: float, top_p: float, max_tokens: int,
                  on_done=None) -> list[list[str]]:
-        """n completions per prompt, in prompt order; requests run `concurrency` at a time."""
-        done = 0
-
-        def one(prompt: str) -> list[str]:
-            return self._request({"model": self.model, "messages": [{"role": "user", "content": prompt}], "n": n,
-                                  "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens})
-
-        results = []
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            for texts in pool.map(one, prompts):
-                results.append(texts)
-                done += 1
-                if on_done:
-                    on_done(done)
-        return results
-
-    def _request(self, body: dict) -> list[str]:
-        payload = self.post(body)
-        return [choice["message"]["content"] or "" for choice in payload["choices"]]
+        """n chat completions per prompt (one request each), in prompt order, `concurrency` in flight."""
+        bodies = [{"model": self.model, "messages": [{"role": "user", "content": prompt}], "n": n,
+                   "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens} for prompt in prompts]
+        replies = self.post_all(bodies, "/chat/completions", on_done=on_done)
+        return [[choice["message"]["content"] or "" for choice in reply["choices"]] for reply in replies]
 
     def post_all(self, bodies: list[dict], path: str, cache: "ResponseCache | None" = None, on_done=None) -> list[dict]:
         """The reply to every body, in order, `concurrency` requests in flight per server; a body whose
