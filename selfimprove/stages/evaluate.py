@@ -17,6 +17,7 @@ from selfimprove.backends import open_backend
 from selfimprove.answers import extract_final, same_answer
 from selfimprove.progress import Progress
 from selfimprove.shards import discard, scratch_dir
+from selfimprove.stages.judge import greedy_scores, winner_probabilities
 from selfimprove.stages._io import (iteration_stage_parser, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
 
@@ -55,8 +56,6 @@ def thinking(greedy: list[str], marker: str) -> dict:
 def judge_agreement(backend, records: list[dict], judge: dict, size: int, seed: int, on_batch=None) -> dict:
     """Greedy judgements of held-out candidate answers (half right, half slightly off): how often the
     verdict matches the truth. A judgement without a score counts as a disagreement, and is counted."""
-    from selfimprove.stages.judge import greedy_scores
-
     candidates = judging.held_out_candidates(records, seed)[:size]
     template = judging.wrap(judging.load_template(judge["template"]), judge)
     prompts = [template.format(question=c["question"], response=c["response"]) for c in candidates]
@@ -123,7 +122,7 @@ def win_rate(settings: dict, judge: dict, records: list[dict], outputs: list[str
         prompts.append(template.format(question=record["question"], response_a=ours, response_b=base))
         prompts.append(template.format(question=record["question"], response_a=base, response_b=ours))
     if judge["mode"] != "generate":
-        probs = judge_backend.choice_probs([p + "Winner: " for p in prompts], ["A", "B"], judge["batch_size"])
+        probs = winner_probabilities(judge_backend, prompts, judge["batch_size"])
         wins = [_share(a, b) if first else _share(b, a) for (a, b), first in zip(probs, _alternating(size))]
     else:
         texts = (generate_verdicts(prompts) if generate_verdicts else

@@ -101,9 +101,7 @@ def judge(settings: dict, samples: list[dict], model_ref: str, out: str | Path, 
             written = (generate_judgements or _model_judge(settings, backend))(todo, index, on_done)
             texts = iter(written)
             if mode == "generate_then_expected":  # the judgement as written, then its score read
-                after = [prompt + text.rstrip() + "\n" for prompt, per_prompt in zip(todo, written) for text in per_prompt]
-                flat = iter(score_distributions(backend, after, settings))
-                found = iter([[next(flat) for _ in per_prompt] for per_prompt in written])
+                found = iter(distributions_after(backend, todo, written, settings))
         rows = []
         for item in shard:
             row = {**item, "judgements": next(texts) if item["judge_prompt"] is not None else []}
@@ -132,6 +130,20 @@ def score_distributions(backend, prompts: list[str], settings: dict, on_done=Non
                                 on_batch=on_done)
 
 
+def distributions_after(backend, prompts: list[str], written: list[list[str]], settings: dict) -> list[list[list[float]]]:
+    """Mode generate_then_expected: per prompt, per judgement written for it, the score digits'
+    distribution after the judgement and the prefill."""
+    after = [prompt + text.rstrip() + "\n" for prompt, texts in zip(prompts, written) for text in texts]
+    flat = iter(score_distributions(backend, after, settings))
+    return [[next(flat) for _ in texts] for texts in written]
+
+
+def winner_probabilities(backend, prompts: list[str], batch_size: int, on_done=None) -> list[list[float]]:
+    """A comparison's probabilities of `A` and `B` as the token after the prompt and `Winner: ` (the
+    meta-judge in mode expected, the win rate with a judge that reads probabilities)."""
+    return backend.choice_probs([p + "Winner: " for p in prompts], ["A", "B"], batch_size, on_batch=on_done)
+
+
 def greedy_scores(backend, prompts: list[str], settings: dict, seed: int, on_batch=None) -> list[float | None]:
     """One greedy judgement's score per prompt, in the judge's mode (evaluation uses this)."""
     if settings["mode"] == "expected":
@@ -140,8 +152,8 @@ def greedy_scores(backend, prompts: list[str], settings: dict, seed: int, on_bat
     texts = [t[0] for t in backend.sample(prompts, 1, 0.0, 1.0, settings["max_new_tokens"], settings["batch_size"],
                                           seed, on_batch=on_batch)]
     if settings["mode"] == "generate_then_expected":
-        found = score_distributions(backend, [p + t.rstrip() + "\n" for p, t in zip(prompts, texts)], settings)
-        return [judging.expected_score(p, settings["min_score_mass"]) for p in found]
+        found = distributions_after(backend, prompts, [[t] for t in texts], settings)
+        return [judging.expected_score(p[0], settings["min_score_mass"]) for p in found]
     return [judging.parse_score(t, settings["score_pattern"], settings["max_score"]) for t in texts]
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from selfimprove import judging
 from selfimprove.backends import open_backend
+from selfimprove.stages.judge import winner_probabilities
 from selfimprove.models import model_identity
 from selfimprove.shards import discard, fingerprint, run_in_shards
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main,
@@ -158,7 +159,7 @@ def _likelier_verdicts(settings: dict, backend):
     with both probabilities so the stage output shows how sure the meta-judge was."""
 
     def generate_verdicts(prompts: list[str], shard_index: int, on_done) -> list[str]:
-        probs = backend.choice_probs([p + "Winner: " for p in prompts], ["A", "B"], settings["batch_size"], on_done)
+        probs = winner_probabilities(backend, prompts, settings["batch_size"], on_done)
         return [f"p(A)={a:.4f} p(B)={b:.4f} Winner: {'A' if a > b else 'B' if b > a else 'tie'}" for a, b in probs]
 
     return generate_verdicts
