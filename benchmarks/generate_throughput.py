@@ -75,14 +75,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternate the two this many times; best of each")
     args = parser.parse_args()
     from selfimprove import tinyarith
-    from selfimprove.config import _defaults
+    from selfimprove.schema import defaults
     from selfimprove.settings import STAGE_SETTINGS
 
     with tempfile.TemporaryDirectory() as tmp:
         model_ref = args.model or build_random_model(Path(tmp) / "model")
         records = [{**problem, "id": i} for i, problem in
                    enumerate(tinyarith.problems(seed=0, count=args.prompts, digits=3, split="train"))]
-        settings = {**_defaults(STAGE_SETTINGS["generate"]), "n": args.n, "max_new_tokens": args.max_new_tokens,
+        settings = {**defaults(STAGE_SETTINGS["generate"]), "n": args.n, "max_new_tokens": args.max_new_tokens,
                     "batch_size": args.batch_size, "shard_size": args.prompts}
         prompts = [r["question"] for r in records]
         raw_loop(model_ref, prompts[:8], args.n, 0.7, 0.9, 8, args.batch_size)  # warm up: load, first kernels

@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 
 import selfimprove
-from selfimprove.config import Loop, backend_tracked_keys, judged, meta_judged, resolved_params, uses_judge
+from selfimprove.backends.config import tracked_keys
+from selfimprove.config import Loop, judged, meta_judged, resolved_params, uses_judge
 from selfimprove.judging import template_path
 from selfimprove.settings import DATA_SETTINGS
 from selfimprove.errors import UserError
@@ -101,7 +102,7 @@ def _data_params(run: str, other_side: str) -> list[str]:
 
 def _backend_params(loop: Loop) -> list[str]:
     """The backend keys every sampling stage tracks, so that switching backends re-runs what samples."""
-    return [f"{loop.name}.{key}" for key in backend_tracked_keys(loop)]
+    return [f"{loop.name}.{key}" for key in tracked_keys(loop)]
 
 
 def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:

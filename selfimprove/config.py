@@ -9,7 +9,6 @@ problem at once; each one names file:line, the key path and the fix, e.g.
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +16,13 @@ from typing import Any
 
 import yaml
 
+from selfimprove.backends.config import backend_params, check_backend, check_key_env
 from selfimprove.errors import UserError
-from selfimprove.settings import (BACKENDS, BOOTSTRAP_SETTINGS, CHOICES, DATA_SETTINGS, JUDGE_RULES, OPENAI_SETTINGS,
-                                  STAGE_SETTINGS, VLLM_SETTINGS)
+from selfimprove.schema import Problems, check_section, defaults, did_you_mean, key_lines, scalar
+from selfimprove.settings import BOOTSTRAP_SETTINGS, DATA_SETTINGS, JUDGE_RULES, STAGE_SETTINGS
 
 TOP_LEVEL = {"name", "description", "model", "model_revision", "data", "iterations", "seed",
              "bootstrap", "stages", "schedule", "from", "backend", "chat_template", "vllm", "openai"}
-BACKEND_SETTINGS = {"vllm": VLLM_SETTINGS, "openai": OPENAI_SETTINGS}
 REQUIRED = ["name", "model", "data", "iterations"]
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 FROM_RE = re.compile(r"^([a-z][a-z0-9_-]*)@(\d+)$")
@@ -47,92 +46,12 @@ class Loop:
     backend_settings: dict[str, Any] = field(default_factory=dict)  # the vllm: or openai: section, resolved
 
 
-class _Problems:
-    """Collects errors with their line numbers; raised together at the end."""
-
-    def __init__(self, source: str, lines: dict[tuple, int]):
-        self.source, self.lines, self.items = source, lines, []
-
-    def add(self, path: tuple, message: str) -> None:
-        line = self._line_of(path)
-        where = f"{self.source}:{line}" if line else self.source
-        self.items.append(f"{where}: {'.'.join(map(str, path)) or '(top level)'}: {message}")
-
-    def _line_of(self, path: tuple) -> int | None:
-        for cut in range(len(path), -1, -1):  # the nearest ancestor that has a line
-            if path[:cut] in self.lines:
-                return self.lines[path[:cut]]
-        return None
-
-
-def _key_lines(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
-    """Map every key path of a composed YAML document to its 1-based line."""
-    lines = {path: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = _scalar(key_node.value)
-            lines[path + (key,)] = key_node.start_mark.line + 1
-            lines.update({k: v for k, v in _key_lines(value_node, path + (key,)).items() if k != path + (key,)})
-    return lines
-
-
-def _scalar(text: str) -> Any:
-    return int(text) if text.isdigit() else text
-
-
-def _did_you_mean(key: str, allowed) -> str:
-    close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1)
-    if close:
-        return f"unknown key; did you mean '{close[0]}'?"
-    return f"unknown key; allowed: {', '.join(sorted(map(str, allowed)))}"
-
-
-def _coerce(value: Any, kind: type) -> Any:
-    """Return value as kind, or raise ValueError. bool is not an int here, and '3e-05' is a float."""
-    if isinstance(value, bool) and kind is not bool:
-        raise ValueError
-    if kind is float and isinstance(value, (int, float)):
-        return float(value)
-    if kind is float and isinstance(value, str):
-        return float(value)
-    if kind is int and isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
-        return int(value)
-    if isinstance(value, kind):
-        return value
-    raise ValueError
-
-
-def _check_section(values: Any, schema: dict, path: tuple, problems: _Problems, stage: str | None = None) -> dict:
-    if not isinstance(values, dict):
-        problems.add(path, f"must be a mapping of settings, got {type(values).__name__}")
-        return {}
-    checked = {}
-    for key, value in values.items():
-        if key not in schema:
-            problems.add(path + (key,), _did_you_mean(key, schema))
-            continue
-        kind = schema[key][0]
-        try:
-            checked[key] = _coerce(value, kind)
-        except (ValueError, TypeError):
-            problems.add(path + (key,), f"expected {kind.__name__}, got {value!r}; write e.g. {key}: {schema[key][1]!r}")
-            continue
-        choices = CHOICES.get((stage, key))
-        if choices and checked[key] not in choices:
-            problems.add(path + (key,), f"{checked[key]!r} is not one of: {', '.join(choices)}")
-    return checked
-
-
-def _defaults(schema: dict) -> dict:
-    return {key: default for key, (_, default) in schema.items()}
-
-
 def parse_override(text: str) -> tuple[tuple, Any]:
     """Parse a --set KEY=VALUE. A stage name may stand alone: generate.n=16 means stages.generate.n=16."""
     if "=" not in text:
         raise UserError(f"--set {text}: expected KEY=VALUE, e.g. --set generate.n=16")
     key, raw = text.split("=", 1)
-    path = tuple(_scalar(part) for part in key.strip().split("."))
+    path = tuple(scalar(part) for part in key.strip().split("."))
     if path[0] in STAGE_SETTINGS:
         path = ("stages",) + path
     return path, yaml.safe_load(raw) if raw.strip() else ""
@@ -162,20 +81,20 @@ def load_loop(path: str | Path, overrides: list[str] = ()) -> Loop:
         raise UserError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax there") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}:1: a loop file is a mapping with at least: {', '.join(REQUIRED)}")
-    lines = _key_lines(node) if node is not None else {}
+    lines = key_lines(node) if node is not None else {}
     for text_override in overrides:
         _apply_override(raw, *parse_override(text_override))
-    problems = _Problems(str(path), lines)
+    problems = Problems(str(path), lines)
     loop = _validate(raw, path, problems)
     if problems.items:
         raise UserError(*problems.items)
     return loop
 
 
-def _validate(raw: dict, path: Path, problems: _Problems) -> Loop | None:
+def _validate(raw: dict, path: Path, problems: Problems) -> Loop | None:
     for key in raw:
         if key not in TOP_LEVEL:
-            problems.add((key,), _did_you_mean(key, TOP_LEVEL))
+            problems.add((key,), did_you_mean(key, TOP_LEVEL))
     for key in REQUIRED:
         if key not in raw:
             problems.add((), f"missing required key '{key}'; see loops/scpo.yaml for an example")
@@ -189,12 +108,12 @@ def _validate(raw: dict, path: Path, problems: _Problems) -> Loop | None:
     start_from = raw.get("from")
     if start_from is not None and not (isinstance(start_from, str) and FROM_RE.match(start_from)):
         problems.add(("from",), f"expected RUN@K (e.g. scpo@2), got {start_from!r}")
-    data = {**_defaults(DATA_SETTINGS), **_check_section(raw.get("data", {}), DATA_SETTINGS, ("data",), problems)}
+    data = {**defaults(DATA_SETTINGS), **check_section(raw.get("data", {}), DATA_SETTINGS, ("data",), problems)}
     for key in ("prompts", "eval"):
         if not data.get(key):
             problems.add(("data",), f"missing data.{key}; e.g. data: {{prompts: builtin:arith/train, eval: builtin:arith/test}}")
-    bootstrap = {**_defaults(BOOTSTRAP_SETTINGS), **builtin_bootstrap(str(raw.get("model", ""))),
-                 **_check_section(raw.get("bootstrap", {}), BOOTSTRAP_SETTINGS, ("bootstrap",), problems)}
+    bootstrap = {**defaults(BOOTSTRAP_SETTINGS), **builtin_bootstrap(str(raw.get("model", ""))),
+                 **check_section(raw.get("bootstrap", {}), BOOTSTRAP_SETTINGS, ("bootstrap",), problems)}
     base = _check_stages(raw.get("stages", {}), ("stages",), problems)
     per_iteration = {}
     schedule = raw.get("schedule") or {}
@@ -207,73 +126,33 @@ def _validate(raw: dict, path: Path, problems: _Problems) -> Loop | None:
             problems.add(("schedule", key), f"{key!r} is not an iteration number; use 1, 2, ...")
     for k in range(1, iterations + 1):
         override = _check_stages(schedule.get(k) or {}, ("schedule", k), problems) if k in schedule else {}
-        per_iteration[k] = {stage: {**_defaults(settings), **base.get(stage, {}), **override.get(stage, {})}
+        per_iteration[k] = {stage: {**defaults(settings), **base.get(stage, {}), **override.get(stage, {})}
                             for stage, settings in STAGE_SETTINGS.items()}
     _check_values(per_iteration, problems)
     _check_openai(per_iteration, problems)
     _check_judge_mode(per_iteration, problems)
-    backend, chat_template, backend_settings = _check_backend(raw, per_iteration, problems)
+    backend, chat_template, backend_settings = check_backend(
+        raw, any(reads_probabilities(stages) for stages in per_iteration.values()), problems)
     return Loop(path=path, name=name, model=str(raw.get("model", "")), model_revision=raw.get("model_revision"),
                 data=data, iterations=iterations, bootstrap=bootstrap, start_from=start_from,
                 per_iteration=per_iteration, backend=backend, chat_template=chat_template,
                 backend_settings=backend_settings)
 
 
-def _check_backend(raw: dict, per_iteration: dict, problems: _Problems) -> tuple[str, bool, dict]:
-    """(backend, chat_template, the chosen backend's resolved section). Both sections are checked even
-    when the other backend is chosen, so a loop can keep them and switch with the one key."""
-    backend = raw.get("backend", "hf")
-    if backend not in BACKENDS:
-        problems.add(("backend",), f"{backend!r} is not one of: {', '.join(BACKENDS)}; e.g. backend: vllm")
-    chat_template = raw.get("chat_template", False)
-    if not isinstance(chat_template, bool):
-        problems.add(("chat_template",), f"expected true or false, got {chat_template!r}")
-        chat_template = False
-    sections = {}
-    for name, schema in BACKEND_SETTINGS.items():
-        values = raw.get(name) or {}
-        if isinstance(values, dict) and isinstance(values.get("endpoints"), str):
-            values = {**values, "endpoints": [values["endpoints"]]}  # --set openai.endpoints=URL: one endpoint
-        sections[name] = {**_defaults(schema), **_check_section(values, schema, (name,), problems)}
-    for key in ("tensor_parallel_size", "data_parallel_size"):
-        if sections["vllm"][key] < 1:
-            problems.add(("vllm", key), f"{sections['vllm'][key]!r} must be >= 1")
-    if not 0 < sections["vllm"]["gpu_memory_utilization"] <= 1:
-        problems.add(("vllm", "gpu_memory_utilization"), "is a share of GPU memory; use a value in (0, 1], e.g. 0.9")
-    openai = sections["openai"]
-    if any(not isinstance(url, str) or not re.match(r"https?://", url) for url in openai["endpoints"]):
-        problems.add(("openai", "endpoints"), "must be base URLs, e.g. endpoints: [http://localhost:8000/v1]")
-    if backend == "openai" and not openai["endpoints"]:
-        problems.add(("backend",), "openai needs openai.endpoints, the servers' base URLs; e.g. "
-                     "openai: {endpoints: [http://localhost:8000/v1]}")
-    if openai["api_key_env"] and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", openai["api_key_env"]):
-        problems.add(("openai", "api_key_env"), "is the NAME of an environment variable holding the key "
-                     "(e.g. OPENAI_API_KEY), never the key itself")
-    if any(reads_probabilities(stages) for stages in per_iteration.values()):
-        if backend == "openai":
-            problems.add(("backend",), "openai cannot read token probabilities, which judge.mode expected / "
-                         "generate_then_expected and metajudge.mode expected need; use mode generate, or backend hf or vllm")
-        if chat_template:
-            problems.add(("chat_template",), "probability read-outs (judge.mode expected, generate_then_expected, "
-                         "metajudge.mode expected) extend the raw prompt; set chat_template: false and put the chat "
-                         "format in judge.prompt_template and data.prompt_template")
-    return backend, chat_template, sections.get(backend, {})
-
-
-def _check_stages(stages: Any, path: tuple, problems: _Problems) -> dict:
+def _check_stages(stages: Any, path: tuple, problems: Problems) -> dict:
     if not isinstance(stages, dict):
         problems.add(path, "must map stage names to settings, e.g. generate: {n: 8}")
         return {}
     checked = {}
     for stage, values in stages.items():
         if stage not in STAGE_SETTINGS:
-            problems.add(path + (stage,), _did_you_mean(stage, STAGE_SETTINGS))
+            problems.add(path + (stage,), did_you_mean(stage, STAGE_SETTINGS))
             continue
-        checked[stage] = _check_section(values or {}, STAGE_SETTINGS[stage], path + (stage,), problems, stage)
+        checked[stage] = check_section(values or {}, STAGE_SETTINGS[stage], path + (stage,), problems, stage)
     return checked
 
 
-def _check_values(per_iteration: dict, problems: _Problems) -> None:
+def _check_values(per_iteration: dict, problems: Problems) -> None:
     """Range checks on resolved values; reported once per key, not once per iteration."""
     seen = set()
     rules = [
@@ -322,7 +201,7 @@ def _check_values(per_iteration: dict, problems: _Problems) -> None:
                 problems.add(("stages", stage, key), f"{stages[stage][key]!r} {message}")
 
 
-def _check_openai(per_iteration: dict, problems: _Problems) -> None:
+def _check_openai(per_iteration: dict, problems: Problems) -> None:
     """An OpenAI-compatible judge needs its endpoint and model; a key goes in the environment, never here."""
     for stages in per_iteration.values():
         judge = stages["judge"]
@@ -331,13 +210,11 @@ def _check_openai(per_iteration: dict, problems: _Problems) -> None:
         for key, example in (("endpoint", "http://localhost:8000/v1"), ("api_model", "meta-llama/Llama-3.1-70B-Instruct")):
             if not judge[key]:
                 problems.add(("stages", "judge", key), f"judge.source openai needs judge.{key}, e.g. {example}")
-        if judge["api_key_env"] and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", judge["api_key_env"]):
-            problems.add(("stages", "judge", "api_key_env"), "is the NAME of an environment variable holding the key "
-                         "(e.g. OPENAI_API_KEY), never the key itself")
+        check_key_env(judge["api_key_env"], ("stages", "judge", "api_key_env"), problems)
         return
 
 
-def _check_judge_mode(per_iteration: dict, problems: _Problems) -> None:
+def _check_judge_mode(per_iteration: dict, problems: Problems) -> None:
     """Modes other than generate read a local model's token probabilities; mode expected writes no
     judgement text for a meta-judge to compare."""
     for stages in per_iteration.values():
@@ -397,32 +274,6 @@ def reads_probabilities(stages: dict) -> bool:
     if not judged(stages):
         return False
     return (stages["judge"]["mode"] != "generate" or (meta_judged(stages) and stages["metajudge"]["mode"] == "expected"))
-
-
-def backend_params(loop: Loop) -> dict:
-    """The backend's entries in params.yaml: none for the default (hf without a chat template), so loops
-    that never name a backend compile exactly as before; else backend, chat_template and its section."""
-    if loop.backend == "hf" and not loop.chat_template:
-        return {}
-    params = {"backend": loop.backend, "chat_template": loop.chat_template}
-    if loop.backend_settings:
-        params[loop.backend] = copy.deepcopy(loop.backend_settings)
-    return params
-
-
-def backend_tracked_keys(loop: Loop) -> list[str]:
-    """The backend params (relative to the run's section) that sampling stages depend on: changing them
-    re-runs those stages. An endpoint's address, concurrency, timeouts and prices change how requests
-    travel, not what comes back, so an OpenAI run tracks only the model name it asks for."""
-    params = backend_params(loop)
-    if not params:
-        return []
-    keys = ["backend", "chat_template"]
-    if loop.backend == "vllm":
-        keys.append("vllm")
-    elif loop.backend == "openai":
-        keys.append("openai.api_model")
-    return keys
 
 
 def resolved_params(loop: Loop) -> dict:
