@@ -18,18 +18,6 @@ import time
 from pathlib import Path
 
 
-def build_random_model(folder: Path) -> str:
-    import torch
-
-    from selfimprove.stages.bootstrap import build_model, build_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    build_model(tokenizer, layers=2).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def raw_loop(model_ref: str, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
              batch_size: int) -> list[str]:
     import torch
@@ -75,11 +63,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternate the two this many times; best of each")
     args = parser.parse_args()
     from selfimprove import tinyarith
+    from selfimprove.untrained import save_untrained
     from selfimprove.schema import defaults
     from selfimprove.settings import STAGE_SETTINGS
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_ref = args.model or build_random_model(Path(tmp) / "model")
+        model_ref = args.model or save_untrained(Path(tmp) / "model", layers=2)
         records = [{**problem, "id": i} for i, problem in
                    enumerate(tinyarith.problems(seed=0, count=args.prompts, digits=3, split="train"))]
         settings = {**defaults(STAGE_SETTINGS["generate"]), "n": args.n, "max_new_tokens": args.max_new_tokens,

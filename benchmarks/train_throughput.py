@@ -19,7 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from selfimprove.schema import defaults
 from selfimprove.settings import STAGE_SETTINGS
+from selfimprove.untrained import save_untrained
 
 
 def synthetic_pairs(count: int, seed: int = 0) -> list[dict]:
@@ -33,19 +35,6 @@ def synthetic_pairs(count: int, seed: int = 0) -> list[dict]:
         pairs.append({"prompt": f"{a}+{b}=", "chosen": f"{steps} #### {a + b}", "rejected": f"{steps} #### {wrong}",
                       "weight": 1.0})
     return pairs
-
-
-def tiny_model(directory: Path) -> str:
-    """The builtin tiny-arith architecture, untrained (throughput does not depend on what it knows)."""
-    import torch
-
-    from selfimprove.stages.bootstrap import build_model, build_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    build_model(tokenizer).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
 
 
 def run_stage(settings: dict, pairs: list[dict], model: str, out: Path) -> float:
@@ -95,7 +84,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    settings = {key: default for key, (_, default) in STAGE_SETTINGS["train"].items()}
+    settings = defaults(STAGE_SETTINGS["train"])
     # save_steps beyond the run: the raw script does not checkpoint either.
     settings.update(epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length, lr=1e-4,
                     save_steps=10**6)
@@ -103,7 +92,7 @@ def main() -> None:
     trained = args.pairs * args.epochs
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = args.model or tiny_model(tmp / "base")
+        model = args.model or save_untrained(tmp / "base")
         stage, raw = [], []
         for i in range(args.repeats):
             raw.append(run_raw_trl(settings, pairs, model, tmp / f"raw{i}"))

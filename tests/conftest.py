@@ -18,16 +18,9 @@ FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm"
 def tiny_model(tmp_path_factory) -> str:
     """A 1-layer tiny-arith model with random weights (built in about a second): real tokenizer and
     transformers model, meaningless texts; enough to compare backends on the same weights."""
-    import torch
+    from selfimprove.untrained import save_untrained
 
-    from selfimprove.stages.bootstrap import build_model, build_tokenizer
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    tokenizer = build_tokenizer()
-    build_model(tokenizer, layers=1).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return save_untrained(tmp_path_factory.mktemp("tiny") / "model", layers=1)
 
 
 @pytest.fixture

@@ -8,12 +8,13 @@ import pytest
 from selfimprove import judging
 from selfimprove.backends.hf import HFBackend, continuation_tokens
 from selfimprove.errors import UserError
+from selfimprove.schema import defaults
 from selfimprove.settings import STAGE_SETTINGS
 from selfimprove.stages.evaluate import length_stats, win_rate
 from selfimprove.stages.judge import judge
 
-JUDGE = {key: default for key, (_, default) in STAGE_SETTINGS["judge"].items()}
-EVALUATE = {key: default for key, (_, default) in STAGE_SETTINGS["evaluate"].items()}
+JUDGE = defaults(STAGE_SETTINGS["judge"])
+EVALUATE = defaults(STAGE_SETTINGS["evaluate"])
 
 
 class ScriptedProbabilities:
@@ -105,12 +106,12 @@ def test_length_stats():
 
 
 def test_choice_probabilities_from_a_real_model_follow_the_tokenisation_seam(tmp_path):
-    from selfimprove import tinyarith
-    from selfimprove.stages.bootstrap import build_model, build_tokenizer
+    from transformers import AutoTokenizer
 
-    tokenizer = build_tokenizer(tinyarith.JUDGE_CHARS)
-    build_model(tokenizer, layers=1).save_pretrained(tmp_path / "m")
-    tokenizer.save_pretrained(tmp_path / "m")
+    from selfimprove import tinyarith
+    from selfimprove.untrained import save_untrained
+
+    tokenizer = AutoTokenizer.from_pretrained(save_untrained(tmp_path / "m", layers=1, chars=tinyarith.JUDGE_CHARS))
     context, token = continuation_tokens(tokenizer, "12+3=15 judge:Score: ", ["5"])[0]
     assert tokenizer.decode([token]) == "5" and tokenizer.decode(list(context)).endswith("Score: ")
     backend = HFBackend(str(tmp_path / "m"))
@@ -155,7 +156,7 @@ def test_metajudge_in_expected_mode_takes_the_likelier_letter(tmp_path):
     record = {"id": 0, "prompt": "P", "question": "q", "gold": None, "responses": ["r"], "unsplittable": [False],
               "judgements": [["says five", "says one"]], "scores": [[5.0, 1.0]], "mean_scores": [3.0],
               "correct": [None], "completions": ["r"]}
-    settings = {key: default for key, (_, default) in STAGE_SETTINGS["metajudge"].items()} | {"mode": "expected"}
+    settings = defaults(STAGE_SETTINGS["metajudge"]) | {"mode": "expected"}
     backend = ScriptedProbabilities([[0.7, 0.2], [0.3, 0.6]])  # prefers "says five" in both orders
     pairs, stats = metajudge(settings, dict(JUDGE, template="additive"), [record], "m", tmp_path / "jp.jsonl",
                              backend=backend)

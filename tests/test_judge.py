@@ -5,14 +5,15 @@ import random
 import pytest
 
 from selfimprove import judging, tinyarith
+from selfimprove.schema import defaults
 from selfimprove.settings import STAGE_SETTINGS
 from selfimprove.errors import UserError
 from selfimprove.stages.evaluate import thinking
 from selfimprove.stages.judge import judge
 from selfimprove.stages.pairs import build_pairs, judged_pair
 
-JUDGE = {key: default for key, (_, default) in STAGE_SETTINGS["judge"].items()}
-PAIRS = {key: default for key, (_, default) in STAGE_SETTINGS["pairs"].items()}
+JUDGE = defaults(STAGE_SETTINGS["judge"])
+PAIRS = defaults(STAGE_SETTINGS["pairs"])
 
 
 class ScriptedJudge:
@@ -214,7 +215,7 @@ def test_metajudge_compares_the_most_uncertain_responses_judgements_in_both_orde
 
     record = judged_record([[5, 5, 5], [5, 1, 1], [1, None, 5]])
     assert most_uncertain(record) == 2  # scores 1 and 5: variance 4 (the failed judgement is ignored)
-    settings = {key: default for key, (_, default) in STAGE_SETTINGS["metajudge"].items()}
+    settings = defaults(STAGE_SETTINGS["metajudge"])
     settings["template"] = "tiny-arith-meta"
     # The scripted meta-judge always prefers the judgement that says 5: "Winner: A" when A says 5.
     seen = []
@@ -237,7 +238,7 @@ def test_metajudge_compares_the_most_uncertain_responses_judgements_in_both_orde
 def test_unanimous_judgements_give_no_judge_pair(tmp_path):
     from selfimprove.stages.metajudge import metajudge
 
-    settings = {key: default for key, (_, default) in STAGE_SETTINGS["metajudge"].items()} | {"template": "tiny-arith-meta"}
+    settings = defaults(STAGE_SETTINGS["metajudge"]) | {"template": "tiny-arith-meta"}
     pairs, stats = metajudge(settings, JUDGE | {"template": "tiny-arith"}, [judged_record([[5, 5], [1, 1]])], "m",
                              tmp_path / "jp.jsonl", generate_verdicts=lambda prompts, i, done: [])
     assert pairs == [] and stats["meta_battles"] == 0

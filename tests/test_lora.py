@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from selfimprove import models
+from selfimprove.schema import defaults
 from selfimprove.settings import STAGE_SETTINGS
 from selfimprove.stages.train import train
 
@@ -17,7 +18,7 @@ PAIRS = [{"prompt": f"{a}+{a}=", "chosen": f" #### {2 * a}", "rejected": f" ####
 
 
 def lora_settings(**changes) -> dict:
-    settings = {key: default for key, (_, default) in STAGE_SETTINGS["train"].items()}
+    settings = defaults(STAGE_SETTINGS["train"])
     settings.update(lr=1e-2, batch_size=4, max_length=32, lora_r=4, **changes)
     return settings
 
@@ -25,13 +26,10 @@ def lora_settings(**changes) -> dict:
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """base -> it1 (LoRA on base) -> it2 (LoRA on it1 merged)."""
-    from selfimprove.stages.bootstrap import build_model, build_tokenizer
+    from selfimprove.untrained import save_untrained
 
     root = tmp_path_factory.mktemp("lora")
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    build_model(tokenizer).save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
+    save_untrained(root / "base")
     train(lora_settings(), PAIRS, str(root / "base"), root / "it1")
     train(lora_settings(), PAIRS, str(root / "it1"), root / "it2")
     return root

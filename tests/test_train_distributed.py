@@ -13,21 +13,14 @@ import torch
 import yaml
 
 from selfimprove.compiler import train_launcher
+from selfimprove.schema import defaults
 from selfimprove.settings import STAGE_SETTINGS
-
-
-def tiny_base(directory) -> None:
-    from selfimprove.stages.bootstrap import build_model, build_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    build_model(tokenizer).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+from selfimprove.untrained import save_untrained
 
 
 def test_two_cpu_processes_train_one_model_that_the_next_stage_loads(tmp_path):
-    tiny_base(tmp_path / "base")
-    settings = {key: default for key, (_, default) in STAGE_SETTINGS["train"].items()}
+    save_untrained(tmp_path / "base")
+    settings = defaults(STAGE_SETTINGS["train"])
     settings.update(processes=2, batch_size=2, max_length=32, lr=1e-2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"t": {"model": "base", "model_revision": None,
                                                                 "it1": {"train": settings}}}))

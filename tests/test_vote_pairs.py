@@ -3,12 +3,13 @@
 import random
 from pathlib import Path
 
+from selfimprove.schema import defaults
 from selfimprove.settings import STAGE_SETTINGS
 from selfimprove.stages.pairs import build_pairs, gold_pairs, scpo_pair
 from selfimprove.stages.vote import vote
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULTS = {key: default for key, (_, default) in STAGE_SETTINGS["pairs"].items()}
+DEFAULTS = defaults(STAGE_SETTINGS["pairs"])
 
 
 def settings(**overrides):

@@ -34,18 +34,16 @@ def test_zero_weight_pairs_contribute_nothing_and_alpha_zero_is_plain_dpo():
 
 def test_trainer_carries_weights_to_the_loss(tmp_path):
     """Zero-weight pairs leave the model untouched; the same pairs at weight 1 move it."""
-    from selfimprove.stages.bootstrap import build_model, build_tokenizer
+    from selfimprove.untrained import save_untrained
     from selfimprove.stages.train import train
 
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    build_model(tokenizer).save_pretrained(tmp_path / "base")
-    tokenizer.save_pretrained(tmp_path / "base")
+    save_untrained(tmp_path / "base")
     pairs = [{"prompt": f"{a}+{a}=", "chosen": f" #### {2 * a}", "rejected": f" #### {2 * a + 1}", "weight": 0.0}
              for a in range(10, 18)]
+    from selfimprove.schema import defaults
     from selfimprove.settings import STAGE_SETTINGS
 
-    settings = {key: default for key, (_, default) in STAGE_SETTINGS["train"].items()}
+    settings = defaults(STAGE_SETTINGS["train"])
     settings.update(lr=1e-2, batch_size=4, max_length=32, save_steps=100)
     train(settings, pairs, str(tmp_path / "base"), tmp_path / "zero")
     train(settings, [dict(p, weight=1.0) for p in pairs], str(tmp_path / "base"), tmp_path / "one")
