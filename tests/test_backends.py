@@ -151,3 +151,23 @@ def test_a_loop_runs_end_to_end_on_the_vllm_backend_with_one_override(fake_vllm,
     assert metrics["it1"]["problems"] == 8 and metrics["it1"]["generate_samples"] == 32
     params = (tmp_path / "params.yaml").read_text()
     assert "backend: vllm" in params and "v.vllm" in (tmp_path / "dvc.yaml").read_text()
+
+
+def test_a_lora_adapter_reaches_vllm_as_its_merged_model(fake_vllm, tiny_model, tmp_path):
+    """vLLM reads whole weights from disk: an adapter directory (a LoRA iteration's output) is merged
+    once into the stage's scratch area, and vLLM's texts are the hf backend's, which merges in memory."""
+    peft = pytest.importorskip("peft")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    adapter = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    adapter.save_pretrained(tmp_path / "it1")  # as the train stage saves a LoRA iteration: adapter + tokenizer
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path / "it1")
+    backend = open_backend({"backend": "vllm", "vllm": {}}, str(tmp_path / "it1"), scratch=tmp_path / "scratch")
+    texts = backend.sample(PROMPTS, 1, 0.0, 1.0, 8, 64, seed=0)
+    loaded = fake_vllm.ENGINES[-1]().args["model"]
+    assert Path(loaded).parent == tmp_path / "scratch" / "merged" and (Path(loaded) / "config.json").is_file()
+    assert texts == HFBackend(str(tmp_path / "it1")).sample(PROMPTS, 1, 0.0, 1.0, 8, 64, seed=0)
+    assert texts != HFBackend(tiny_model).sample(PROMPTS, 1, 0.0, 1.0, 8, 64, seed=0)  # the adapter counts

@@ -26,7 +26,7 @@ from selfimprove.settings import BACKENDS, OPENAI_SETTINGS, VLLM_SETTINGS
 def open_backend(run: dict, model_ref: str, revision: str | None = None, scratch: str | Path | None = None):
     """The backend the loop names (run["backend"], default hf) for the model at model_ref, with its
     section (run["vllm"] / run["openai"]). scratch is the stage's scratch area (selfimprove.shards), where
-    the OpenAI backend keeps its response cache. Models load on first use, so a stage whose shards are
+    the OpenAI backend keeps its response cache and vLLM a LoRA adapter's merged model. Models load on first use, so a stage whose shards are
     all reused from an interrupted run never loads one."""
     name = run.get("backend", "hf")
     chat = bool(run.get("chat_template", False))
@@ -37,7 +37,8 @@ def open_backend(run: dict, model_ref: str, revision: str | None = None, scratch
     if name == "vllm":
         from selfimprove.backends.vllm import VLLMBackend
 
-        return VLLMBackend(model_ref, revision, _section(run, "vllm", VLLM_SETTINGS), chat_template=chat)
+        return VLLMBackend(model_ref, revision, _section(run, "vllm", VLLM_SETTINGS), chat_template=chat,
+                           scratch=Path(scratch) / "merged" if scratch else None)
     if name == "openai":
         from selfimprove.backends.openai import OpenAIBackend
 

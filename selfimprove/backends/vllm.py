@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from selfimprove.backends.hf import continuation_tokens
 from selfimprove.errors import UserError
@@ -36,8 +37,10 @@ def import_vllm():
 
 class VLLMBackend:
     def __init__(self, model_ref: str, revision: str | None = None, settings: dict | None = None,
-                 chat_template: bool = False):
+                 chat_template: bool = False, scratch: str | Path | None = None):
         self.model_ref, self.revision, self.chat_template = model_ref, revision, chat_template
+        # Where a LoRA adapter's merged model is written: the stage's scratch area, removed with it.
+        self.scratch = Path(scratch) if scratch else Path(model_ref).parent / f".{Path(model_ref).name}-merged"
         self.settings = {"tensor_parallel_size": 1, "data_parallel_size": 1, "gpu_memory_utilization": 0.9,
                          "max_model_len": 0, **(settings or {})}
         self._llm = self._workers = None
@@ -46,7 +49,7 @@ class VLLMBackend:
     def _engine(self):
         if self._llm is None:
             vllm = import_vllm()
-            options = dict(model=self.model_ref, revision=self.revision, seed=0,  # requests carry their own seeds
+            options = dict(model=self._weights(), revision=self.revision, seed=0,  # requests carry their own seeds
                            tensor_parallel_size=self.settings["tensor_parallel_size"],
                            gpu_memory_utilization=self.settings["gpu_memory_utilization"])
             if self.settings["max_model_len"]:
@@ -113,8 +116,15 @@ class VLLMBackend:
         if self._workers is None:
             from selfimprove.backends.vllm_workers import WorkerPool
 
-            self._workers = WorkerPool(self.model_ref, self.revision, self.settings, self.chat_template)
+            self._workers = WorkerPool(self._weights(), self.revision, self.settings, self.chat_template)
         return self._workers
+
+    def _weights(self) -> str:
+        """The directory vLLM loads: the model itself, or for a LoRA iteration's adapter its merged model,
+        written once (vLLM reads whole weights from disk; selfimprove.models.full_weights_dir)."""
+        from selfimprove.models import full_weights_dir
+
+        return full_weights_dir(self.model_ref, self.scratch, self.revision)
 
     def close(self) -> None:
         """Stop the workers, or drop the engine and free its GPU memory, so training can follow."""
