@@ -64,14 +64,13 @@ def main() -> None:
     args = parser.parse_args()
     from selfimprove import tinyarith
     from selfimprove.untrained import save_untrained
-    from selfimprove.schema import defaults
-    from selfimprove.settings import STAGE_SETTINGS
+    from selfimprove.registry import stage_defaults
 
     with tempfile.TemporaryDirectory() as tmp:
         model_ref = args.model or save_untrained(Path(tmp) / "model", layers=2)
         records = [{**problem, "id": i} for i, problem in
                    enumerate(tinyarith.problems(seed=0, count=args.prompts, digits=3, split="train"))]
-        settings = {**defaults(STAGE_SETTINGS["generate"]), "n": args.n, "max_new_tokens": args.max_new_tokens,
+        settings = {**stage_defaults("generate"), "n": args.n, "max_new_tokens": args.max_new_tokens,
                     "batch_size": args.batch_size, "shard_size": args.prompts}
         prompts = [r["question"] for r in records]
         raw_loop(model_ref, prompts[:8], args.n, 0.7, 0.9, 8, args.batch_size)  # warm up: load, first kernels

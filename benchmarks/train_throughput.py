@@ -19,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from selfimprove.schema import defaults
-from selfimprove.settings import STAGE_SETTINGS
+from selfimprove.registry import stage_defaults
 from selfimprove.untrained import save_untrained
 
 
@@ -84,7 +83,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    settings = defaults(STAGE_SETTINGS["train"])
+    settings = stage_defaults("train")
     # save_steps beyond the run: the raw script does not checkpoint either.
     settings.update(epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length, lr=1e-4,
                     save_steps=10**6)

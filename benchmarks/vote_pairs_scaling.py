@@ -15,8 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from selfimprove.schema import defaults
-from selfimprove.settings import STAGE_SETTINGS
+from selfimprove.registry import stage_defaults
 from selfimprove.stages import pairs, vote
 from selfimprove.stages._io import read_jsonl, write_json, write_jsonl
 
@@ -39,7 +38,7 @@ def run_vote(samples_path: Path, votes_path: Path) -> None:
 
 
 def run_pairs(votes_path: Path, pairs_path: Path, stats_path: Path) -> None:
-    settings = defaults(STAGE_SETTINGS["pairs"])
+    settings = stage_defaults("pairs")
     built, stats = pairs.build_pairs(read_jsonl(votes_path), settings)
     write_jsonl(pairs_path, built)
     write_json(stats_path, stats)

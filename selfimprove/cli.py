@@ -78,7 +78,7 @@ def compile_(loop_file: str, overrides: tuple[str, ...]) -> None:
     """Write the loop's stages into dvc.yaml and params.yaml without running them
     (then `dvc repro`, `dvc dag` and `dvc status` work on it natively)."""
     from selfimprove import compiler
-    from selfimprove.config import load_loop
+    from selfimprove.loopfile import load_loop
 
     stages = compiler.write(Path.cwd(), load_loop(loop_file, list(overrides)))
     click.echo(f"dvc.yaml, params.yaml: {len(stages)} stage(s) for {loop_file}")
@@ -88,7 +88,7 @@ def compile_(loop_file: str, overrides: tuple[str, ...]) -> None:
 @click.argument("loop_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate(loop_files: tuple[str, ...]) -> None:
     """Check loop files; print every problem with file:line and how to fix it."""
-    from selfimprove.config import load_loop
+    from selfimprove.loopfile import load_loop
     from selfimprove.errors import UserError
 
     problems = []

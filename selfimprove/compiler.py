@@ -1,5 +1,10 @@
 """Compile a loop into explicit per-iteration DVC stages (dvc.yaml) and their params (params.yaml).
 
+The compiler walks each iteration's pipeline and asks every stage for its node in the iteration's
+context (selfimprove.stage.Context): the paths of what earlier stages wrote, the policy model, the
+params keys. It knows no stage by name. What it adds to every node: the files the stage's settings name
+(DVC dependencies) and the fingerprints of the code the stage runs (params, selfimprove.fingerprint).
+
 Why explicit stages and not foreach/matrix: each iteration depends on the previous one through a plain
 file dependency (its model), DVC runs them in order, and growing 3 -> 5 iterations marks only the new
 stages as changed (see docs/dvc-notes.md). Stage names are `<run>-it<K>-<stage>`; the base model is
@@ -8,22 +13,21 @@ evaluated as iteration 0. Several runs share one dvc.yaml: compiling a loop repl
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
 import yaml
 
-import selfimprove
+from selfimprove import data as data_section
+from selfimprove import fingerprint
 from selfimprove.backends.config import tracked_keys
-from selfimprove.config import Loop, judged, meta_judged, resolved_params, uses_judge
-from selfimprove.judging import template_path
-from selfimprove.settings import DATA_SETTINGS
 from selfimprove.errors import UserError
-from selfimprove.models import BUILTIN_GGUF, builtin_dir
+from selfimprove.loopfile import Loop, resolved_params
+from selfimprove.models import builtin
+from selfimprove.registry import module_of, resolve, stages
+from selfimprove.stage import Context, Stage
 
 STAGE_RE = re.compile(r"^(?P<run>.+)-it(?P<k>\d+)-(?P<stage>[a-z]+)$")
-ITERATION_STAGES = ["generate", "vote", "pairs", "train", "evaluate"]
 HEADER = "# Compiled by `selfimprove run` from loop files; edit the loop file, not this file.\n"
 
 
@@ -39,52 +43,14 @@ def iteration_dir(run: str, k: int) -> str:
     return f"runs/{run}/it{k}"
 
 
-def _code(project: Path, stage_module: str) -> list[str]:
-    """Every package module a stage imports, directly or not, found by reading import statements (no
-    hand-kept list can forget one, and a dependency forgotten means an edit that does not re-run the
-    stage). Paths are relative to the project when the package lives in it, absolute otherwise."""
-    package = Path(selfimprove.__file__).resolve().parent
-    paths = []
-    for module in sorted(_imported_modules(f"selfimprove.{stage_module}")):
-        paths.append(_relative(_module_file(package.parent, module), project))
-    return paths
-
-
-def _module_file(root: Path, module: str) -> Path:
-    """selfimprove/x.py for a module, selfimprove/x/__init__.py for a package (which may not exist:
-    `from selfimprove import data` names a module, not a package)."""
-    path = root / f"{module.replace('.', '/')}.py"
-    return path if path.exists() else root / module.replace(".", "/") / "__init__.py"
-
-
-def _imported_modules(root: str) -> set[str]:
-    """The package modules reachable from root through `import selfimprove...` / `from selfimprove... import`,
-    including imports inside functions (the stages import lazily)."""
-    package_dir = Path(selfimprove.__file__).resolve().parent.parent
-    seen, todo = set(), [root]
-    while todo:
-        module = todo.pop()
-        path = _module_file(package_dir, module)
-        if module in seen or module == "selfimprove" or not path.exists():  # the root holds only a version
-            continue
-        seen.add(module)
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("selfimprove"):
-                todo.append(node.module)
-                todo.extend(f"{node.module}.{alias.name}" for alias in node.names)  # `from selfimprove import data`
-            elif isinstance(node, ast.Import):
-                todo.extend(alias.name for alias in node.names if alias.name.startswith("selfimprove"))
-    return seen
-
-
 def base_model(loop: Loop) -> tuple[str, bool]:
     """(the model iteration 1 starts from, whether it is a file dependency)."""
     if loop.start_from:
         run, k = loop.start_from.split("@")
         return (f"{iteration_dir(run, int(k))}/model" if int(k) > 0 else _base_of_other(run)), True
-    local = builtin_dir(loop.model)
+    local = builtin(loop.model)
     if local:
-        return local, True
+        return local.directory, True
     return loop.model, Path(loop.model).is_dir()  # a hub id is params (id + revision), never hashed
 
 
@@ -93,103 +59,93 @@ def _base_of_other(run: str) -> str:
                     f"(model: ...), or from {run}@1 or later")
 
 
-def _data_params(run: str, other_side: str) -> list[str]:
-    """The data keys a stage reads, one by one, so that changing the eval set never re-runs generation
-    and changing the prompts never re-runs the base model's evaluation."""
-    unused = {other_side, f"{other_side}_size"}
-    return [f"{run}.data.{key}" for key in DATA_SETTINGS if key not in unused]
+class _Compilation:
+    """What every node of one loop's compilation shares: the project, the code fingerprints recorded so
+    far, and the loop-level params keys."""
+
+    def __init__(self, loop: Loop, project: Path):
+        self.loop, self.project, self.code = loop, project, {}
+        self.backend_keys = [f"{loop.name}.{key}" for key in tracked_keys(loop)]
+
+    def data_keys(self, side: str) -> list[str]:
+        """The data keys a stage reading data.<side> tracks, one by one, so that changing the eval set
+        never re-runs generation and changing the prompts never re-runs the base model's evaluation."""
+        other = "eval" if side == "prompts" else "prompts"
+        return [f"{self.loop.name}.data.{key}" for key in data_section.SETTINGS if key not in (other, f"{other}_size")]
+
+    def data_file(self, side: str) -> list[str]:
+        spec = self.loop.data[side]
+        return [spec] if Path(self.project, spec).is_file() else []
+
+    def _setting_files(self, stage: Stage, ctx: Context) -> list[Path]:
+        """The files behind the stage's file settings: its own, or those its declaration says it reads."""
+        pairs = stage.files(ctx) if stage.files else [(stage.name, key) for key, s in stage.settings.items() if s.file]
+        paths = []
+        for owner, key in pairs:
+            setting, value = resolve("stage", owner).settings[key], ctx.settings[owner][key]
+            path = (setting.resolve_file(value) if setting.resolve_file else Path(value)) if value else None
+            if path is not None:
+                paths.append(path)
+        return paths
+
+    def file_deps(self, stage: Stage, ctx: Context) -> list[str]:
+        """The user's files among them (a package's prompt is code), relative to the project."""
+        return [_relative(p, self.project) for p in self._setting_files(stage, ctx) if not fingerprint.package_file(p)]
+
+    def code_keys(self, stage: Stage, ctx: Context) -> list[str]:
+        units = [stage.module] + [module_of(kind, name) for kind, name in stage.plugins(ctx)]
+        units += [f for f in map(fingerprint.package_file, self._setting_files(stage, ctx)) if f]
+        return self.record(units)
+
+    def record(self, units: list[str]) -> list[str]:
+        keys = []
+        for unit in dict.fromkeys(units):
+            key = fingerprint.unit_key(unit)
+            self.code[key] = fingerprint.unit_fingerprint(unit)
+            keys.append(f"code.{key}")
+        return keys
 
 
-def _backend_params(loop: Loop) -> list[str]:
-    """The backend keys every sampling stage tracks, so that switching backends re-runs what samples."""
-    return [f"{loop.name}.{key}" for key in tracked_keys(loop)]
-
-
-def compile_stages(loop: Loop, project: Path) -> dict[str, dict]:
-    run, params = loop.name, "params.yaml"
-    stages: dict[str, dict] = {}
-    adapter_bases: dict[str, list[str]] = {}
+def compile_stages(loop: Loop, project: Path, compilation: _Compilation | None = None) -> dict[str, dict]:
+    compilation = compilation or _Compilation(loop, project)
+    run, nodes, adapter_bases, metrics = loop.name, {}, {}, []
     model, model_is_dep = base_model(loop)
-    data_deps = [loop.data[k] for k in ("prompts", "eval") if Path(project, loop.data[k]).is_file()]
+    base = (model, model_is_dep)
+    tracked = tuple(loop.tracked())
     for k in range(0, loop.iterations + 1):
-        out = iteration_dir(run, k)
-        if k > 0:
-            prev_deps = [model] if model_is_dep else []
-            stages[stage_name(run, k, "generate")] = {
-                "cmd": f"python -m selfimprove.stages.generate --params {params} --run {run} --iteration {k} "
-                       f"--model {model} --out {out}/samples.jsonl --stats {out}/generate.json",
-                "deps": _code(project, "stages.generate")
-                        + [d for d in data_deps if d == loop.data["prompts"]] + prev_deps,
-                "params": [f"{run}.it{k}.generate"] + _data_params(run, "eval") + ([f"{run}.model_revision"] if k == 1 else [])
-                          + _backend_params(loop),
-                "outs": [f"{out}/samples.jsonl"],
-                "metrics": [{f"{out}/generate.json": {"cache": False}}],
-            }
-            judge_pairs = []
-            if judged(loop.per_iteration[k]):
-                stages[stage_name(run, k, "judge")] = _judge_stage(loop, project, k, model, model_is_dep)
-                scored = f"{out}/judgements.jsonl"
-                if meta_judged(loop.per_iteration[k]):
-                    stages[stage_name(run, k, "metajudge")] = _metajudge_stage(loop, project, k, model, model_is_dep)
-                    judge_pairs = [f"{out}/judge_pairs.jsonl"]
-            else:
-                stages[stage_name(run, k, "vote")] = {
-                    "cmd": f"python -m selfimprove.stages.vote --samples {out}/samples.jsonl --out {out}/votes.jsonl",
-                    "deps": _code(project, "stages.vote") + [f"{out}/samples.jsonl"],
-                    "outs": [f"{out}/votes.jsonl"],
-                }
-                scored = f"{out}/votes.jsonl"
-            stages[stage_name(run, k, "pairs")] = {
-                "cmd": f"python -m selfimprove.stages.pairs --params {params} --run {run} --iteration {k} "
-                       f"--scored {scored} --out {out}/pairs.jsonl --stats {out}/pairs.json"
-                       + "".join(f" --judge-pairs {path}" for path in judge_pairs),
-                "deps": _code(project, "stages.pairs") + [scored] + judge_pairs,
-                "params": [f"{run}.it{k}.pairs"],
-                "outs": [f"{out}/pairs.jsonl"],
-                "metrics": [{f"{out}/pairs.json": {"cache": False}}],
-            }
-            train = loop.per_iteration[k]["train"]
-            stages[stage_name(run, k, "train")] = {
-                "cmd": f"{train_launcher(train)} -m selfimprove.stages.train --params {params} --run {run} "
-                       f"--iteration {k} --model {model} --pairs {out}/pairs.jsonl --out {out}/model",
-                "deps": _code(project, "stages.train") + [f"{out}/pairs.jsonl"] + prev_deps
-                        + ([train["accelerate_config"]] if train["accelerate_config"] else []),
-                "params": [f"{run}.it{k}.train"] + ([f"{run}.model_revision"] if k == 1 else []),
-                "outs": [f"{out}/model"],
-            }
-            if train["lora_r"]:  # the output is an adapter: loading it needs the model it was trained on
-                adapter_bases[f"{out}/model"] = [model] if model_is_dep else []
-            model, model_is_dep = f"{out}/model", True
-        stages[stage_name(run, k, "evaluate")] = _evaluate_stage(loop, project, k, model, model_is_dep, data_deps)
-    iterations = range(0, loop.iterations + 1)
-    stages[report_name(run)] = {
-        "cmd": f"python -m selfimprove.stages.report --run-dir {run_dir(run)} --iterations {loop.iterations} "
-               f"--out {run_dir(run)}/metrics.json",
-        "deps": _code(project, "stages.report") + [f"{iteration_dir(run, k)}/metrics.json" for k in iterations]
-                + [f"{iteration_dir(run, k)}/pairs.json" for k in iterations if k > 0]
-                + [f"{iteration_dir(run, k)}/generate.json" for k in iterations if k > 0]
-                + [f"{iteration_dir(run, k)}/judge.json" for k in iterations if k > 0 and judged(loop.per_iteration[k])]
-                + [f"{iteration_dir(run, k)}/metajudge.json" for k in iterations
-                   if k > 0 and meta_judged(loop.per_iteration[k])],
-        "metrics": [{f"{run_dir(run)}/metrics.json": {"cache": False}}],
-    }
-    return _with_adapter_bases(stages, adapter_bases)
+        settings = loop.per_iteration[max(k, 1)]
+        pipeline = ([resolve("stage", name) for name in loop.pipelines[k]] if k
+                    else [stage for stage in stages() if stage.base_iteration])
+        inputs: dict[str, str] = {"model": model}
+        for stage in pipeline:
+            ctx = _context(compilation, loop, k, settings, model, model_is_dep, base, inputs, tracked, stage,
+                           iteration_dir(run, k))
+            node = stage.node(ctx)
+            nodes[stage_name(run, k, stage.name)] = node
+            metrics += [path for entry in node.get("metrics", []) for path in entry]
+            inputs = {**inputs, **ctx.outputs}  # a later stage reads the latest writer of each artifact
+            if "model" in stage.writes:
+                if stage.adapter(settings):  # loading an adapter needs the model it was trained on
+                    adapter_bases[ctx.outputs["model"]] = [model] if model_is_dep else []
+                model, model_is_dep = ctx.outputs["model"], True
+    for stage in stages():
+        if stage.scope == "run":
+            ctx = _context(compilation, loop, loop.iterations, loop.per_iteration[loop.iterations], model,
+                           model_is_dep, base, {}, tracked, stage, run_dir(run))
+            ctx.metrics = list(metrics)
+            nodes[f"{run}-{stage.name}"] = stage.node(ctx)
+    return _with_adapter_bases(nodes, adapter_bases)
 
 
-def train_launcher(settings: dict) -> str:
-    """How the train stage starts. One process: `python`, the command every loop compiled to before
-    multi-process training existed. Otherwise `accelerate launch`: --multi_gpu is its torchrun
-    launcher (on a machine without GPUs the stage's use_cpu makes that gloo processes on the CPU;
-    --cpu would start one process), and a config file (DeepSpeed, FSDP) is passed through unchanged
-    and decides the distributed type itself. `processes` always wins over the file's num_processes,
-    since it sets the global batch (batch_size * grad_accum * processes)."""
-    if settings["processes"] == 1 and not settings["accelerate_config"]:
-        return "python"
-    flags = [f"--num_processes {settings['processes']}"]
-    flags.append(f"--config_file {settings['accelerate_config']}" if settings["accelerate_config"] else "--multi_gpu")
-    if settings["mixed_precision"] != "auto":
-        flags.append(f"--mixed_precision {settings['mixed_precision']}")
-    return "accelerate launch " + " ".join(flags)
+def _context(compilation: _Compilation, loop: Loop, k: int, settings: dict, model: str, model_is_dep: bool,
+             base: tuple[str, bool], inputs: dict, tracked: tuple, stage: Stage, out: str) -> Context:
+    return Context(run=loop.name, k=k, out=out, settings=settings, policy=model, policy_is_dep=model_is_dep,
+                   base=base[0], base_is_dep=base[1], inputs=dict(inputs),
+                   outputs={artifact: f"{out}/{name}" for artifact, name in stage.writes.items()},
+                   tracked=tracked, backend=loop.backend, backend_keys=compilation.backend_keys,
+                   data_keys=compilation.data_keys, data_file=compilation.data_file,
+                   code_keys=compilation.code_keys, file_deps=compilation.file_deps, iterations=loop.iterations,
+                   project=compilation.project)
 
 
 def _with_adapter_bases(stages: dict[str, dict], adapter_bases: dict[str, list[str]]) -> dict[str, dict]:
@@ -206,109 +162,45 @@ def _with_adapter_bases(stages: dict[str, dict], adapter_bases: dict[str, list[s
     return stages
 
 
-def _evaluate_stage(loop: Loop, project: Path, k: int, model: str, model_is_dep: bool, data_deps: list[str]) -> dict:
-    """Evaluation of iteration k. With evaluate.win_rate_size, every iteration writes its greedy outputs
-    and iterations k >= 1 meet iteration 0's, judged by the loop's base model (a fixed judge)."""
-    run, out = loop.name, iteration_dir(loop.name, k)
-    stage = {
-        "cmd": f"python -m selfimprove.stages.evaluate --params params.yaml --run {run} --iteration {k} "
-               f"--model {model} --out {out}/metrics.json",
-        "deps": _code(project, "stages.evaluate")
-                + [d for d in data_deps if d == loop.data["eval"]] + ([model] if model_is_dep else []),
-        "params": [f"{run}.it{k}.evaluate"] + ([f"{run}.it{k}.judge"] if uses_judge(loop) else [])
-                  + _data_params(run, "prompts") + ([f"{run}.model_revision"] if k == 0 else [])
-                  + _backend_params(loop),
-        "metrics": [{f"{out}/metrics.json": {"cache": False}}],
-    }
-    if loop.per_iteration[max(k, 1)]["evaluate"]["win_rate_size"] and uses_judge(loop):
-        stage["cmd"] += f" --outputs {out}/outputs.jsonl"
-        stage["outs"] = [f"{out}/outputs.jsonl"]
-        if k > 0:
-            base, base_is_dep = base_model(loop)
-            base_outputs = f"{iteration_dir(run, 0)}/outputs.jsonl"
-            stage["cmd"] += f" --base-outputs {base_outputs} --win-judge {base}"
-            stage["deps"] += [base_outputs] + ([base] if base_is_dep and base != model else [])
-            if f"{run}.model_revision" not in stage["params"]:
-                stage["params"].append(f"{run}.model_revision")
-    return stage
-
-
-def _judge_stage(loop: Loop, project: Path, k: int, policy: str, policy_is_dep: bool) -> dict:
-    """Judge iteration k's samples with the policy that wrote them (source: self) or another model."""
-    run, out, settings = loop.name, iteration_dir(loop.name, k), loop.per_iteration[k]["judge"]
-    if settings["source"] == "self":
-        judge_model, judge_is_dep = policy, policy_is_dep
-    elif settings["source"] == "openai":  # a server: its endpoint and model name are params
-        judge_model, judge_is_dep = "openai", False
-    else:
-        judge_model, judge_is_dep = settings["source"], Path(project, settings["source"]).is_dir()
-    template = template_path(settings["template"])
-    return {
-        "cmd": f"python -m selfimprove.stages.judge --params params.yaml --run {run} --iteration {k} "
-               f"--model {judge_model} --samples {out}/samples.jsonl --out {out}/judgements.jsonl "
-               f"--stats {out}/judge.json",
-        "deps": _code(project, "stages.judge") + [f"{out}/samples.jsonl"] + ([judge_model] if judge_is_dep else [])
-                + ([_relative(template, project)] if template else []),
-        "params": [f"{run}.it{k}.judge"] + ([f"{run}.model_revision"] if k == 1 else []) + _backend_params(loop),
-        "outs": [f"{out}/judgements.jsonl"],
-        "metrics": [{f"{out}/judge.json": {"cache": False}}],
-    }
-
-
-def _metajudge_stage(loop: Loop, project: Path, k: int, policy: str, policy_is_dep: bool) -> dict:
-    """The policy, as meta-judge, compares its own judgements of iteration k's samples."""
-    run, out = loop.name, iteration_dir(loop.name, k)
-    template = template_path(loop.per_iteration[k]["metajudge"]["template"])
-    return {
-        "cmd": f"python -m selfimprove.stages.metajudge --params params.yaml --run {run} --iteration {k} "
-               f"--model {policy} --judgements {out}/judgements.jsonl --out {out}/judge_pairs.jsonl "
-               f"--stats {out}/metajudge.json",
-        "deps": _code(project, "stages.metajudge") + [f"{out}/judgements.jsonl"] + ([policy] if policy_is_dep else [])
-                + ([_relative(template, project)] if template else []),
-        "params": [f"{run}.it{k}.metajudge", f"{run}.it{k}.judge"] + ([f"{run}.model_revision"] if k == 1 else [])
-                  + _backend_params(loop),
-        "outs": [f"{out}/judge_pairs.jsonl"],
-        "metrics": [{f"{out}/metajudge.json": {"cache": False}}],
-    }
-
-
 def _relative(path: Path, project: Path) -> str:
     try:
         return str(path.resolve().relative_to(project.resolve()))
     except ValueError:
-        return str(path.resolve())
+        return str(path)
 
 
 def report_name(run: str) -> str:
     return f"{run}-report"
 
 
-def bootstrap_stage(loop: Loop, project: Path) -> dict[str, dict]:
-    local = builtin_dir(loop.model)
-    if not local or loop.start_from:
+def bootstrap_stage(loop: Loop, project: Path, compilation: _Compilation | None = None) -> dict[str, dict]:
+    """The node that builds the loop's builtin model, if it starts from one."""
+    found = builtin(loop.model)
+    if not found or loop.start_from:
         return {}
-    name = loop.model.split(":", 1)[1]
-    builder = "convert" if name in BUILTIN_GGUF else "bootstrap"
-    return {f"bootstrap-{name}": {
-        "cmd": f"python -m selfimprove.stages.{builder} --params params.yaml --section builtin.{name} --out {local}",
-        "deps": _code(project, f"stages.{builder}"),
-        "params": [f"builtin.{name}"],
-        "outs": [local],
+    compilation = compilation or _Compilation(loop, project)
+    units = [found.builder] + [module_of(kind, name) for kind, name in found.plugins(loop.bootstrap)]
+    return {f"bootstrap-{found.name}": {
+        "cmd": f"python -m {found.builder} --params params.yaml --section builtin.{found.name} --out {found.directory}",
+        "deps": [],
+        "params": [f"builtin.{found.name}"] + compilation.record(units),
+        "outs": [found.directory],
     }}
 
 
 def compile_loop(loop: Loop, project: Path, existing_stages: dict | None = None,
                  existing_params: dict | None = None) -> tuple[dict, dict]:
     """(dvc.yaml content, params.yaml content) with this loop's stages replacing its old ones."""
+    compilation = _Compilation(loop, project)
     stages = {name: stage for name, stage in (existing_stages or {}).items() if not _belongs_to(name, loop.name)}
-    stages.update(bootstrap_stage(loop, project))
-    stages.update(compile_stages(loop, project))
+    stages.update(bootstrap_stage(loop, project, compilation))
+    stages.update(compile_stages(loop, project, compilation))
     params = dict(existing_params or {})
     params[loop.name] = resolved_params(loop)
-    local = builtin_dir(loop.model)
-    if local and not loop.start_from:
-        name = loop.model.split(":", 1)[1]
-        params.setdefault("builtin", {})[name] = dict(BUILTIN_GGUF.get(name) or loop.bootstrap)
+    found = builtin(loop.model)
+    if found and not loop.start_from:
+        params.setdefault("builtin", {})[found.name] = dict(loop.bootstrap)
+    params["code"] = {**(params.get("code") or {}), **compilation.code}
     return {"stages": stages}, params
 
 
@@ -337,4 +229,3 @@ def write(project: Path, loop: Loop) -> list[str]:
 def _write_if_changed(path: Path, text: str) -> None:
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
-

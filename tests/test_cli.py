@@ -51,7 +51,7 @@ def test_run_with_a_missing_loop_file_is_one_line(tmp_path):
 def workspace(tmp_path, monkeypatch):
     """A project with a compiled 2-iteration loop and metrics as the stages would have written them."""
     from selfimprove import compiler
-    from selfimprove.config import load_loop
+    from selfimprove.loopfile import load_loop
     from selfimprove.runner import ensure_dvc
 
     (tmp_path / "loop.yaml").write_text((ROOT / "loops/scpo.yaml").read_text().replace("iterations: 3", "iterations: 2"))

@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 
 from selfimprove import compiler
-from selfimprove.config import load_loop
+from selfimprove.loopfile import load_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -14,8 +14,12 @@ def test_repository_dvc_yaml_is_the_compiled_default_loop():
     document, params = compiler.compile_loop(load_loop(ROOT / "loops/scpo.yaml"), ROOT)
     assert yaml.safe_load((ROOT / "dvc.yaml").read_text()) == document, \
         "dvc.yaml is stale: run `selfimprove compile loops/scpo.yaml` in the repository root"
-    assert yaml.safe_load((ROOT / "params.yaml").read_text()) == params, \
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # The code fingerprints are those of the code the committed dvc.lock was run with; their keys must
+    # be the compiled ones.
+    assert {k: v for k, v in committed.items() if k != "code"} == {k: v for k, v in params.items() if k != "code"}, \
         "params.yaml is stale: run `selfimprove compile loops/scpo.yaml` in the repository root"
+    assert set(committed["code"]) == set(params["code"])
 
 
 def test_stage_order_and_dependencies_chain_the_iterations():
@@ -26,7 +30,8 @@ def test_stage_order_and_dependencies_chain_the_iterations():
     assert {f"runs/scpo/it{k}/metrics.json" for k in range(4)} <= set(stages["scpo-report"]["deps"])
     assert "runs/scpo/it1/model" in stages["scpo-it2-generate"]["deps"]
     assert "runs/scpo/it2/model" in stages["scpo-it3-train"]["deps"]
-    assert "selfimprove/stages/train.py" in stages["scpo-it3-train"]["deps"]
+    assert "code.stages-train" in stages["scpo-it3-train"]["params"]
+    assert not any(dep.startswith(("selfimprove/", "/")) for stage in stages.values() for dep in stage["deps"])
 
 
 def test_evaluate_settings_are_tracked_only_by_evaluate_stages():
@@ -48,12 +53,20 @@ def test_recompiling_replaces_only_this_runs_stages(tmp_path):
     assert "scpo-it3-evaluate" not in document["stages"] and "scpo-it2-evaluate" in document["stages"]
 
 
-def test_code_deps_follow_imports_including_lazy_ones():
-    document, _ = compiler.compile_loop(load_loop(ROOT / "loops/scpo.yaml"), ROOT)
-    train_deps = document["stages"]["scpo-it1-train"]["deps"]
-    assert "selfimprove/weighted_dpo.py" in train_deps  # imported inside a function of stages/train.py
-    assert "selfimprove/sampling.py" not in train_deps  # training does not sample: editing it keeps train cached
-    assert "selfimprove/answers.py" in document["stages"]["scpo-it1-vote"]["deps"]
+def test_code_fingerprints_follow_imports_including_lazy_ones():
+    from selfimprove.fingerprint import imported_modules
+
+    train = imported_modules("selfimprove.stages.train")
+    assert "selfimprove.weighted_dpo" in train  # imported inside a function of stages/train.py
+    assert "selfimprove.sampling" not in train  # training does not sample: editing it keeps train cached
+    assert "selfimprove.answers" in imported_modules("selfimprove.stages.vote")
+    # Modules that only declare or name things are not code of any stage.
+    assert not {"selfimprove.registry", "selfimprove.stage", "selfimprove.validation"} & train
+    document, params = compiler.compile_loop(load_loop(ROOT / "loops/scpo.yaml"), ROOT)
+    generate = document["stages"]["scpo-it1-generate"]["params"]
+    assert {"code.stages-generate", "code.backends-hf"} <= set(generate)  # the backend the loop uses
+    assert "code.rules-votes" in document["stages"]["scpo-it1-pairs"]["params"]  # the rule the loop uses
+    assert set(params["code"]) >= {"stages-generate", "backends-hf", "rules-votes", "stages-bootstrap", "tinyarith"}
 
 
 def test_judge_loops_judge_instead_of_voting_and_track_the_judge(tmp_path):
@@ -66,6 +79,7 @@ def test_judge_loops_judge_instead_of_voting_and_track_the_judge(tmp_path):
     assert "self_rewarding-it1-vote" not in stages and "bootstrap-tiny-arith-judge" in stages
     judge = stages["self_rewarding-it2-judge"]
     assert "--model judges/big" in judge["cmd"] and "judges/big" in judge["deps"]  # another local model judges
+    assert "code.prompts-additive-txt" not in judge["params"]  # a user's template is a file dependency
     assert "my_judge.txt" in judge["deps"] and "runs/self_rewarding/it2/samples.jsonl" in judge["deps"]
     assert "--scored runs/self_rewarding/it2/judgements.jsonl" in stages["self_rewarding-it2-pairs"]["cmd"]
     assert "runs/self_rewarding/it3/judge.json" in stages["self_rewarding-report"]["deps"]

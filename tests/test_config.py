@@ -2,7 +2,7 @@
 
 import pytest
 
-from selfimprove.config import load_loop, resolved_params
+from selfimprove.loopfile import load_loop, resolved_params
 from selfimprove.errors import UserError
 
 GOOD = """\

@@ -57,7 +57,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 def test_builtin_smollm2_is_converted_from_the_packaged_gguf_not_bootstrapped():
     from selfimprove import compiler
-    from selfimprove.config import load_loop
+    from selfimprove.loopfile import load_loop
 
     loop = load_loop(ROOT / "loops/self_rewarding.yaml", ["model=builtin:smollm2-135m"])
     document, params = compiler.compile_loop(loop, ROOT)

@@ -8,13 +8,12 @@ import pytest
 from selfimprove import judging
 from selfimprove.backends.hf import HFBackend, continuation_tokens
 from selfimprove.errors import UserError
-from selfimprove.schema import defaults
-from selfimprove.settings import STAGE_SETTINGS
+from selfimprove.registry import stage_defaults
 from selfimprove.stages.evaluate import length_stats, win_rate
 from selfimprove.stages.judge import judge
 
-JUDGE = defaults(STAGE_SETTINGS["judge"])
-EVALUATE = defaults(STAGE_SETTINGS["evaluate"])
+JUDGE = stage_defaults("judge")
+EVALUATE = stage_defaults("evaluate")
 
 
 class ScriptedProbabilities:
@@ -156,7 +155,7 @@ def test_metajudge_in_expected_mode_takes_the_likelier_letter(tmp_path):
     record = {"id": 0, "prompt": "P", "question": "q", "gold": None, "responses": ["r"], "unsplittable": [False],
               "judgements": [["says five", "says one"]], "scores": [[5.0, 1.0]], "mean_scores": [3.0],
               "correct": [None], "completions": ["r"]}
-    settings = defaults(STAGE_SETTINGS["metajudge"]) | {"mode": "expected"}
+    settings = stage_defaults("metajudge") | {"mode": "expected"}
     backend = ScriptedProbabilities([[0.7, 0.2], [0.3, 0.6]])  # prefers "says five" in both orders
     pairs, stats = metajudge(settings, dict(JUDGE, template="additive"), [record], "m", tmp_path / "jp.jsonl",
                              backend=backend)
@@ -167,7 +166,7 @@ def test_metajudge_in_expected_mode_takes_the_likelier_letter(tmp_path):
 
 
 def test_loop_file_checks_of_judge_modes(tmp_path):
-    from selfimprove.config import load_loop
+    from selfimprove.loopfile import load_loop
 
     loop = tmp_path / "loop.yaml"
     loop.write_text("name: t\nmodel: builtin:tiny-arith-judge\n"
@@ -185,7 +184,7 @@ def test_win_rate_compiles_to_outputs_and_a_fixed_judge(tmp_path):
     from pathlib import Path
 
     from selfimprove import compiler
-    from selfimprove.config import load_loop
+    from selfimprove.loopfile import load_loop
 
     root = Path(__file__).resolve().parent.parent
     document, _ = compiler.compile_loop(load_loop(root / "examples/smollm2/self_rewarding.yaml"), root)

@@ -5,15 +5,15 @@ import random
 import pytest
 
 from selfimprove import judging, tinyarith
-from selfimprove.schema import defaults
-from selfimprove.settings import STAGE_SETTINGS
+from selfimprove.registry import stage_defaults
 from selfimprove.errors import UserError
 from selfimprove.stages.evaluate import thinking
 from selfimprove.stages.judge import judge
-from selfimprove.stages.pairs import build_pairs, judged_pair
+from selfimprove.rules.scored import judged_pair
+from selfimprove.stages.pairs import build_pairs
 
-JUDGE = defaults(STAGE_SETTINGS["judge"])
-PAIRS = defaults(STAGE_SETTINGS["pairs"])
+JUDGE = stage_defaults("judge")
+PAIRS = stage_defaults("pairs")
 
 
 class ScriptedJudge:
@@ -199,7 +199,7 @@ def test_elo_orders_judgements_by_weighted_wins():
 
 
 def test_parse_winner_reads_the_last_verdict_and_refuses_ties():
-    pattern = STAGE_SETTINGS["metajudge"]["winner_pattern"][1]
+    pattern = stage_defaults("metajudge")["winner_pattern"]
     assert judging.parse_winner("A seems fine... Winner: B", pattern) == "B"
     assert judging.parse_winner("Winner: tie", pattern) is None and judging.parse_winner("", pattern) is None
 
@@ -215,7 +215,7 @@ def test_metajudge_compares_the_most_uncertain_responses_judgements_in_both_orde
 
     record = judged_record([[5, 5, 5], [5, 1, 1], [1, None, 5]])
     assert most_uncertain(record) == 2  # scores 1 and 5: variance 4 (the failed judgement is ignored)
-    settings = defaults(STAGE_SETTINGS["metajudge"])
+    settings = stage_defaults("metajudge")
     settings["template"] = "tiny-arith-meta"
     # The scripted meta-judge always prefers the judgement that says 5: "Winner: A" when A says 5.
     seen = []
@@ -238,7 +238,7 @@ def test_metajudge_compares_the_most_uncertain_responses_judgements_in_both_orde
 def test_unanimous_judgements_give_no_judge_pair(tmp_path):
     from selfimprove.stages.metajudge import metajudge
 
-    settings = defaults(STAGE_SETTINGS["metajudge"]) | {"template": "tiny-arith-meta"}
+    settings = stage_defaults("metajudge") | {"template": "tiny-arith-meta"}
     pairs, stats = metajudge(settings, JUDGE | {"template": "tiny-arith"}, [judged_record([[5, 5], [1, 1]])], "m",
                              tmp_path / "jp.jsonl", generate_verdicts=lambda prompts, i, done: [])
     assert pairs == [] and stats["meta_battles"] == 0

@@ -10,15 +10,14 @@ import pytest
 import torch
 
 from selfimprove import models
-from selfimprove.schema import defaults
-from selfimprove.settings import STAGE_SETTINGS
+from selfimprove.registry import stage_defaults
 from selfimprove.stages.train import train
 
 PAIRS = [{"prompt": f"{a}+{a}=", "chosen": f" #### {2 * a}", "rejected": f" #### {2 * a + 1}"} for a in range(10, 22)]
 
 
 def lora_settings(**changes) -> dict:
-    settings = defaults(STAGE_SETTINGS["train"])
+    settings = stage_defaults("train")
     settings.update(lr=1e-2, batch_size=4, max_length=32, lora_r=4, **changes)
     return settings
 

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.config import load_loop, resolved_params
+from selfimprove.loopfile import load_loop, resolved_params
 from selfimprove.errors import UserError
 from selfimprove.openai_api import Endpoint
-from selfimprove.schema import defaults
-from selfimprove.settings import STAGE_SETTINGS
+from selfimprove.registry import stage_defaults
 from selfimprove.stages.judge import judge
 
 KEY = "sk-test-0123456789-secret"
@@ -46,7 +45,7 @@ def test_a_rejected_key_fails_at_once_and_a_dead_server_after_the_retries(server
 def test_judge_stage_through_an_endpoint_never_persists_the_key(server_with, monkeypatch, tmp_path):
     monkeypatch.setenv("JUDGE_KEY", KEY)
     server = server_with([503])
-    settings = defaults(STAGE_SETTINGS["judge"])
+    settings = stage_defaults("judge")
     settings.update(source="openai", endpoint=server.url, api_model="judge-model", api_key_env="JUDGE_KEY", n=2,
                     max_retries=2, timeout=5.0)
     rows = [{"id": 0, "prompt": "Q", "question": "What is 2+2?", "gold": "4", "sample": j, "extra": False,

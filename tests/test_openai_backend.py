@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selfimprove.config import load_loop, resolved_params
+from selfimprove.loopfile import load_loop, resolved_params
 from selfimprove.errors import UserError
 from selfimprove.stages import generate
 

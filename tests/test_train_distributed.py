@@ -12,15 +12,14 @@ import sys
 import torch
 import yaml
 
-from selfimprove.compiler import train_launcher
-from selfimprove.schema import defaults
-from selfimprove.settings import STAGE_SETTINGS
+from selfimprove.stages.train import launcher as train_launcher
+from selfimprove.registry import stage_defaults
 from selfimprove.untrained import save_untrained
 
 
 def test_two_cpu_processes_train_one_model_that_the_next_stage_loads(tmp_path):
     save_untrained(tmp_path / "base")
-    settings = defaults(STAGE_SETTINGS["train"])
+    settings = stage_defaults("train")
     settings.update(processes=2, batch_size=2, max_length=32, lr=1e-2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"t": {"model": "base", "model_revision": None,
                                                                 "it1": {"train": settings}}}))

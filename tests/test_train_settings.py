@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selfimprove import compiler, config
-from selfimprove.config import load_loop
+from selfimprove import compiler, loopfile
+from selfimprove.loopfile import load_loop
 from selfimprove.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,13 +73,15 @@ def test_bad_train_settings_are_reported_with_line_key_and_fix(tmp_path, monkeyp
     path = tmp_path / "loop.yaml"
     path.write_text(LOOP.replace("{batch_size: 4}", "{processes: 0, mixed_precision: fp32, accelerate_config: "
                                                      "ds.yaml, lora_r: 8, lora_dropout: 1.5}"))
-    monkeypatch.setattr(config, "_peft_installed", lambda: False)
+    from selfimprove.stages import train as train_stage
+
+    monkeypatch.setattr(train_stage, "_peft_installed", lambda: False)
     with pytest.raises(UserError) as info:
         load_loop(path)
     lines = info.value.lines
     assert f"{path}:6: stages.train.mixed_precision: 'fp32' is not one of: auto, no, fp16, bf16" in lines
     assert f"{path}:6: stages.train.processes: 0 must be >= 1 (one per GPU; 1 runs without accelerate launch)" in lines
     assert any(line.startswith(f"{path}:6: stages.train.accelerate_config: 'ds.yaml' is not a file") for line in lines)
-    assert (f"{path}:6: stages.train.lora_r: 8 needs peft: pip install 'selfimprove[lora]', or set lora_r: 0 for "
-            "full fine-tuning") in lines
+    assert (f"{path}:6: stages.train.lora_r: 8 must be 0 (full fine-tuning) or a rank > 0 with peft installed: "
+            "pip install 'selfimprove[lora]'") in lines
     assert any("stages.train.lora_dropout: 1.5 is a probability" in line for line in lines)

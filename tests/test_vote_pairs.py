@@ -3,13 +3,13 @@
 import random
 from pathlib import Path
 
-from selfimprove.schema import defaults
-from selfimprove.settings import STAGE_SETTINGS
-from selfimprove.stages.pairs import build_pairs, gold_pairs, scpo_pair
+from selfimprove.registry import stage_defaults
+from selfimprove.rules.votes import gold_pairs, scpo_pair
+from selfimprove.stages.pairs import build_pairs
 from selfimprove.stages.vote import vote
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULTS = defaults(STAGE_SETTINGS["pairs"])
+DEFAULTS = stage_defaults("pairs")
 
 
 def settings(**overrides):
@@ -71,7 +71,7 @@ def test_extra_samples_never_vote_but_supply_the_rejected_answer():
 
 
 def test_tau_schedule_from_the_loop_file_reaches_the_pairs(tmp_path):
-    from selfimprove.config import load_loop
+    from selfimprove.loopfile import load_loop
 
     loop = load_loop(ROOT / "loops/scpo.yaml")
     taus = [loop.per_iteration[k]["pairs"]["min_votes"] for k in (1, 2, 3)]

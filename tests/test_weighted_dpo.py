@@ -40,10 +40,9 @@ def test_trainer_carries_weights_to_the_loss(tmp_path):
     save_untrained(tmp_path / "base")
     pairs = [{"prompt": f"{a}+{a}=", "chosen": f" #### {2 * a}", "rejected": f" #### {2 * a + 1}", "weight": 0.0}
              for a in range(10, 18)]
-    from selfimprove.schema import defaults
-    from selfimprove.settings import STAGE_SETTINGS
+    from selfimprove.registry import stage_defaults
 
-    settings = defaults(STAGE_SETTINGS["train"])
+    settings = stage_defaults("train")
     settings.update(lr=1e-2, batch_size=4, max_length=32, save_steps=100)
     train(settings, pairs, str(tmp_path / "base"), tmp_path / "zero")
     train(settings, [dict(p, weight=1.0) for p in pairs], str(tmp_path / "base"), tmp_path / "one")

@@ -20,37 +20,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfimprove.settings import BACKENDS, OPENAI_SETTINGS, VLLM_SETTINGS
-
 
 def open_backend(run: dict, model_ref: str, revision: str | None = None, scratch: str | Path | None = None):
-    """The backend the loop names (run["backend"], default hf) for the model at model_ref, with its
-    section (run["vllm"] / run["openai"]). scratch is the stage's scratch area (selfimprove.shards), where
-    the OpenAI backend keeps its response cache and vLLM a LoRA adapter's merged model. Models load on first use, so a stage whose shards are
+    """The backend the loop names (run["backend"], default hf; selfimprove.registry.BACKENDS) for the
+    model at model_ref, with its section (run["vllm"] / run["openai"]) over the backend's defaults.
+    scratch is the stage's scratch area (selfimprove.shards), where the OpenAI backend keeps its response
+    cache and vLLM a LoRA adapter's merged model. Models load on first use, so a stage whose shards are
     all reused from an interrupted run never loads one."""
-    name = run.get("backend", "hf")
-    chat = bool(run.get("chat_template", False))
-    if name == "hf":
-        from selfimprove.backends.hf import HFBackend
-
-        return HFBackend(model_ref, revision, chat_template=chat)
-    if name == "vllm":
-        from selfimprove.backends.vllm import VLLMBackend
-
-        return VLLMBackend(model_ref, revision, _section(run, "vllm", VLLM_SETTINGS), chat_template=chat,
-                           scratch=Path(scratch) / "merged" if scratch else None)
-    if name == "openai":
-        from selfimprove.backends.openai import OpenAIBackend
-
-        cache = Path(scratch) / "requests" if scratch else None
-        return OpenAIBackend(model_ref, _section(run, "openai", OPENAI_SETTINGS), chat_template=chat, cache_dir=cache)
     from selfimprove.errors import UserError
+    from selfimprove.registry import UnknownName, resolve
 
-    raise UserError(f"backend: unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-
-
-def _section(run: dict, name: str, schema: dict) -> dict:
-    return {**{key: default for key, (_, default) in schema.items()}, **(run.get(name) or {})}
+    name = run.get("backend", "hf")
+    try:
+        backend = resolve("backend", name)
+    except UnknownName as error:
+        raise UserError(f"backend: {error}") from None
+    section = {**{key: s.default for key, s in backend.SETTINGS.items()}, **(run.get(name) or {})}
+    return backend.open(model_ref, revision, section, bool(run.get("chat_template", False)), scratch)
 
 
 def chat_prompts(tokenizer, prompts: list[str]) -> list[str]:

@@ -1,38 +1,36 @@
-"""The loop file's backend keys: `backend`, `chat_template` and the `vllm:` / `openai:` sections,
-checked (selfimprove.schema) and turned into the params the sampling stages track."""
+"""The loop file's backend keys: `backend`, `chat_template` and each backend's section (`vllm:`,
+`openai:`), checked against the settings the backends declare and turned into the params the sampling
+stages track."""
 
 from __future__ import annotations
 
 import copy
 import re
 
-from selfimprove.schema import Problems, check_section, defaults
-from selfimprove.settings import BACKENDS, OPENAI_SETTINGS, VLLM_SETTINGS
-
-BACKEND_SETTINGS = {"vllm": VLLM_SETTINGS, "openai": OPENAI_SETTINGS}
+from selfimprove.registry import BACKENDS, resolve, suggestion
+from selfimprove.validation import Problems, check_section, check_values, defaults
 
 
-def check_backend(raw: dict, reads_probabilities: bool, problems: Problems) -> tuple[str, bool, dict]:
-    """(backend, chat_template, the chosen backend's resolved section). Both sections are checked even
-    when the other backend is chosen, so a loop can keep them and switch with the one key."""
+def check_backend(raw: dict, problems: Problems) -> tuple[str, bool, dict]:
+    """(backend, chat_template, the chosen backend's resolved section). Every backend's section is checked
+    even when another backend is chosen, so a loop can keep them and switch with the one key."""
     backend = raw.get("backend", "hf")
     if backend not in BACKENDS:
-        problems.add(("backend",), f"{backend!r} is not one of: {', '.join(BACKENDS)}; e.g. backend: vllm")
+        problems.add(("backend",), f"{backend!r} is not a backend; {suggestion(backend, BACKENDS)} (e.g. backend: vllm)")
     chat_template = raw.get("chat_template", False)
     if not isinstance(chat_template, bool):
         problems.add(("chat_template",), f"expected true or false, got {chat_template!r}")
         chat_template = False
     sections = {}
-    for name, schema in BACKEND_SETTINGS.items():
+    for name in BACKENDS:
+        settings = resolve("backend", name).SETTINGS
+        if not settings:
+            continue
         values = raw.get(name) or {}
         if isinstance(values, dict) and isinstance(values.get("endpoints"), str):
             values = {**values, "endpoints": [values["endpoints"]]}  # --set openai.endpoints=URL: one endpoint
-        sections[name] = {**defaults(schema), **check_section(values, schema, (name,), problems)}
-    for key in ("tensor_parallel_size", "data_parallel_size"):
-        if sections["vllm"][key] < 1:
-            problems.add(("vllm", key), f"{sections['vllm'][key]!r} must be >= 1")
-    if not 0 < sections["vllm"]["gpu_memory_utilization"] <= 1:
-        problems.add(("vllm", "gpu_memory_utilization"), "is a share of GPU memory; use a value in (0, 1], e.g. 0.9")
+        sections[name] = {**defaults(settings), **check_section(values, settings, (name,), problems)}
+        check_values(sections[name], settings, (name,), problems, set())
     openai = sections["openai"]
     if any(not isinstance(url, str) or not re.match(r"https?://", url) for url in openai["endpoints"]):
         problems.add(("openai", "endpoints"), "must be base URLs, e.g. endpoints: [http://localhost:8000/v1]")
@@ -40,14 +38,6 @@ def check_backend(raw: dict, reads_probabilities: bool, problems: Problems) -> t
         problems.add(("backend",), "openai needs openai.endpoints, the servers' base URLs; e.g. "
                      "openai: {endpoints: [http://localhost:8000/v1]}")
     check_key_env(openai["api_key_env"], ("openai", "api_key_env"), problems)
-    if reads_probabilities:  # some iteration reads a judge's token probabilities
-        if backend == "openai":
-            problems.add(("backend",), "openai cannot read token probabilities, which judge.mode expected / "
-                         "generate_then_expected and metajudge.mode expected need; use mode generate, or backend hf or vllm")
-        if chat_template:
-            problems.add(("chat_template",), "probability read-outs (judge.mode expected, generate_then_expected, "
-                         "metajudge.mode expected) extend the raw prompt; set chat_template: false and put the chat "
-                         "format in judge.prompt_template and data.prompt_template")
     return backend, chat_template, sections.get(backend, {})
 
 
@@ -71,14 +61,7 @@ def backend_params(loop) -> dict:
 
 def tracked_keys(loop) -> list[str]:
     """The backend params (relative to the run's section) that sampling stages depend on: changing them
-    re-runs those stages. An endpoint's address, concurrency, timeouts and prices change how requests
-    travel, not what comes back, so an OpenAI run tracks only the model name it asks for."""
-    params = backend_params(loop)
-    if not params:
+    re-runs those stages; which of its section's keys count is the backend's to say (TRACKED)."""
+    if not backend_params(loop):
         return []
-    keys = ["backend", "chat_template"]
-    if loop.backend == "vllm":
-        keys.append("vllm")
-    elif loop.backend == "openai":
-        keys.append("openai.api_model")
-    return keys
+    return ["backend", "chat_template"] + list(resolve("backend", loop.backend).TRACKED)

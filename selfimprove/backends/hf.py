@@ -5,6 +5,13 @@ from __future__ import annotations
 
 
 class HFBackend:
+    SETTINGS: dict = {}  # no section: the model runs in this process
+    TRACKED = ()
+
+    @classmethod
+    def open(cls, model_ref: str, revision: str | None, settings: dict, chat_template: bool, scratch):
+        return cls(model_ref, revision, chat_template=chat_template)
+
     def __init__(self, model_ref: str, revision: str | None = None, chat_template: bool = False):
         self.model_ref, self.revision, self.chat_template = model_ref, revision, chat_template
         self._model = self._tokenizer = None

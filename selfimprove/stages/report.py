@@ -1,47 +1,61 @@
 """Collect a run's per-iteration metrics into one file, the run's last stage.
 
-    python -m selfimprove.stages.report --run-dir runs/scpo --iterations 3 --out runs/scpo/metrics.json
+    python -m selfimprove.stages.report --params params.yaml --run scpo --iteration 3 \
+        --out runs/scpo/metrics.json runs/scpo/it0/metrics.json runs/scpo/it1/generate.json ...
 
-Writes {"it0": {...}, "it1": {...}, ...} with each iteration's evaluation and pair statistics, so that
-`dvc metrics show` lists a whole run. It is also the one target `selfimprove run` hands to `dvc repro`:
-DVC then checks the run's stages once, instead of once per target (a no-op rerun in about 3 s, not 12).
+Writes {"it0": {...}, "it1": {...}, ...}: each iteration's metrics files (evaluation, generation, pair,
+judge, reward, filter figures: whatever its stages wrote), merged, so that `dvc metrics show` lists a
+whole run. It reads exactly the files on its command line, its DVC dependencies. It is also the one
+target `selfimprove run` hands to `dvc repro`: DVC then checks the run's stages once, instead of once per
+target (a no-op rerun in about 3 s, not 12).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from selfimprove.stages._io import stage_main, write_json
+from selfimprove.stage import Context, Stage, declaration
+from selfimprove.stages._io import iteration_stage_parser, stage_main, write_json
 
 
-def iteration_figures(iteration_dir: Path) -> dict:
-    """One iteration's evaluation (metrics.json), generation figures (generate.json: samples, time, tokens
-    and cost where a backend reports them), pair statistics (pairs.json), judge health (judge.json) and
-    meta-judge statistics (metajudge.json), merged; {} if none exists."""
+def iteration_figures(iteration_dir: Path, names: list[str] | None = None) -> dict:
+    """One iteration's metrics files merged (all of its *.json where names is None); {} if none."""
+    paths = sorted(iteration_dir.glob("*.json")) if names is None else [iteration_dir / n for n in names]
     figures = {}
-    for name in ("metrics.json", "generate.json", "pairs.json", "judge.json", "metajudge.json"):
-        path = iteration_dir / name
+    for path in paths:
         if path.exists():
             figures.update(json.loads(path.read_text()))
     return figures
 
 
-def collect(run_dir: str | Path, iterations: int) -> dict:
-    return {f"it{k}": iteration_figures(Path(run_dir) / f"it{k}") for k in range(iterations + 1)}
+def collect(files: list[str], iterations: int) -> dict:
+    """{"itK": merged figures} from metrics files named runs/<run>/itK/<name>.json."""
+    report = {f"it{k}": {} for k in range(iterations + 1)}
+    for path in map(Path, files):
+        if path.exists():
+            report.setdefault(path.parent.name, {}).update(json.loads(path.read_text()))
+    return report
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--iterations", type=int, required=True)
-    parser.add_argument("--out", required=True)
+    parser = iteration_stage_parser(__doc__, "out")
+    parser.add_argument("metrics", nargs="*", help="the run's metrics files")
     args = parser.parse_args(argv)
-    report = collect(args.run_dir, args.iterations)
+    report = collect(args.metrics, args.iteration)
     write_json(args.out, report)
-    last = report[f"it{args.iterations}"]
-    print(f"report: {args.iterations} iteration(s); last accuracy {last.get('accuracy', float('nan')):.3f}")
+    last = report[f"it{args.iteration}"]
+    print(f"report: {args.iteration} iteration(s); last accuracy {last.get('accuracy', float('nan')):.3f}")
+
+
+@declaration
+def node(ctx: Context) -> dict:
+    out = ctx.outputs["report"]
+    return ctx.node(STAGE, cmd=ctx.command(STAGE, out=out) + "".join(f" {path}" for path in ctx.metrics),
+                    deps=list(ctx.metrics), metrics=[out])
+
+
+STAGE = Stage("report", {}, node=node, writes={"report": "metrics.json"}, scope="run")
 
 
 if __name__ == "__main__":

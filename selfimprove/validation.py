@@ -1,6 +1,6 @@
-"""Schema checking with line numbers: a loop file's sections checked against the tables in
-selfimprove.settings, every problem collected with the file line of its key, then raised together.
-Generic: nothing here knows what a loop is (selfimprove.config does).
+"""Checking settings with line numbers: a loop file's sections checked against the settings their stages
+declare (selfimprove.stage.Setting), every problem collected with the file line of its key, then raised
+together. Generic: nothing here knows what a loop is (selfimprove.loopfile does).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from typing import Any
 
 import yaml
 
-from selfimprove.settings import CHOICES
 
 
 class Problems:
@@ -69,26 +68,39 @@ def coerce(value: Any, kind: type) -> Any:
     raise ValueError
 
 
-def check_section(values: Any, schema: dict, path: tuple, problems: Problems, stage: str | None = None) -> dict:
+def check_section(values: Any, settings: dict, path: tuple, problems: Problems) -> dict:
+    """The values of one section, coerced to their settings' types; unknown keys, wrong types and
+    values outside the choices are problems."""
     if not isinstance(values, dict):
         problems.add(path, f"must be a mapping of settings, got {type(values).__name__}")
         return {}
     checked = {}
     for key, value in values.items():
-        if key not in schema:
-            problems.add(path + (key,), did_you_mean(key, schema))
+        if key not in settings:
+            problems.add(path + (key,), did_you_mean(key, settings))
             continue
-        kind = schema[key][0]
+        setting = settings[key]
         try:
-            checked[key] = coerce(value, kind)
+            checked[key] = coerce(value, setting.type)
         except (ValueError, TypeError):
-            problems.add(path + (key,), f"expected {kind.__name__}, got {value!r}; write e.g. {key}: {schema[key][1]!r}")
+            problems.add(path + (key,), f"expected {setting.type.__name__}, got {value!r}; "
+                                        f"write e.g. {key}: {setting.default!r}")
             continue
-        choices = CHOICES.get((stage, key))
-        if choices and checked[key] not in choices:
-            problems.add(path + (key,), f"{checked[key]!r} is not one of: {', '.join(choices)}")
+        if setting.choices and checked[key] not in setting.choices:
+            problems.add(path + (key,), f"{checked[key]!r} is not one of: {', '.join(map(str, setting.choices))}")
     return checked
 
 
-def defaults(schema: dict) -> dict:
-    return {key: default for key, (_, default) in schema.items()}
+def check_values(values: dict, settings: dict, path: tuple, problems: Problems, seen: set) -> None:
+    """Range checks on resolved values (defaults and overrides merged); each key reported once, not
+    once per iteration (seen holds the paths already reported)."""
+    for key, setting in settings.items():
+        if setting.check is None or path + (key,) in seen or key not in values:
+            continue
+        if not setting.check(values[key]):
+            seen.add(path + (key,))
+            problems.add(path + (key,), f"{values[key]!r} {setting.fix}")
+
+
+def defaults(settings: dict) -> dict:
+    return {key: setting.default for key, setting in settings.items()}

@@ -1,0 +1,95 @@
+"""Small explicit registries: name -> "module:attr", resolved on use, with "did you mean" on a miss.
+
+A new stage, pair rule, reward rule, backend or builtin is one entry here plus its own module; nothing
+else changes. The order of STAGES is the order of a derived pipeline (a loop without `pipeline:`).
+This module only names things: it is not part of any stage's code fingerprint, so adding an entry
+re-runs nothing (the entries a stage uses are fingerprinted one by one, see selfimprove.fingerprint).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+
+STAGES = {
+    "generate": "selfimprove.stages.generate:STAGE",
+    "vote": "selfimprove.stages.vote:STAGE",
+    "judge": "selfimprove.stages.judge:STAGE",
+    "metajudge": "selfimprove.stages.metajudge:STAGE",
+    "pairs": "selfimprove.stages.pairs:STAGE",
+    "train": "selfimprove.stages.train:STAGE",
+    "evaluate": "selfimprove.stages.evaluate:STAGE",
+    "report": "selfimprove.stages.report:STAGE",
+}
+
+# Pair rules: (records of a scorer, settings of the pairs stage, rng) -> (pairs, statistics).
+PAIR_RULES = {
+    "most_vs_least_voted": "selfimprove.rules.votes:most_vs_least_voted",
+    "gold": "selfimprove.rules.votes:gold",
+    "semi_supervised": "selfimprove.rules.votes:semi_supervised",
+    "best_vs_worst": "selfimprove.rules.scored:best_vs_worst",
+    "length_controlled": "selfimprove.rules.scored:length_controlled",
+    "length_band": "selfimprove.rules.scored:length_band",
+}
+
+BACKENDS = {
+    "hf": "selfimprove.backends.hf:HFBackend",
+    "vllm": "selfimprove.backends.vllm:VLLMBackend",
+    "openai": "selfimprove.backends.openai:OpenAIBackend",
+}
+
+# Builtin models (`model: builtin:<name>`): built in the project by a builder stage, never downloaded.
+BUILTIN_MODELS = {
+    "tiny-arith": "selfimprove.stages.bootstrap:TINY_ARITH",
+    "tiny-arith-judge": "selfimprove.stages.bootstrap:TINY_ARITH_JUDGE",
+    "smollm2-135m": "selfimprove.stages.convert:SMOLLM2",
+}
+
+# Builtin tasks (`data.prompts: builtin:<task>/<split>`, and what builtin models learn): selfimprove.tasks.Task.
+BUILTIN_TASKS = {
+    "arith": "selfimprove.tinyarith:TASK",
+}
+
+REGISTRIES = {"stage": STAGES, "pair rule": PAIR_RULES, "backend": BACKENDS, "builtin model": BUILTIN_MODELS,
+              "builtin task": BUILTIN_TASKS}
+
+
+class UnknownName(LookupError):
+    """A name no registry entry has; str() is the one-line message with the nearest names."""
+
+
+def suggestion(name: str, names) -> str:
+    names = [str(n) for n in names]
+    close = difflib.get_close_matches(str(name), names, n=1)
+    return f"did you mean '{close[0]}'?" if close else f"available: {', '.join(names)}"
+
+
+def module_of(kind: str, name: str) -> str:
+    """The module a registry entry lives in (without importing it)."""
+    return entry(kind, name).split(":", 1)[0]
+
+
+def entry(kind: str, name: str) -> str:
+    table = REGISTRIES[kind]
+    if name not in table:
+        raise UnknownName(f"unknown {kind} {name!r}; {suggestion(name, table)}")
+    return table[name]
+
+
+def resolve(kind: str, name: str):
+    """The object a registry entry names, imported on use."""
+    module, attr = entry(kind, name).split(":", 1)
+    found = getattr(importlib.import_module(module), attr)
+    if kind == "stage" and not found.module:
+        found.module = module
+    return found
+
+
+def stages() -> list:
+    """Every registered stage, in derived-pipeline order."""
+    return [resolve("stage", name) for name in STAGES]
+
+
+def stage_defaults(name: str) -> dict:
+    """A stage's settings at their defaults (what a loop file that does not mention it gives it)."""
+    return resolve("stage", name).defaults()
