@@ -13,6 +13,7 @@ evaluated as iteration 0. Several runs share one dvc.yaml: compiling a loop repl
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from selfimprove.errors import UserError
 from selfimprove.loopfile import Loop, resolved_params
 from selfimprove.models import builtin
 from selfimprove.registry import module_of, resolve, stages
-from selfimprove.stage import Context, Stage
+from selfimprove.stage import Context, Stage, tracked_values
 
 STAGE_RE = re.compile(r"^(?P<run>.+)-it(?P<k>\d+)-(?P<stage>[a-z]+)$")
 HEADER = "# Compiled by `selfimprove run` from loop files; edit the loop file, not this file.\n"
@@ -93,7 +94,7 @@ class _Compilation:
         return [_relative(p, self.project) for p in self._setting_files(stage, ctx) if not fingerprint.package_file(p)]
 
     def code_keys(self, stage: Stage, ctx: Context) -> list[str]:
-        units = [stage.module] + [module_of(kind, name) for kind, name in stage.plugins(ctx)]
+        units = [stage.module] + [_module(kind, name) for kind, name in stage.plugins(ctx)]
         units += [f for f in map(fingerprint.package_file, self._setting_files(stage, ctx)) if f]
         return self.record(units)
 
@@ -145,7 +146,7 @@ def _context(compilation: _Compilation, loop: Loop, k: int, settings: dict, mode
                    tracked=tracked, backend=loop.backend, backend_keys=compilation.backend_keys,
                    data_keys=compilation.data_keys, data_file=compilation.data_file,
                    code_keys=compilation.code_keys, file_deps=compilation.file_deps, iterations=loop.iterations,
-                   project=compilation.project)
+                   project=compilation.project, data=loop.data)
 
 
 def _with_adapter_bases(stages: dict[str, dict], adapter_bases: dict[str, list[str]]) -> dict[str, dict]:
@@ -160,6 +161,11 @@ def _with_adapter_bases(stages: dict[str, dict], adapter_bases: dict[str, list[s
         if extra:
             stage["deps"] = stage["deps"] + list(dict.fromkeys(extra))
     return stages
+
+
+def _module(kind: str, name: str) -> str:
+    """The module a stage's plugin is: a registry entry's, or a module of the package named outright."""
+    return name if kind == "module" else module_of(kind, name)
 
 
 def _relative(path: Path, project: Path) -> str:
@@ -179,7 +185,7 @@ def bootstrap_stage(loop: Loop, project: Path, compilation: _Compilation | None 
     if not found or loop.start_from:
         return {}
     compilation = compilation or _Compilation(loop, project)
-    units = [found.builder] + [module_of(kind, name) for kind, name in found.plugins(loop.bootstrap)]
+    units = [found.builder] + [_module(kind, name) for kind, name in found.plugins(loop.bootstrap)]
     return {f"bootstrap-{found.name}": {
         "cmd": f"python -m {found.builder} --params params.yaml --section builtin.{found.name} --out {found.directory}",
         "deps": [],
@@ -199,7 +205,8 @@ def compile_loop(loop: Loop, project: Path, existing_stages: dict | None = None,
     params[loop.name] = resolved_params(loop)
     found = builtin(loop.model)
     if found and not loop.start_from:
-        params.setdefault("builtin", {})[found.name] = dict(loop.bootstrap)
+        settings = getattr(importlib.import_module(found.builder), "SETTINGS", {})
+        params.setdefault("builtin", {})[found.name] = tracked_values(settings, loop.bootstrap)
     params["code"] = {**(params.get("code") or {}), **compilation.code}
     return {"stages": stages}, params
 

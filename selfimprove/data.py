@@ -42,6 +42,20 @@ def builtin_split(spec: str) -> tuple[str, str]:
     return task, split
 
 
+def task_plugins(spec: str) -> list[tuple[str, str]]:
+    """The registry entry whose code makes a builtin split's rows (none for files and datasets)."""
+    return [("builtin task", builtin_split(spec)[0])] if spec.startswith("builtin:") else []
+
+
+def task_metrics(spec: str):
+    """The builtin task's own evaluation (the DivPO miniature's validity and diversity), or None."""
+    if not spec.startswith("builtin:"):
+        return None
+    from selfimprove.registry import resolve
+
+    return resolve("builtin task", builtin_split(spec)[0]).metrics
+
+
 def load_records(spec: str, data: dict, size: int, need_answers: bool = True) -> list[dict]:
     """The first `size` records of a source, with stable ids. Training prompts may come without answers
     (need_answers=False): ScPO never reads them; they only feed the pairs' chosen_correct statistic.

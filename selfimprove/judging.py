@@ -211,3 +211,12 @@ def elo(scores: list[list[float]], steps: int = 500, lr: float = 0.5, prior: flo
         gradient = (wins * p_loss).sum(axis=1) - (wins.T * p_loss.T).sum(axis=1) - prior * strength
         strength += lr * gradient / max(1.0, wins.sum())
     return (strength - strength.mean()).tolist()
+
+
+def carried(rows: list[dict]) -> dict:
+    """What a scorer's record carries over from its prompt's samples: the prompt's own fields
+    (prompt_<field>, from the data source) and, where generate recorded them, each sample's log p."""
+    found = {key: value for key, value in rows[0].items() if key.startswith("prompt_")}
+    if all("logprob" in row for row in rows):
+        found["logprobs"] = [row["logprob"] for row in rows]
+    return found

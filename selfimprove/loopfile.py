@@ -257,9 +257,10 @@ def resolved_params(loop: Loop) -> dict:
               **backend_params(loop)}
     tracked = loop.tracked()
     for k, settings in loop.per_iteration.items():
-        params[f"it{k}"] = {stage: copy.deepcopy(settings[stage]) for stage in tracked}
+        params[f"it{k}"] = {stage: copy.deepcopy(resolve("stage", stage).tracked(settings[stage])) for stage in tracked}
     # Iteration 0 is the base model; only the stages that run on it do, with iteration 1's settings.
     base = [s for s in stages() if s.base_iteration]
     wanted = {s.name for s in base} | {other for s in base for other in s.settings_of if other in tracked}
-    params["it0"] = {stage: copy.deepcopy(loop.per_iteration[1][stage]) for stage in STAGES if stage in wanted}
+    params["it0"] = {stage: copy.deepcopy(resolve("stage", stage).tracked(loop.per_iteration[1][stage]))
+                     for stage in STAGES if stage in wanted}
     return params

@@ -15,6 +15,7 @@ STAGES = {
     "generate": "selfimprove.stages.generate:STAGE",
     "vote": "selfimprove.stages.vote:STAGE",
     "judge": "selfimprove.stages.judge:STAGE",
+    "reward": "selfimprove.stages.reward:STAGE",
     "metajudge": "selfimprove.stages.metajudge:STAGE",
     "pairs": "selfimprove.stages.pairs:STAGE",
     "train": "selfimprove.stages.train:STAGE",

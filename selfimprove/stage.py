@@ -49,6 +49,9 @@ class Setting:
     fix: str = ""  # what the error says after the value when check fails, e.g. "must be >= 1"
     file: bool = False
     resolve_file: Callable[[str], Path | None] | None = None
+    # A setting added after projects had run their loops: at its default (what the stage did before the
+    # setting existed) it is left out of params, so upgrading re-runs nothing. Stages read it with .get.
+    omit_default: bool = False
 
 
 @dataclass
@@ -62,7 +65,8 @@ class Stage:
     node(ctx) -> the DVC stage (cmd, deps, params, outs, metrics).
     included(settings of the iteration) -> whether a loop without `pipeline:` runs the stage.
     check(settings of the iteration, problems, path) -> cross-setting problems, added to problems.
-    plugins(ctx) -> the registry entries (kind, name) whose code the stage runs (its backend, its rule).
+    plugins(ctx) -> the registry entries (kind, name) whose code the stage runs (its backend, its rule);
+        kind "module" names a module of the package outright.
     files(ctx) -> the (stage, key) file settings it reads; by default all of its
         own. Each names a project file (a DVC dependency) or a file of the package (code).
     adapter(settings of the iteration) -> whether the "model" it writes is a LoRA adapter, which needs the
@@ -90,8 +94,17 @@ class Stage:
     def defaults(self) -> dict:
         return {key: setting.default for key, setting in self.settings.items()}
 
+    def tracked(self, values: dict) -> dict:
+        return tracked_values(self.settings, values)
+
     def required(self, settings: dict) -> tuple[str, ...]:
         return tuple(self.reads(settings) if callable(self.reads) else self.reads)
+
+
+def tracked_values(settings: dict[str, Setting], values: dict) -> dict:
+    """The values params record: all but those an omit_default setting has at its default."""
+    return {key: value for key, value in values.items()
+            if not (key in settings and settings[key].omit_default and value == settings[key].default)}
 
 
 @dataclass
@@ -107,6 +120,7 @@ class Context:
     code_keys(stage, ctx): the params keys of the code fingerprints the stage's node depends on.
     file_deps(stage, ctx): the project files the stage's file settings name.
     project: the project directory (relative paths in settings are relative to it).
+    data: the loop's data section (which builtin task's code a stage reading data runs).
     metrics: the metrics files of every node compiled so far in the run (the report reads them)."""
 
     run: str
@@ -128,6 +142,7 @@ class Context:
     file_deps: Callable[[Stage, "Context"], list[str]]
     iterations: int = 0
     project: Path = Path(".")
+    data: dict = field(default_factory=dict)
     metrics: list[str] = field(default_factory=list)
 
     def section(self, stage: str) -> str:

@@ -58,6 +58,31 @@ class HFBackend:
                 on_batch(len(probs))
         return probs
 
+    def logprobs(self, prompts: list[str], completions: list[str], batch_size: int = 64) -> list[float]:
+        """log p(completion | prompt) under the model at temperature 1: the sum over the completion's
+        tokens (tokenised after the prompt, without the end of sequence), teacher-forced. DivPO's
+        probability criterion reads it (a rarer response has a lower one)."""
+        import torch
+
+        model, tokenizer = self._load()
+        found: list[float] = []
+        for start in range(0, len(prompts), batch_size):
+            rows = [(tokenizer(p)["input_ids"], tokenizer(c, add_special_tokens=False)["input_ids"])
+                    for p, c in zip(prompts[start:start + batch_size], completions[start:start + batch_size])]
+            width = max(len(p) + len(c) for p, c in rows)
+            ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            target = torch.zeros_like(ids, dtype=torch.bool)  # positions holding a completion token
+            for i, (p, c) in enumerate(rows):  # right-padded: positions are the tokens' own
+                ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+                mask[i, :len(p) + len(c)] = 1
+                target[i, len(p):len(p) + len(c)] = True
+            with torch.no_grad():
+                logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None].to(model.device))[..., 0]
+            found.extend((logp * target[:, 1:].to(model.device)).sum(dim=1).tolist())
+        return found
+
     def close(self) -> None:
         self._model = self._tokenizer = None
 

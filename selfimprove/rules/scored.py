@@ -43,7 +43,8 @@ def judged_pair(record: dict, rule: str, rho: float, rng: random.Random) -> dict
             "chosen_score": means[chosen], "rejected_score": means[rejected],
             "chosen_length": len(record["responses"][chosen]),
             "rejected_length": len(record["responses"][rejected] or record["completions"][rejected]),
-            "chosen_correct": correct[chosen], "rejected_correct": correct[rejected]}  # None without gold
+            "chosen_correct": correct[chosen], "rejected_correct": correct[rejected],  # None without gold
+            **{key: value for key, value in record.items() if key.startswith("prompt_")}}
 
 
 def _z(values: list[float]):

@@ -67,7 +67,7 @@ def train_tiny_arith(settings: dict, out: str | Path) -> dict:
     import torch
 
     torch.manual_seed(settings["seed"])
-    task = resolve("builtin task", settings["task"])
+    task = resolve("builtin task", settings.get("task", "arith"))
     tokenizer = build_tokenizer(task.chars(settings) if callable(task.chars) else task.chars)
     model = build_model(tokenizer, settings["layers"])
     steps, batch_size = settings["steps"], settings["batch_size"]
@@ -104,7 +104,7 @@ def main(argv=None) -> None:
 
 SETTINGS = {
     "task": Setting(str, "arith", "the builtin task the model learns (selfimprove.registry.BUILTIN_TASKS)",
-                    choices=tuple(BUILTIN_TASKS)),
+                    choices=tuple(BUILTIN_TASKS), omit_default=True),
     "steps": Setting(int, 1500, "training steps"),
     "batch_size": Setting(int, 32, "examples per step"),
     "lr": Setting(float, 3e-3, "peak learning rate (linear warmup, cosine decay)"),
@@ -119,7 +119,7 @@ SETTINGS = {
 
 @declaration
 def _task(settings: dict) -> list[tuple[str, str]]:
-    return [("builtin task", settings["task"])]
+    return [("builtin task", settings.get("task", "arith"))]
 
 
 TINY_ARITH = Builtin("tiny-arith", __name__, {}, plugins=_task)

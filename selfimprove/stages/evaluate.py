@@ -78,24 +78,27 @@ def length_stats(outputs: list[str]) -> dict:
 
 
 def evaluate(settings: dict, records: list[dict], model_ref: str, template: str = "{question}",
-             revision: str | None = None, judge: dict | None = None, backend=None) -> tuple[dict, list[str]]:
+             revision: str | None = None, judge: dict | None = None, backend=None,
+             task_metrics=None) -> tuple[dict, list[str]]:
     """(metrics, greedy outputs). Solving metrics need gold answers; instruction prompts have none, and
-    their iterations are compared by win rate (win_rate) on the greedy outputs instead."""
+    their iterations are compared by win rate (win_rate) on the greedy outputs instead. A builtin task
+    with its own evaluation (task_metrics) gets it on the k samples per prompt."""
     backend = backend or open_backend({}, model_ref, revision)
     prompts = [template.format(question=r["question"]) for r in records]
     labelled = all(r["answer"] is not None for r in records)
-    k = settings["k"] if labelled else 0
+    k = settings["k"] if labelled or task_metrics else 0
     judge_size = settings["judge_size"] if judge and labelled else 0
     # Progress in sequences: one greedy pass, then k samples per problem, then the judge's candidates.
     progress = Progress("evaluate", len(prompts) * (1 + k) + judge_size, "sequences")
     greedy = [texts[0] for texts in backend.sample(prompts, 1, 0.0, 1.0, settings["max_new_tokens"],
                                                    settings["batch_size"], settings["seed"], on_batch=progress.update)]
     metrics = {"problems": len(records), **length_stats(greedy)}
-    if labelled:
+    if k:
         samples = backend.sample(prompts, k, settings["temperature"], settings["top_p"], settings["max_new_tokens"],
                                  settings["batch_size"], settings["seed"],
                                  on_batch=lambda done: progress.update(len(prompts) + done * k))
-        metrics.update(score(records, greedy, samples), k=k)
+        metrics.update(score(records, greedy, samples) if labelled else {}, k=k)
+        metrics.update(task_metrics(records, samples) if task_metrics else {})
     if judge and judge["response_marker"]:
         metrics.update(thinking(greedy, judge["response_marker"]))
     if judge_size:
@@ -177,7 +180,8 @@ def main(argv=None) -> None:
     revision = revision_for(run, args.model)
     metrics, greedy = evaluate(stages["evaluate"], records, args.model, data["prompt_template"], revision,
                                judge=stages.get("judge"),
-                               backend=open_backend(run, args.model, revision, scratch=scratch_dir(args.out)))
+                               backend=open_backend(run, args.model, revision, scratch=scratch_dir(args.out)),
+                               task_metrics=data_sources.task_metrics(data["eval"]))
     if args.outputs:
         write_jsonl(args.outputs, [{"id": r["id"], "question": r["question"], "output": g} for r, g in zip(records, greedy)])
     if args.base_outputs:
@@ -244,7 +248,8 @@ def node(ctx: Context) -> dict:
 
 
 STAGE = Stage("evaluate", SETTINGS, node=node, writes={"metrics": "metrics.json", "outputs": "outputs.jsonl"},
-              files=files, settings_of=("judge",), base_iteration=True, plugins=lambda ctx: [("backend", ctx.backend)])
+              files=files, settings_of=("judge",), base_iteration=True,
+              plugins=lambda ctx: [("backend", ctx.backend)] + data_sources.task_plugins(ctx.data["eval"]))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from selfimprove import data as data_sources
 from selfimprove.backends import open_backend, usage_figures
+from selfimprove.errors import UserError
 from selfimprove.models import model_identity
 from selfimprove.shards import discard, fingerprint, run_in_shards, scratch_dir
 from selfimprove.stage import Context, Setting, Stage, declaration
@@ -52,9 +53,26 @@ def _sample_shard(backend, shard: list[dict], settings: dict, template: str, ind
     if settings["extra_n"]:
         extras = backend.sample(prompts, settings["extra_n"], settings["extra_temperature"], settings["top_p"],
                                 settings["max_new_tokens"], settings["batch_size"], seed + 1)
-    return [{"id": r["id"], "prompt": p, "question": r["question"], "gold": r["answer"], "solution": r.get("solution"), "sample": j,
-             "extra": j >= len(main), "completion": c}
+    rows = [{"id": r["id"], "prompt": p, "question": r["question"], "gold": r["answer"], "solution": r.get("solution"),
+             "sample": j, "extra": j >= len(main), "completion": c, **prompt_fields(r)}
             for r, p, main, extra in zip(shard, prompts, completions, extras) for j, c in enumerate(main + extra)]
+    if settings.get("logprobs", False):
+        if not hasattr(backend, "logprobs"):
+            raise UserError("generate.logprobs: the backend cannot score its samples' probabilities; use backend hf "
+                            "or set generate.logprobs: false")
+        found = backend.logprobs([row["prompt"] for row in rows], [row["completion"] for row in rows],
+                                 settings["batch_size"])
+        rows = [{**row, "logprob": value} for row, value in zip(rows, found)]
+    return rows
+
+
+def prompt_fields(record: dict) -> dict:
+    """What a data source knows of a prompt beyond question and answer (the RIP miniature's `bad`),
+    carried to the samples, scores and pairs as prompt_<field> for their statistics."""
+    return {f"prompt_{key}": value for key, value in record.items() if key not in STANDARD_FIELDS}
+
+
+STANDARD_FIELDS = ("id", "question", "answer", "solution")
 
 
 def generation_stats(records: list[dict], out: str | Path, backend, seconds: float) -> dict:
@@ -92,6 +110,8 @@ SETTINGS = {
     "extra_temperature": Setting(float, 1.2, "temperature of the extra samples",
                                  check=lambda v: v >= 0, fix="must be >= 0"),
     "seed": Setting(int, 0, "sampling seed"),
+    "logprobs": Setting(bool, False, "also record log p(completion | prompt) of each sample (DivPO's probability "
+                        "criterion; backend hf)", omit_default=True),
 }
 
 
@@ -106,7 +126,7 @@ def node(ctx: Context) -> dict:
 
 
 STAGE = Stage("generate", SETTINGS, node=node, writes={"samples": "samples.jsonl", "generate_stats": "generate.json"},
-              plugins=lambda ctx: [("backend", ctx.backend)])
+              plugins=lambda ctx: [("backend", ctx.backend)] + data_sources.task_plugins(ctx.data["prompts"]))
 
 if __name__ == "__main__":
     stage_main(main)

@@ -59,6 +59,7 @@ def collect(samples: list[dict], judged: list[dict], settings: dict) -> list[dic
             "scores": scores,
             "mean_scores": [judging.mean(s) for s in scores],
             "correct": [_correct(row) for row, _ in rows],
+            **judging.carried([row for row, _ in rows]),
         })
     return records
 

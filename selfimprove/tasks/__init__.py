@@ -6,7 +6,9 @@ A task (registered in selfimprove.registry.BUILTIN_TASKS as "module:TASK") is a 
   `data.prompts: builtin:<task>/<split>` (split: train, validation or test; disjoint), answer None
   where the task has no single gold answer;
 - bootstrap_examples(seed, count, settings) -> [(prompt, completion)]: what a builtin model built on
-  the task is trained on (settings: the bootstrap section).
+  the task is trained on (settings: the bootstrap section);
+- metrics(records, samples) -> figures, optional: the task's own evaluation of evaluate.k samples per
+  prompt (DivPO's miniature: validity and diversity), for tasks without one gold answer.
 """
 
 from __future__ import annotations
@@ -23,3 +25,4 @@ class Task:
     chars: list[str]
     rows: Callable[[int, int, str, dict], list[dict]]
     bootstrap_examples: Callable[[int, int, dict], list[tuple[str, str]]]
+    metrics: Callable[[list[dict], list[list[str]]], dict] | None = None
