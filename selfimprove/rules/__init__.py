@@ -2,8 +2,9 @@
 
 A rule is a function (records, settings of the pairs stage, rng) -> (pairs, statistics) with an
 attribute `needs`: the artifact it consumes, "votes" (the vote stage's answer counts) or "scores" (one
-score per response, from the judge or reward stage). A new rule is one function in one module here
-plus one registry line.
+score per response, from the judge or reward stage), and optionally `settings`: its own settings
+(selfimprove.stage.Setting, declared with omit_default=True), which join the pairs stage's. A new rule
+is one function in one module here plus one registry line.
 """
 
 from __future__ import annotations

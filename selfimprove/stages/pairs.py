@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from selfimprove.registry import PAIR_RULES
+from selfimprove.registry import PAIR_RULES, resolve
 from selfimprove.rules import needs, rule_of
 from selfimprove.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_parser, read_jsonl, read_section, stage_main, write_json, write_jsonl
@@ -55,6 +55,8 @@ SETTINGS = {
     "judge_pairs": Setting(bool, False, "Meta-Rewarding in a loop without pipeline: add the metajudge stage and "
                            "train on its judge pairs"),
     "seed": Setting(int, 0, "seed of the rules' random choices"),
+    # and every pair rule's own settings (a rule function's `settings`), e.g. DivPO's diversity
+    **{key: setting for rule in PAIR_RULES for key, setting in getattr(resolve("pair rule", rule), "settings", {}).items()},
 }
 
 
