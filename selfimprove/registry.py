@@ -31,6 +31,7 @@ PAIR_RULES = {
     "best_vs_worst": "selfimprove.rules.scored:best_vs_worst",
     "length_controlled": "selfimprove.rules.scored:length_controlled",
     "length_band": "selfimprove.rules.scored:length_band",
+    "divpo": "selfimprove.rules.divpo:divpo",
 }
 
 BACKENDS = {
@@ -44,11 +45,13 @@ BUILTIN_MODELS = {
     "tiny-arith": "selfimprove.stages.bootstrap:TINY_ARITH",
     "tiny-arith-judge": "selfimprove.stages.bootstrap:TINY_ARITH_JUDGE",
     "smollm2-135m": "selfimprove.stages.convert:SMOLLM2",
+    "tiny-sums": "selfimprove.tasks.sums:TINY_SUMS",
 }
 
 # Builtin tasks (`data.prompts: builtin:<task>/<split>`, and what builtin models learn): selfimprove.tasks.Task.
 BUILTIN_TASKS = {
     "arith": "selfimprove.tinyarith:TASK",
+    "sums": "selfimprove.tasks.sums:TASK",
 }
 
 REGISTRIES = {"stage": STAGES, "pair rule": PAIR_RULES, "backend": BACKENDS, "builtin model": BUILTIN_MODELS,
