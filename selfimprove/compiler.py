@@ -72,7 +72,8 @@ class _Compilation:
         """The data keys a stage reading data.<side> tracks, one by one, so that changing the eval set
         never re-runs generation and changing the prompts never re-runs the base model's evaluation."""
         other = "eval" if side == "prompts" else "prompts"
-        return [f"{self.loop.name}.data.{key}" for key in data_section.SETTINGS if key not in (other, f"{other}_size")]
+        tracked = tracked_values(data_section.SETTINGS, self.loop.data)
+        return [f"{self.loop.name}.data.{key}" for key in tracked if key not in (other, f"{other}_size")]
 
     def data_file(self, side: str) -> list[str]:
         spec = self.loop.data[side]

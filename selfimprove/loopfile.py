@@ -26,6 +26,7 @@ from selfimprove import data as data_section
 from selfimprove.backends.config import backend_params, check_backend
 from selfimprove.errors import UserError
 from selfimprove.registry import BACKENDS, STAGES, UnknownName, resolve, stages, suggestion
+from selfimprove.stage import tracked_values
 from selfimprove.validation import Problems, check_section, check_values, defaults, did_you_mean, key_lines, scalar
 
 TOP_LEVEL = {"name", "description", "model", "model_revision", "data", "iterations", "seed", "bootstrap", "stages",
@@ -128,6 +129,7 @@ def _validate(raw: dict, path: Path, problems: Problems) -> Loop:
         problems.add(("from",), f"expected RUN@K (e.g. scpo@2), got {start_from!r}")
     data = {**defaults(data_section.SETTINGS),
             **check_section(raw.get("data", {}), data_section.SETTINGS, ("data",), problems)}
+    check_values(data, data_section.SETTINGS, ("data",), problems, set())
     for key in ("prompts", "eval"):
         if not data.get(key):
             problems.add(("data",), f"missing data.{key}; e.g. data: {{prompts: builtin:arith/train, eval: builtin:arith/test}}")
@@ -253,7 +255,8 @@ def _check_inputs(pipeline: list[str], settings: dict, path: tuple, problems: Pr
 def resolved_params(loop: Loop) -> dict:
     """The params a compiled run tracks in params.yaml: one section per iteration and stage that some
     iteration runs, and the backend's settings where the loop chooses one."""
-    params = {"model": loop.model, "model_revision": loop.model_revision, "data": copy.deepcopy(loop.data),
+    params = {"model": loop.model, "model_revision": loop.model_revision,
+              "data": copy.deepcopy(tracked_values(data_section.SETTINGS, loop.data)),
               **backend_params(loop)}
     tracked = loop.tracked()
     for k, settings in loop.per_iteration.items():
