@@ -23,6 +23,9 @@ SETTINGS = {
     "eval_size": Setting(int, 1000, "how many evaluation prompts (the first N)"),
     "seed": Setting(int, 0, "seed of the builtin task generator"),
     "digits": Setting(int, 3, "operand size of the builtin arithmetic task (match bootstrap.digits)"),
+    "bad_fraction": Setting(float, 0.3, "builtin:noisy-arith: the share of bad prompts (malformed, ambiguous, "
+                            "unanswerable)", check=lambda v: 0 <= v <= 1, fix="is a share; use a value in [0, 1]",
+                            omit_default=True),
     "dataset_config": Setting(str, None, "config name for a hub dataset id (e.g. main for openai/gsm8k)"),
     "prompt_template": Setting(str, "{question}", "how a question becomes a prompt; {question} is replaced"),
 }

@@ -18,6 +18,7 @@ STAGES = {
     "reward": "selfimprove.stages.reward:STAGE",
     "metajudge": "selfimprove.stages.metajudge:STAGE",
     "pairs": "selfimprove.stages.pairs:STAGE",
+    "filter": "selfimprove.stages.filter:STAGE",
     "train": "selfimprove.stages.train:STAGE",
     "evaluate": "selfimprove.stages.evaluate:STAGE",
     "report": "selfimprove.stages.report:STAGE",
@@ -52,6 +53,7 @@ BUILTIN_MODELS = {
 BUILTIN_TASKS = {
     "arith": "selfimprove.tinyarith:TASK",
     "sums": "selfimprove.tasks.sums:TASK",
+    "noisy-arith": "selfimprove.tasks.noisy_arith:TASK",
 }
 
 REGISTRIES = {"stage": STAGES, "pair rule": PAIR_RULES, "backend": BACKENDS, "builtin model": BUILTIN_MODELS,
