@@ -135,7 +135,7 @@ def compile_stages(loop: Loop, project: Path, compilation: _Compilation | None =
             ctx = _context(compilation, loop, loop.iterations, loop.per_iteration[loop.iterations], model,
                            model_is_dep, base, {}, tracked, stage, run_dir(run))
             ctx.metrics = list(metrics)
-            nodes[f"{run}-{stage.name}"] = stage.node(ctx)
+            nodes[run_stage_name(run, stage.name)] = stage.node(ctx)
     return _with_adapter_bases(nodes, adapter_bases)
 
 
@@ -176,8 +176,14 @@ def _relative(path: Path, project: Path) -> str:
         return str(path)
 
 
-def report_name(run: str) -> str:
-    return f"{run}-report"
+def run_stage_name(run: str, stage: str) -> str:
+    return f"{run}-{stage}"
+
+
+def run_targets(run: str) -> list[str]:
+    """The run's last stages (scope "run": its report), the targets `selfimprove run` hands to dvc
+    repro: DVC reproduces everything upstream of them, checking each stage once."""
+    return [run_stage_name(run, stage.name) for stage in stages() if stage.scope == "run"]
 
 
 def bootstrap_stage(loop: Loop, project: Path, compilation: _Compilation | None = None) -> dict[str, dict]:
@@ -214,7 +220,7 @@ def compile_loop(loop: Loop, project: Path, existing_stages: dict | None = None,
 
 def _belongs_to(stage: str, run: str) -> bool:
     match = STAGE_RE.match(stage)
-    return bool(match and match.group("run") == run) or stage == report_name(run)
+    return bool(match and match.group("run") == run) or stage in run_targets(run)
 
 
 def dump(document: dict) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from selfimprove import tinyarith
 from selfimprove.answers import normalize_number, same_answer
 from selfimprove.errors import UserError
+from selfimprove.stage import Setting, declaration
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 # Named templates: files shipped in selfimprove/prompts/, except the tiny model's, which its bootstrap
@@ -220,3 +221,27 @@ def carried(rows: list[dict]) -> dict:
     if all("logprob" in row for row in rows):
         found["logprobs"] = [row["logprob"] for row in rows]
     return found
+
+
+@declaration
+def _is_template(name: str) -> bool:
+    path = template_path(name)
+    return path is None or path.is_file()
+
+
+@declaration
+def one_group(pattern: str) -> bool:
+    import re
+
+    try:
+        return re.compile(pattern).groups == 1
+    except re.error:
+        return False
+
+
+@declaration
+def template_setting(default: str, names: str, help: str) -> Setting:
+    """A prompt template: a builtin's name (a prompt of the package, or one written in code) or a user's
+    text file, which becomes a DVC dependency of the stages that read it."""
+    return Setting(str, default, help, check=_is_template, file=True, resolve_file=template_path,
+                   fix=f"is not a template: use {names} or a path to a text file")

@@ -236,8 +236,12 @@ def _check_pipeline(value: Any, path: tuple, problems: Problems) -> list[str] | 
 
 
 def _check_inputs(pipeline: list[str], settings: dict, path: tuple, problems: Problems) -> None:
-    """Each stage's inputs come from an earlier stage of the pipeline (the policy model is always there)."""
-    available = {"model"}
+    """Each stage's inputs come from an earlier stage of the pipeline (the policy model is always there),
+    and each stage's work reaches something: a later stage reads what it writes, or it writes a model or
+    a metrics file. (`selfimprove run` reproduces what the run's report depends on; a stage whose output
+    nothing reads would never run.)"""
+    available, writers = {"model"}, {}
+    read = set()
     for name in pipeline:
         stage = resolve("stage", name)
         try:
@@ -246,10 +250,23 @@ def _check_inputs(pipeline: list[str], settings: dict, path: tuple, problems: Pr
             return
         for artifact in required:
             if artifact not in available:
-                writers = [s.name for s in stages() if artifact in s.writes]
+                makers = [s.name for s in stages() if artifact in s.writes]
                 problems.add(path, f"{name} needs {artifact}, which no earlier stage writes; put "
-                             f"{' or '.join(writers) or 'a stage that writes it'} before {name}")
+                             f"{' or '.join(makers) or 'a stage that writes it'} before {name}")
+        read |= {(writers.get(a), a) for a in required + tuple(stage.optional_reads)}
         available |= set(stage.writes)
+        writers.update({artifact: name for artifact in stage.writes})
+    for name in pipeline:
+        writes = resolve("stage", name).writes
+        if not any(a == "model" or is_metrics(a) or (name, a) in read for a in writes):
+            readers = sorted({s.name for s in stages() for a in writes if a in s.required(settings) + s.optional_reads})
+            problems.add(path, f"{name} writes {', '.join(writes)}, which no later stage reads; remove {name} or "
+                         f"put {' or '.join(readers) or 'a stage that reads it'} after it")
+
+
+def is_metrics(artifact: str) -> bool:
+    """Artifacts named metrics or <stage>_stats are metrics files, which the run's report reads."""
+    return artifact == "metrics" or artifact.endswith("_stats")
 
 
 def resolved_params(loop: Loop) -> dict:

@@ -200,7 +200,7 @@ def run(loop_path: str, overrides: list[str], start_from: str | None, project: P
         started = time.time()
         # One target, the run's report: DVC reproduces everything upstream of it and checks each stage
         # once (17 explicit targets cost 12 s on a no-op rerun, this costs 3 s).
-        repro = Repro(project, [compiler.report_name(loop.name)], run_path / "repro.log", progress_path)
+        repro = Repro(project, compiler.run_targets(loop.name), run_path / "repro.log", progress_path)
         try:
             _show_progress(repro, stages, progress_path, console)
         except KeyboardInterrupt:

@@ -61,7 +61,8 @@ class Stage:
     reads: artifacts an earlier stage of the iteration must write ("model" is always there: the policy),
         or a function of the iteration's settings giving them (pairs: what its rule needs).
     optional_reads: artifacts used when an earlier stage writes them.
-    writes: artifact -> file name inside the iteration's directory ("model" replaces the policy).
+    writes: artifact -> file name inside the iteration's directory ("model" replaces the policy;
+        "metrics" and "<name>_stats" are metrics files, which the run's report collects).
     node(ctx) -> the DVC stage (cmd, deps, params, outs, metrics).
     included(settings of the iteration) -> whether a loop without `pipeline:` runs the stage.
     check(settings of the iteration, problems, path) -> cross-setting problems, added to problems.

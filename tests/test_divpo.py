@@ -175,8 +175,28 @@ def test_diversity_figures():
         "sum 50:": [" 1+49", " 2+48", " 50+0", " 7+43"],       # none valid: 0 distinct, entropy 0
     })
     # validity 6/12; distinct (2 + 1 + 0) / 3; entropy (1 + 0 + 0) / 3
+    # per prompt: validity 1, 0.5, 0 -> sd sqrt((0.25 + 0 + 0.25) / 2) = 0.5; distinct 2, 1, 0 -> sd 1;
+    # entropy 1, 0, 0 (mean 1/3) -> sd sqrt((4/9 + 1/9 + 1/9) / 2) = sqrt(1/3)
     assert figures == {"prompts": 3, "samples": 12, "validity": 0.5, "distinct_valid": 1.0,
-                       "entropy": pytest.approx(1 / 3)}
+                       "entropy": pytest.approx(1 / 3), "validity_sd": 0.5, "distinct_valid_sd": 1.0,
+                       "entropy_sd": pytest.approx(3 ** -0.5)}
+    # one prompt: no spread to estimate, sd 0; nothing: all zero
+    one = sums.diversity_figures({"sum 137:": [" 58+79", " 1+2"]})
+    assert (one["validity"], one["validity_sd"], one["distinct_valid_sd"], one["entropy_sd"]) == (0.5, 0.0, 0.0, 0.0)
+    assert sums.diversity_figures({}) == {"prompts": 0, "samples": 0, "validity": 0.0, "distinct_valid": 0.0,
+                                         "entropy": 0.0, "validity_sd": 0.0, "distinct_valid_sd": 0.0,
+                                         "entropy_sd": 0.0}
+
+
+def test_metrics_pool_repeated_prompts():
+    # "sum 137:" asked twice: its 4 samples pool (3 valid, 2 distinct); "sum 20:" 2 samples, none valid
+    records = [{"question": "sum 137:"}, {"question": "sum 20:"}, {"question": "sum 137:"}]
+    figures = sums.metrics(records, [[" 58+79", " 1+2"], [" 5+15", " 9+9"], [" 58+79", " 60+77"]])
+    assert figures["sums_prompts"] == 2 and figures["sums_samples"] == 6
+    assert figures["sums_validity"] == 0.5 and figures["sums_distinct_valid"] == 1.0
+    # per-prompt validity 0.75 and 0, distinct 2 and 0: the sd of two values is their distance / sqrt(2)
+    assert figures["sums_validity_sd"] == pytest.approx(0.75 / 2 ** 0.5)
+    assert figures["sums_distinct_valid_sd"] == pytest.approx(2 / 2 ** 0.5)
 
 
 def test_bootstrap_examples():

@@ -18,7 +18,8 @@ from selfimprove.answers import extract_final, same_answer
 from selfimprove.progress import Progress
 from selfimprove.shards import discard, scratch_dir
 from selfimprove.stage import Context, Setting, Stage, declaration
-from selfimprove.stages.judge import greedy_scores, template_setting, winner_probabilities
+from selfimprove.judging import template_setting
+from selfimprove.stages.judge import greedy_scores, winner_probabilities
 from selfimprove.stages._io import (iteration_stage_parser, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
 

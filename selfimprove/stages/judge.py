@@ -22,6 +22,7 @@ from selfimprove.backends import open_backend, usage_figures
 from selfimprove.models import model_identity
 from selfimprove.rules import needs
 from selfimprove.shards import discard, fingerprint, run_in_shards, scratch_dir
+from selfimprove.judging import one_group, template_setting
 from selfimprove.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
@@ -198,30 +199,6 @@ def main(argv=None) -> None:
           f"ties {figures['judge_tie_rate']:.1%}{agreement}")
 
 
-@declaration
-def _is_template(name: str) -> bool:
-    path = judging.template_path(name)
-    return path is None or path.is_file()
-
-
-@declaration
-def _one_group(pattern: str) -> bool:
-    import re
-
-    try:
-        return re.compile(pattern).groups == 1
-    except re.error:
-        return False
-
-
-@declaration
-def template_setting(default: str, names: str, help: str) -> Setting:
-    """A prompt template: a builtin's name (a prompt of the package, or one written in code) or a user's
-    text file, which becomes a DVC dependency of the stages that read it."""
-    return Setting(str, default, help, check=_is_template, file=True, resolve_file=judging.template_path,
-                   fix=f"is not a template: use {names} or a path to a text file")
-
-
 SETTINGS = {
     "source": Setting(str, "self", "who judges: self (the policy judges its own samples), openai, or a model "
                       "directory / hub id"),
@@ -248,7 +225,7 @@ SETTINGS = {
     "top_p": Setting(float, 0.9, "nucleus sampling mass of the judgements"),
     "max_new_tokens": Setting(int, 256, "longest judgement, in tokens"),
     "response_marker": Setting(str, "", "TPO: the judge sees only the text after it (\"\" = everything)"),
-    "score_pattern": Setting(str, r"Score:\s*(\d+)", "where the score is in a judgement", check=_one_group,
+    "score_pattern": Setting(str, r"Score:\s*(\d+)", "where the score is in a judgement", check=one_group,
                              fix="must be a regular expression with one group capturing the score, e.g. "
                                  "'Score:\\s*(\\d+)'"),
     "max_score": Setting(int, 5, "the rubric's highest score"),

@@ -20,7 +20,8 @@ from pathlib import Path
 from selfimprove import judging
 from selfimprove.backends import open_backend
 from selfimprove.stage import Context, Setting, Stage, declaration
-from selfimprove.stages.judge import template_setting, winner_probabilities
+from selfimprove.judging import one_group, template_setting
+from selfimprove.stages.judge import winner_probabilities
 from selfimprove.models import model_identity
 from selfimprove.shards import discard, fingerprint, run_in_shards
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main,
@@ -195,20 +196,13 @@ SETTINGS = {
     "top_p": Setting(float, 1.0, "nucleus sampling mass of the verdicts"),
     "max_new_tokens": Setting(int, 256, "longest verdict, in tokens"),
     "winner_pattern": Setting(str, r"Winner:\s*([AB])", "where the verdict is in the meta-judge's text",
-                              check=lambda v: _one_group(v), fix="must be a regular expression with one group "
+                              check=lambda v: one_group(v), fix="must be a regular expression with one group "
                                                                 "capturing A or B"),
     "max_judgement_length": Setting(int, 1100, "characters; longer chosen judgements are dropped"),
     "batch_size": Setting(int, 512, "sequences per forward pass"),
     "shard_size": Setting(int, 512, "comparisons per resumable shard"),
     "seed": Setting(int, 0, "sampling seed"),
 }
-
-
-@declaration
-def _one_group(pattern: str) -> bool:
-    from selfimprove.stages.judge import _one_group as one_group
-
-    return one_group(pattern)
 
 
 @declaration

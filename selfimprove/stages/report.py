@@ -50,12 +50,12 @@ def main(argv=None) -> None:
 
 @declaration
 def node(ctx: Context) -> dict:
-    out = ctx.outputs["report"]
+    out = ctx.outputs["report_stats"]
     return ctx.node(STAGE, cmd=ctx.command(STAGE, out=out) + "".join(f" {path}" for path in ctx.metrics),
                     deps=list(ctx.metrics), metrics=[out])
 
 
-STAGE = Stage("report", {}, node=node, writes={"report": "metrics.json"}, scope="run")
+STAGE = Stage("report", {}, node=node, writes={"report_stats": "metrics.json"}, scope="run")
 
 
 if __name__ == "__main__":

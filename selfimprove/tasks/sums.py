@@ -119,17 +119,34 @@ def entropy_bits(answers: list[str]) -> float:
     return -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0
 
 
+def _sd(values: list[float]) -> float:
+    """The sample standard deviation (n - 1); 0 for fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
 def diversity_figures(prompts_completions: dict[str, list[str]]) -> dict:
     """Over prompts with k samples each: validity = valid samples / all samples; distinct_valid = the mean
     number of distinct valid answers per prompt; entropy = the mean, per prompt, of the entropy in bits of
-    its valid answers' distribution (a prompt with no valid sample counts, with entropy 0 and 0 distinct)."""
+    its valid answers' distribution (a prompt with no valid sample counts, with entropy 0 and 0 distinct).
+    The *_sd figures are the sample standard deviations over prompts of the per-prompt values (validity:
+    the prompt's share of valid samples), for intervals over prompts: mean +- 1.96 * sd / sqrt(prompts)
+    (samples of one prompt are correlated, so an interval over samples would be too narrow)."""
     per_prompt = [[x for c in completions if (x := answer_of(q, c)) is not None]
                   for q, completions in prompts_completions.items()]
-    prompts, samples = len(per_prompt), sum(len(c) for c in prompts_completions.values())
+    sizes = [len(c) for c in prompts_completions.values()]
+    prompts, samples = len(per_prompt), sum(sizes)
+    validity = [len(v) / n for v, n in zip(per_prompt, sizes) if n]
+    distinct = [len(set(v)) for v in per_prompt]
+    entropy = [entropy_bits(v) for v in per_prompt]
     return {"prompts": prompts, "samples": samples,
             "validity": sum(map(len, per_prompt)) / samples if samples else 0.0,
-            "distinct_valid": sum(len(set(v)) for v in per_prompt) / prompts if prompts else 0.0,
-            "entropy": sum(entropy_bits(v) for v in per_prompt) / prompts if prompts else 0.0}
+            "distinct_valid": sum(distinct) / prompts if prompts else 0.0,
+            "entropy": sum(entropy) / prompts if prompts else 0.0,
+            "validity_sd": _sd(validity), "distinct_valid_sd": _sd(distinct), "entropy_sd": _sd(entropy)}
 
 
 def metrics(records: list[dict], samples: list[list[str]]) -> dict:

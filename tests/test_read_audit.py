@@ -1,0 +1,79 @@
+"""Every file a stage reads is a DVC dependency of it (or its own output, or params.yaml): one loop runs
+every stage kind through DVC while an audit hook (tests/audit/sitecustomize.py) records, per process,
+the project files it opens for reading. A read of anything else is a cache bug: editing that file
+would leave the stage's result stale."""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+AUDIT = Path(__file__).resolve().parent / "audit"
+
+LOOP = """\
+name: audit
+model: builtin:tiny-arith-judge
+data: {prompts: builtin:noisy-arith/train, eval: builtin:arith/test, prompts_size: 6, eval_size: 6, digits: 2}
+bootstrap: {steps: 20, batch_size: 8}
+iterations: 3
+pipeline: [generate, judge, metajudge, pairs, train, evaluate]
+stages:
+  generate: {n: 3, max_new_tokens: 12, batch_size: 64}
+  vote: {extract: final_number}
+  judge: {template: my_judge.txt, n: 1, max_new_tokens: 12, max_failure_rate: 1.0}
+  metajudge: {template: tiny-arith-meta, max_new_tokens: 12}
+  reward: {source: "myreward:score", max_missing_rate: 1.0}
+  pairs: {rule: best_vs_worst}
+  filter: {min_rejected_reward_pct: -1, min_rejected_length_pct: 10, max_gap_pct: -1, strict: false}
+  train: {loss: dpo, batch_size: 4, max_length: 64}
+  evaluate: {k: 2, max_new_tokens: 12, judge_size: 4, win_rate_size: 2}
+schedule:
+  2: {pipeline: [generate, vote, pairs, train, evaluate], pairs: {rule: most_vs_least_voted, min_votes: 0.0}}
+  3: {pipeline: [generate, reward, pairs, filter, train, evaluate]}
+"""
+
+
+def _allowed(path: str, node: dict) -> bool:
+    """A dependency or output of the node (a file or anything inside a directory), its scratch area
+    beside an output (.<name>-shards, .<name>-checkpoints), or the params file."""
+    outs = [o if isinstance(o, str) else next(iter(o)) for o in node.get("outs", [])]
+    outs += [next(iter(m)) for m in node.get("metrics", [])]
+    allowed = node.get("deps", []) + outs
+    scratch = [str(Path(o).parent / f".{Path(o).stem}-") for o in outs] + [str(Path(o).parent / f".{Path(o).name}-")
+                                                                          for o in outs]
+    return (path == "params.yaml" or any(path == a or path.startswith(a.rstrip("/") + "/") for a in allowed)
+            or any(path.startswith(s) for s in scratch))
+
+
+def test_every_stage_kind_reads_only_its_dependencies(tmp_path):
+    (tmp_path / "loop.yaml").write_text(LOOP)
+    (tmp_path / "my_judge.txt").write_text("{question}{response} judge:")
+    (tmp_path / "myreward.py").write_text("def score(question, response, gold):\n    return float(len(response) % 3)\n")
+    logs = tmp_path / "audit-logs"
+    logs.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(AUDIT), str(tmp_path),
+                                                                     os.environ.get("PYTHONPATH")])),
+               SELFIMPROVE_AUDIT_DIR=str(logs), SELFIMPROVE_AUDIT_ROOT=str(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "selfimprove.cli", "run", "loop.yaml"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    nodes = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]
+    by_args = {tuple(shlex.split(node["cmd"])[3:]): name for name, node in nodes.items()}
+    audited, violations = set(), []
+    for log in logs.glob("*.json"):
+        record = json.loads(log.read_text())
+        if "/selfimprove/stages/" not in record["argv"][0]:
+            continue  # selfimprove run, dvc, or a helper process
+        name = by_args[tuple(record["argv"][1:])]
+        audited.add(name)
+        violations += [f"{name} reads {path}" for path in record["reads"] if not _allowed(path, nodes[name])]
+    assert not violations, "\n".join(violations)
+    kinds = {"bootstrap" if name.startswith("bootstrap-") else name.rsplit("-", 1)[-1] for name in audited}
+    assert kinds >= {"generate", "vote", "judge", "metajudge", "reward", "pairs", "filter", "train", "evaluate",
+                     "report", "bootstrap"}, kinds  # every stage kind ran and was audited
+    assert "my_judge.txt" in nodes["audit-it1-judge"]["deps"] and "myreward.py" in nodes["audit-it3-reward"]["deps"]
