@@ -102,6 +102,38 @@ def validate(loop_files: tuple[str, ...]) -> None:
         _abort(problems)
 
 
+@main.command(name="stages")
+@click.argument("name", required=False)
+def stages_(name: str | None) -> None:
+    """List the stage library, or one stage's settings (from the stages' own declarations)."""
+    from rich.table import Table
+
+    from selfimprove.errors import UserError
+    from selfimprove.registry import UnknownName, resolve, stages
+
+    if name is None:
+        table = Table(title="stages")
+        for column in ("stage", "reads", "writes", "what it is"):
+            table.add_column(column)
+        for stage in stages():
+            reads = "(depends on its settings)" if callable(stage.reads) else ", ".join(stage.reads)
+            doc = (sys.modules[stage.module].__doc__ or "").strip().splitlines()[0]
+            table.add_row(stage.name, reads, ", ".join(stage.writes), doc)
+        _console().print(table)
+        return
+    try:
+        stage = resolve("stage", name)
+    except UnknownName as error:
+        raise UserError(f"stages {name}: {error}") from None
+    table = Table(title=f"{name} settings (stages.{name} in a loop file)")
+    for column in ("setting", "type", "default", "help"):
+        table.add_column(column)
+    for key, setting in stage.settings.items():
+        choices = f" ({' | '.join(map(str, setting.choices))})" if setting.choices else ""
+        table.add_row(key, setting.type.__name__, repr(setting.default), setting.help + choices)
+    _console().print(table)
+
+
 @main.command()
 def status() -> None:
     """Show every stage of every compiled run: done, stale or pending."""

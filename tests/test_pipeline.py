@@ -115,3 +115,17 @@ STAGE = Stage("dedupe", SETTINGS, node=node, reads=("samples",), writes={"sample
     assert params["t"]["it1"]["dedupe"] == {"keep": 2}
     with pytest.raises(UserError, match="stages.dedupe.keep: 0 must be >= 1"):
         load_loop(path, ["dedupe.keep=0"])
+
+
+def test_selfimprove_stages_lists_the_library_and_a_stages_settings_from_the_declarations():
+    from click.testing import CliRunner
+
+    from selfimprove.cli import main
+
+    runner = CliRunner()
+    listing = runner.invoke(main, ["stages"], terminal_width=200)
+    assert listing.exit_code == 0 and all(name in listing.output for name in registry.STAGES)
+    settings = runner.invoke(main, ["stages", "filter"], terminal_width=200)
+    assert settings.exit_code == 0 and "max_gap_pct" in settings.output and "50.0" in settings.output
+    typo = runner.invoke(main, ["stages", "fitler"])
+    assert typo.exit_code == 2 and "did you mean 'filter'?" in typo.output
