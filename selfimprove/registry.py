@@ -35,6 +35,12 @@ PAIR_RULES = {
     "divpo": "selfimprove.rules.divpo:divpo",
 }
 
+# Reward rules of the reward stage (reward.source): (question, response, gold, settings) -> float | None.
+REWARD_RULES = {
+    "correct": "selfimprove.rewards:correct",
+    "json_keys": "selfimprove.rewards:json_keys",
+}
+
 BACKENDS = {
     "hf": "selfimprove.backends.hf:HFBackend",
     "vllm": "selfimprove.backends.vllm:VLLMBackend",
@@ -56,8 +62,8 @@ BUILTIN_TASKS = {
     "noisy-arith": "selfimprove.tasks.noisy_arith:TASK",
 }
 
-REGISTRIES = {"stage": STAGES, "pair rule": PAIR_RULES, "backend": BACKENDS, "builtin model": BUILTIN_MODELS,
-              "builtin task": BUILTIN_TASKS}
+REGISTRIES = {"stage": STAGES, "pair rule": PAIR_RULES, "reward rule": REWARD_RULES, "backend": BACKENDS,
+              "builtin model": BUILTIN_MODELS, "builtin task": BUILTIN_TASKS}
 
 
 class UnknownName(LookupError):

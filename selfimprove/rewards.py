@@ -2,7 +2,8 @@
 model (a sequence classifier whose first logit is the score). Used by the reward stage.
 
 A rule is called as rule(question, response, gold) -> float | None; None means no score (counted as
-missing, never turned into a zero). reward.source names it: a key of RULES, or `module:function`.
+missing, never turned into a zero). reward.source names it: a rule of selfimprove.registry.REWARD_RULES,
+or `module:function`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Callable
 
 from selfimprove.answers import extract_final, same_answer
 from selfimprove.errors import UserError
-from selfimprove.registry import suggestion
+from selfimprove.registry import REWARD_RULES, resolve, suggestion
 
 Rule = Callable[[str, str, object], "float | None"]
 
@@ -42,8 +43,7 @@ def wanted_keys(settings: dict) -> list[str]:
     return [key.strip() for key in settings["keys"].split(",") if key.strip()]
 
 
-RULES = {"correct": correct, "json_keys": json_keys}
-SOURCES = (*RULES, "model")  # besides module:function
+SOURCES = (*REWARD_RULES, "model")  # besides module:function
 
 
 def unknown_source(source: str) -> str | None:
@@ -61,8 +61,8 @@ def unknown_source(source: str) -> str | None:
 def rule(settings: dict) -> Rule:
     """The rule reward.source names, as rule(question, response, gold) -> float | None."""
     source = settings["source"]
-    if source in RULES:
-        return partial(RULES[source], settings=settings)
+    if source in REWARD_RULES:
+        return partial(resolve("reward rule", source), settings=settings)
     problem = unknown_source(source)
     if problem or source == "model":
         raise UserError(f"reward.source: {problem or 'model is not a rule'}")

@@ -18,6 +18,7 @@ from collections import defaultdict
 from selfimprove import judging, rewards
 from selfimprove.answers import extract_final, same_answer
 from selfimprove.errors import UserError
+from selfimprove.registry import REWARD_RULES
 from selfimprove.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, stage_main, write_json, write_jsonl
 
@@ -179,8 +180,12 @@ def node(ctx: Context) -> dict:
 
 @declaration
 def plugins(ctx: Context) -> list[tuple[str, str]]:
-    """A rule given as a module:function of the package (a builtin task's) is code of the stage."""
-    module = rewards.package_module(ctx.settings["reward"]["source"])
+    """The registered reward rule the stage runs, or a module:function of the package (a builtin task's
+    rule): code of the stage."""
+    source = ctx.settings["reward"]["source"]
+    if source in REWARD_RULES:
+        return [("reward rule", source)]
+    module = rewards.package_module(source)
     return [("module", module)] if module else []
 
 
