@@ -17,6 +17,7 @@ STAGES = {
     "judge": "selfimprove.stages.judge:STAGE",
     "reward": "selfimprove.stages.reward:STAGE",
     "metajudge": "selfimprove.stages.metajudge:STAGE",
+    "diversity": "selfimprove.stages.diversity:STAGE",
     "pairs": "selfimprove.stages.pairs:STAGE",
     "filter": "selfimprove.stages.filter:STAGE",
     "train": "selfimprove.stages.train:STAGE",

@@ -127,7 +127,7 @@ def test_missing_logprobs_and_judge_values_are_user_errors():
     r = record([" a", " b"], [1.0, 0.0])
     with pytest.raises(UserError, match="generate.logprobs: true"):
         rule.divpo([r], settings(0.0, "probability"), random.Random(0))
-    with pytest.raises(UserError, match="diversity-judge"):
+    with pytest.raises(UserError, match="put the diversity stage before pairs"):
         rule.divpo([r], settings(0.0, "judge"), random.Random(0))
 
 

@@ -69,12 +69,11 @@ def diversity_values(record: dict, pool: list[int], criterion: str) -> dict[int,
                             "(or pairs.diversity: word_frequency)")
         return {i: -values[i] for i in pool if values[i] is not None}
     if criterion == "judge":
-        values = record.get("diversity")
-        if values is None:
-            raise UserError(f"pairs.diversity: judge needs the diversity judge's values (record['diversity']), and "
-                            f"prompt {record['id']} has none; run a diversity-judge stage before pairs, or set "
-                            "pairs.diversity: word_frequency")
-        return {i: float(values[i]) for i in pool if values[i] is not None}
+        if "diversity" not in record:
+            raise UserError(f"pairs.diversity: judge needs the diversity judge's values, and prompt {record['id']} "
+                            "has none; put the diversity stage before pairs, or set pairs.diversity: word_frequency")
+        values = record["diversity"]  # None: the judge's verdict could not be read, no pair
+        return {i: float(values[i]) for i in pool if values[i] is not None} if values is not None else {}
     raise UserError(f"pairs.diversity: {criterion!r} is not a criterion; use probability, word_frequency or judge")
 
 
