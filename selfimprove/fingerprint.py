@@ -62,9 +62,10 @@ def unit_fingerprint(unit: str) -> str:
 
 
 def package_file(path: Path) -> str | None:
-    """selfimprove/... for a file inside the package (a builtin prompt), else None (a user's file)."""
+    """selfimprove/... for a file inside the package (a builtin prompt), else None (a user's file, also
+    one beside the package, as in a project inside this repository with an editable install)."""
     try:
-        return str(path.resolve().relative_to(package_root()))
+        return str(Path(PACKAGE) / path.resolve().relative_to(package_root() / PACKAGE))
     except ValueError:
         return None
 

@@ -12,6 +12,7 @@ import difflib
 import importlib
 
 STAGES = {
+    "synthesize": "selfimprove.stages.synthesize:STAGE",  # Self-RIP: prompts for the generate stage
     "generate": "selfimprove.stages.generate:STAGE",
     "vote": "selfimprove.stages.vote:STAGE",
     "judge": "selfimprove.stages.judge:STAGE",

@@ -29,12 +29,14 @@ stages:
   metajudge: {template: tiny-arith-meta, max_new_tokens: 12}
   reward: {source: "myreward:score", max_missing_rate: 1.0}
   pairs: {rule: best_vs_worst}
+  synthesize: {examples: seed_prompts.jsonl, candidates: 4, max_new_tokens: 12}
+  diversity: {max_new_tokens: 8}
   filter: {min_rejected_reward_pct: -1, min_rejected_length_pct: 10, max_gap_pct: -1, strict: false}
   train: {loss: dpo, batch_size: 4, max_length: 64}
   evaluate: {k: 2, max_new_tokens: 12, judge_size: 4, win_rate_size: 2}
 schedule:
   2: {pipeline: [generate, vote, pairs, train, evaluate], pairs: {rule: most_vs_least_voted, min_votes: 0.0}}
-  3: {pipeline: [generate, reward, pairs, filter, train, evaluate]}
+  3: {pipeline: [synthesize, generate, reward, diversity, pairs, filter, train, evaluate]}
 """
 
 
@@ -53,6 +55,7 @@ def _allowed(path: str, node: dict) -> bool:
 def test_every_stage_kind_reads_only_its_dependencies(tmp_path):
     (tmp_path / "loop.yaml").write_text(LOOP)
     (tmp_path / "my_judge.txt").write_text("{question}{response} judge:")
+    (tmp_path / "seed_prompts.jsonl").write_text("".join(f'{{"question": "{a}+{a + 7}="}}\n' for a in range(12, 20)))
     (tmp_path / "myreward.py").write_text("def score(question, response, gold):\n    return float(len(response) % 3)\n")
     logs = tmp_path / "audit-logs"
     logs.mkdir()
@@ -75,5 +78,6 @@ def test_every_stage_kind_reads_only_its_dependencies(tmp_path):
     assert not violations, "\n".join(violations)
     kinds = {"bootstrap" if name.startswith("bootstrap-") else name.rsplit("-", 1)[-1] for name in audited}
     assert kinds >= {"generate", "vote", "judge", "metajudge", "reward", "pairs", "filter", "train", "evaluate",
-                     "report", "bootstrap"}, kinds  # every stage kind ran and was audited
+                     "report", "bootstrap", "synthesize", "diversity"}, kinds  # every stage kind ran and was audited
     assert "my_judge.txt" in nodes["audit-it1-judge"]["deps"] and "myreward.py" in nodes["audit-it3-reward"]["deps"]
+    assert "seed_prompts.jsonl" in nodes["audit-it3-synthesize"]["deps"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,7 +16,9 @@ from selfimprove import tinyarith
 from selfimprove.errors import UserError
 from selfimprove.selfrip import PromptTokenizer, dedupe, fewshot_prompt, parse_new_prompt, pick_examples, rouge_l
 from selfimprove.stage import Context
+from selfimprove import selfrip
 from selfimprove.stages import filter as rip
+from selfimprove.stages import synthesize
 from selfimprove.tasks import noisy_arith
 
 OFF = {"min_rejected_reward_pct": -1, "min_rejected_length_pct": -1, "max_gap_pct": -1, "strict": True}
@@ -209,6 +212,91 @@ def test_dedupe_pruning_never_changes_the_answer():
             kept.append(c)
             pool.append(c)
     assert dedupe(candidates, existing)[0] == kept
+
+
+class Scripted:
+    """The model boundary: the completion each few-shot prompt gets, in order (a real model is below)."""
+
+    def __init__(self, completions):
+        self.completions, self.prompts = list(completions), []
+
+    def sample(self, prompts, n, temperature, top_p, max_new_tokens, batch_size, seed, on_batch=None):
+        self.prompts += prompts
+        return [[self.completions.pop(0)] for _ in prompts]
+
+
+def test_synthesize_parses_dedupes_and_counts():
+    examples = ["47+38=", "1234+5678="]
+    script = ["12+90=\nTask 4: 5+5=",  # kept: the first line, cut at the next item
+              "47+39=",  # 0.83 against the example 47+38=: a near-duplicate
+              "",  # nothing written
+              "1234+9999=",  # kept (0.6 and 0.625, see test_dedupe_near_duplicates_at_0_7)
+              "12+91="]  # 0.83 against the new 12+90=
+    settings = {**synthesize.STAGE.defaults(), "candidates": 5, "fewshot": 2}
+    backend = Scripted(script)
+    kept, stats = synthesize.synthesize(settings, examples, backend)
+    assert kept == ["12+90=", "1234+9999="]
+    assert stats == {"synthesize_candidates": 5, "synthesize_unparsed": 1, "synthesize_duplicates": 2,
+                     "synthesize_prompts": 2}
+    assert all(p.startswith(selfrip.HEADER) and p.endswith("Task 3: ") for p in backend.prompts)
+    assert len(set(backend.prompts)) == 2  # both orders of the two examples, drawn per candidate by seed
+
+
+def test_synthesize_main_on_a_real_model_writes_prompts_generate_reads(tmp_path, tiny_model):
+    examples = tmp_path / "kept.jsonl"
+    examples.write_text("".join(json.dumps(pair(i, 1, 5, 3)) + "\n" for i in range(10)))  # prompts p0..p9
+    settings = {**synthesize.STAGE.defaults(), "candidates": 6, "max_new_tokens": 12, "temperature": 1.0}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"s": {"model": "x", "it1": {"synthesize": settings}}}))
+    out, stats = tmp_path / "prompts.jsonl", tmp_path / "synthesize.json"
+    argv = ["--params", str(params), "--run", "s", "--iteration", "1", "--model", tiny_model,
+            "--examples", str(examples), "--out", str(out), "--stats", str(stats)]
+    synthesize.main(argv)  # random weights, seeded: 5 new prompts of 6 candidates, one empty
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    figures = json.loads(stats.read_text())
+    assert [r["id"] for r in rows] == list(range(figures["synthesize_prompts"])) and rows
+    assert figures["synthesize_candidates"] == 6 == sum(figures[k] for k in ("synthesize_unparsed",
+                                                                             "synthesize_duplicates",
+                                                                             "synthesize_prompts"))
+    texts = [r["question"] for r in rows] + [f"p{i}" for i in range(10)]
+    assert all(rouge_l(a, b) < 0.7 for i, a in enumerate(texts) for b in texts[i + 1:] if a in texts[:len(rows)])
+    synthesize.main(argv)  # seeded: the same prompts again
+    assert [json.loads(line)["question"] for line in out.read_text().splitlines()] == [r["question"] for r in rows]
+
+
+def test_synthesize_refuses_to_write_no_prompts(tmp_path, monkeypatch):
+    examples = tmp_path / "kept.jsonl"
+    examples.write_text(json.dumps({"question": "47+38="}) + "\n")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"s": {"model": "x", "it1": {"synthesize": {**synthesize.STAGE.defaults(),
+                                                                                 "candidates": 2}}}}))
+    monkeypatch.setattr(synthesize, "open_backend", lambda *a, **k: type("B", (Scripted,), {"close": lambda self: None})(
+        ["47+39=", ""]))
+    with pytest.raises(UserError, match=r"none of 2 candidates is a new prompt \(1 empty, 1 near-duplicates\)"):
+        synthesize.main(["--params", str(params), "--run", "s", "--iteration", "1", "--model", "m", "--examples",
+                         str(examples), "--out", str(tmp_path / "p.jsonl"), "--stats", str(tmp_path / "s.json")])
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_self_rip_compiles_generate_reading_the_new_prompts(tmp_path):
+    from selfimprove import compiler
+    from selfimprove.loopfile import load_loop
+
+    rip_loop = Path(__file__).resolve().parent.parent / "loops/rip.yaml"
+    pipeline = "pipeline=[synthesize, generate, judge, pairs, filter, train, evaluate]"
+    with pytest.raises(UserError, match="synthesize needs example prompts"):
+        load_loop(rip_loop, ["name=self-rip", pipeline])
+    loop = load_loop(rip_loop, ["name=self-rip", pipeline, "synthesize.examples=runs/rip/it1/pairs_kept.jsonl"])
+    nodes = compiler.compile_loop(loop, tmp_path)[0]["stages"]
+    made, generate = nodes["self-rip-it1-synthesize"], nodes["self-rip-it1-generate"]
+    assert "runs/rip/it1/pairs_kept.jsonl" in made["deps"] and made["outs"] == ["runs/self-rip/it1/prompts.jsonl"]
+    assert generate["cmd"].endswith("--prompts runs/self-rip/it1/prompts.jsonl")
+    assert generate["deps"][0] == "runs/self-rip/it1/prompts.jsonl"
+    # only the prompt template of the data is read: no other data key, no task code
+    assert [p for p in generate["params"] if ".data." in p] == ["self-rip.data.prompt_template"]
+    assert not any(p.startswith("code.tasks") for p in generate["params"])
+    plain = compiler.compile_loop(load_loop(rip_loop), tmp_path)[0]["stages"]["rip-it1-generate"]
+    assert "--prompts" not in plain["cmd"] and "rip.data.prompts" in plain["params"]
 
 
 # --- noisy-arith ----------------------------------------------------------------------------------------

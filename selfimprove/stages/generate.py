@@ -20,7 +20,7 @@ from selfimprove.errors import UserError
 from selfimprove.models import model_identity
 from selfimprove.shards import discard, fingerprint, run_in_shards, scratch_dir
 from selfimprove.stage import Context, Setting, Stage, declaration
-from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main, write_json,
+from selfimprove.stages._io import (iteration_stage_parser, read_jsonl, read_section, revision_for, stage_main, write_json,
                                     write_jsonl)
 
 
@@ -83,10 +83,13 @@ def generation_stats(records: list[dict], out: str | Path, backend, seconds: flo
 
 
 def main(argv=None) -> None:
-    args = iteration_stage_args(__doc__, argv, "model", "out", "stats")
+    parser = iteration_stage_parser(__doc__, "model", "out", "stats")
+    parser.add_argument("--prompts", help="prompts an earlier stage wrote (Self-RIP's synthesize) instead of data.prompts")
+    args = parser.parse_args(argv)
     run = read_section(args.params, args.run)
     data = run["data"]
-    records = data_sources.load_records(data["prompts"], data, data["prompts_size"], need_answers=False)
+    records = (read_jsonl(args.prompts) if args.prompts else
+               data_sources.load_records(data["prompts"], data, data["prompts_size"], need_answers=False))
     revision = revision_for(run, args.model)
     backend = open_backend(run, args.model, revision, scratch=scratch_dir(args.out))
     started = time.monotonic()
@@ -117,16 +120,22 @@ SETTINGS = {
 
 @declaration
 def node(ctx: Context) -> dict:
-    out = ctx.outputs
+    out, written = ctx.outputs, ctx.inputs.get("prompts")
+    cmd = ctx.command(STAGE, model=ctx.policy, out=out["samples"], stats=out["generate_stats"])
+    # Prompts an earlier stage wrote replace data.prompts: then only the prompt template of the data is read.
+    template = [key for key in ctx.data_keys("prompts") if key.endswith(".prompt_template")]
+    prompts = ([written], template) if written else (ctx.data_file("prompts"), ctx.data_keys("prompts"))
     return ctx.node(
-        STAGE, cmd=ctx.command(STAGE, model=ctx.policy, out=out["samples"], stats=out["generate_stats"]),
-        deps=ctx.data_file("prompts") + ([ctx.policy] if ctx.policy_is_dep else []),
-        params=[ctx.section("generate")] + ctx.data_keys("prompts") + ctx.revision_keys(ctx.policy) + ctx.backend_keys,
+        STAGE, cmd=cmd + (f" --prompts {written}" if written else ""),
+        deps=prompts[0] + ([ctx.policy] if ctx.policy_is_dep else []),
+        params=[ctx.section("generate")] + prompts[1] + ctx.revision_keys(ctx.policy) + ctx.backend_keys,
         outs=[out["samples"]], metrics=[out["generate_stats"]])
 
 
-STAGE = Stage("generate", SETTINGS, node=node, writes={"samples": "samples.jsonl", "generate_stats": "generate.json"},
-              plugins=lambda ctx: [("backend", ctx.backend)] + data_sources.task_plugins(ctx.data["prompts"]))
+STAGE = Stage("generate", SETTINGS, node=node, optional_reads=("prompts",),
+              writes={"samples": "samples.jsonl", "generate_stats": "generate.json"},
+              plugins=lambda ctx: [("backend", ctx.backend)] + ([] if "prompts" in ctx.inputs else
+                                                                data_sources.task_plugins(ctx.data["prompts"])))
 
 if __name__ == "__main__":
     stage_main(main)
