@@ -137,6 +137,9 @@ class ResponseCache:
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         return self.folder / digest[:2] / f"{digest}.json"
 
+    def has(self, body: dict) -> bool:
+        return self._path(body).exists()
+
     def get(self, body: dict) -> dict | None:
         path = self._path(body)
         if not path.exists():

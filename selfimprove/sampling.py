@@ -8,9 +8,11 @@ from __future__ import annotations
 
 
 def sample(model, tokenizer, prompts: list[str], n: int, temperature: float, top_p: float,
-           max_new_tokens: int, batch_size: int, seed: int, on_batch=None) -> list[list[str]]:
+           max_new_tokens: int, batch_size: int, seed: int, on_batch=None,
+           add_special_tokens: bool = True) -> list[list[str]]:
     """n completions per prompt (greedy when temperature == 0, then n is forced to 1).
-    on_batch(prompts_done) is called after every forward pass, for progress displays."""
+    on_batch(prompts_done) is called after every forward pass, for progress displays.
+    add_special_tokens=False for prompts a chat template rendered: they already hold the BOS token."""
     import torch
 
     greedy = temperature == 0
@@ -20,7 +22,7 @@ def sample(model, tokenizer, prompts: list[str], n: int, temperature: float, top
     outputs: list[list[str]] = []
     for start in range(0, len(prompts), per_batch):
         chunk = prompts[start:start + per_batch]
-        encoded = tokenizer(chunk, return_tensors="pt", padding=True).to(model.device)
+        encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens).to(model.device)
         kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
         with torch.no_grad():
             generated = model.generate(**encoded, max_new_tokens=max_new_tokens, num_return_sequences=n,

@@ -171,3 +171,73 @@ def test_a_lora_adapter_reaches_vllm_as_its_merged_model(fake_vllm, tiny_model, 
     assert Path(loaded).parent == tmp_path / "scratch" / "merged" and (Path(loaded) / "config.json").is_file()
     assert texts == HFBackend(str(tmp_path / "it1")).sample(PROMPTS, 1, 0.0, 1.0, 8, 64, seed=0)
     assert texts != HFBackend(tiny_model).sample(PROMPTS, 1, 0.0, 1.0, 8, 64, seed=0)  # the adapter counts
+
+
+def shifted_repeats(texts: list[list[str]]) -> int:
+    """How often prompt i's sample j+1 equals prompt i+1's sample j: what per-prompt seeds s + i give
+    on vLLM, which seeds sample j of a request with s + j (the same prompt three times shows it)."""
+    return sum(texts[i][j + 1] == texts[i + 1][j] for i in range(len(texts) - 1) for j in range(len(texts[i]) - 1))
+
+
+def test_samples_are_independent_across_prompts_and_samples(fake_vllm, tiny_model):
+    backend = vllm_backend(tiny_model)
+    texts = backend.sample(["1+1="] * 3, 4, 1.0, 1.0, 10, 64, seed=5)
+    assert shifted_repeats(texts) == 0 and len({t for row in texts for t in row}) == 12
+    assert texts == backend.sample(["1+1="] * 3, 4, 1.0, 1.0, 10, 64, seed=5)  # seeded: the same again
+    assert texts != backend.sample(["1+1="] * 3, 4, 1.0, 1.0, 10, 64, seed=6)
+
+
+def test_a_rendered_chat_reaches_the_model_with_one_bos(fake_vllm, tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "chat"
+    model.mkdir()
+    for f in Path(tiny_model).iterdir():
+        (model / f.name).write_bytes(f.read_bytes())
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    # Llama-style: the template writes the BOS itself, and the tokenizer adds one to plain text too.
+    tokenizer.chat_template = "{{ bos_token }}{% for m in messages %}#{{ m['content'] }};{% endfor %}r"
+    tokenizer.save_pretrained(model)
+    raw = HFBackend(str(model)).sample([f"#{p};r" for p in PROMPTS], 1, 0.0, 1.0, 6, 8, seed=0)  # one BOS, added
+    assert open_backend({"chat_template": True}, str(model)).sample(PROMPTS, 1, 0.0, 1.0, 6, 8, seed=0) == raw
+    backend = open_backend({"backend": "vllm", "chat_template": True}, str(model))
+    assert backend.sample(PROMPTS, 1, 0.0, 1.0, 6, 8, seed=0) == raw
+    seen = fake_vllm.ENGINES[-1]().prompt_token_ids
+    assert [ids.count(tokenizer.bos_token_id) for ids in seen] == [1] * len(PROMPTS)
+
+
+def test_an_error_with_data_parallel_workers_running_ends_the_process(fake_vllm, tiny_model, tmp_path):
+    script = tmp_path / "stage.py"
+    script.write_text(f"""
+from selfimprove.backends import open_backend
+if __name__ == "__main__":
+    backend = open_backend({{"backend": "vllm", "vllm": {{"data_parallel_size": 2}}}}, {tiny_model!r})
+    backend.sample(["1+1="], 1, 0.0, 1.0, 4, 8, seed=0)  # the two workers are up, waiting for the next call
+    raise RuntimeError("a bug in the stage")
+""")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="0,1")
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1 and "RuntimeError: a bug in the stage" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory) -> str:
+    """Random weights over 44 tokens: more next tokens than the 20 most likely."""
+    from selfimprove.untrained import save_untrained
+
+    return save_untrained(tmp_path_factory.mktemp("wide") / "model", layers=1, chars=list("0123456789abcdefghijklmnopqrstuvwxyz+=#; "))
+
+
+def test_choice_probabilities_are_exact_beyond_the_top_20(fake_vllm, wide_model):
+    choices = list("0123456789abcdefghijklmnopqrstuvwxyz")  # 36 choices: at least 16 outside any top 20
+    ours = vllm_backend(wide_model).choice_probs(PROMPTS, choices)
+    theirs = HFBackend(wide_model).choice_probs(PROMPTS, choices)
+    assert [row for row in ours] == [pytest.approx(row, abs=1e-6) for row in theirs]
+    assert all(min(row) > 0 for row in ours)
+
+
+def test_a_prompt_longer_than_the_engine_allows_is_one_line_before_any_work(fake_vllm, tiny_model):
+    backend = vllm_backend(tiny_model, max_model_len=16)
+    with pytest.raises(UserError, match=r"vllm: a prompt of 17 tokens \('1234567\+12345678'\) leaves no room .* max_model_len is 16;"):
+        backend.sample(["1+1=", "1234567+12345678"], 2, 1.0, 1.0, 4, 8, seed=0)  # 16 characters and the BOS
+    assert fake_vllm.ENGINES[-1]().requests == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from selfimprove.backends.seeds import sample_seed
 from selfimprove.loopfile import load_loop, resolved_params
 from selfimprove.errors import UserError
 from selfimprove.stages import generate
@@ -43,11 +44,11 @@ def expected_bodies() -> list[dict]:
     run = yaml.safe_load(yaml.safe_dump(resolved_params(load_loop(ROOT / "loops/scpo.yaml", ["data.prompts_size=6"]))))
     records = data_sources.load_records(run["data"]["prompts"], run["data"], 6, need_answers=False)
     bodies = []
-    for index in range(2):
-        for record in records[index * 4:(index + 1) * 4]:
+    for index in range(2):  # shard `index` samples with seed 0 * 100003 + index
+        for position, record in enumerate(records[index * 4:(index + 1) * 4]):
             for j in range(2):
                 bodies.append({"model": MODEL, "prompt": record["question"], "n": 1, "temperature": 0.7, "top_p": 0.9,
-                               "max_tokens": 56, "seed": index + j})
+                               "max_tokens": 56, "seed": sample_seed(index, position, j)})
     return bodies
 
 
@@ -102,7 +103,7 @@ def test_chat_template_sends_chat_messages_and_greedy_sends_one_request_per_prom
     assert [r["path"] for r in server.requests] == ["/v1/chat/completions"] * 2
     first = next(r for r in server.requests if r["body"]["messages"][0]["content"] == "q1")  # 2 in flight: any order
     assert first["body"] == {"model": "served-name", "n": 1, "temperature": 0.0, "top_p": 1.0,
-                                          "max_tokens": 16, "seed": 3, "messages": [{"role": "user", "content": "q1"}]}
+                                          "max_tokens": 16, "seed": sample_seed(3, 0, 0), "messages": [{"role": "user", "content": "q1"}]}
     chat.close()
     assert chat.usage == {"requests_sent": 2, "replies_from_cache": 0, "prompt_tokens": 0, "completion_tokens": 0}
     with pytest.raises(UserError, match="cannot read next-token probabilities over HTTP"):

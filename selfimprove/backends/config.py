@@ -34,6 +34,9 @@ def check_backend(raw: dict, problems: Problems) -> tuple[str, bool, dict]:
     openai = sections["openai"]
     if any(not isinstance(url, str) or not re.match(r"https?://", url) for url in openai["endpoints"]):
         problems.add(("openai", "endpoints"), "must be base URLs, e.g. endpoints: [http://localhost:8000/v1]")
+    elif not openai["serve"] and any("{port}" in url for url in openai["endpoints"]):
+        problems.add(("openai", "endpoints"), "{port} is filled only for servers the stage starts; set openai.serve "
+                     "to the launch command, or give the port")
     if backend == "openai" and not openai["endpoints"]:
         problems.add(("backend",), "openai needs openai.endpoints, the servers' base URLs; e.g. "
                      "openai: {endpoints: [http://localhost:8000/v1]}")
@@ -64,4 +67,5 @@ def tracked_keys(loop) -> list[str]:
     re-runs those stages; which of its section's keys count is the backend's to say (TRACKED)."""
     if not backend_params(loop):
         return []
-    return ["backend", "chat_template"] + list(resolve("backend", loop.backend).TRACKED)
+    tracked = resolve("backend", loop.backend).TRACKED
+    return ["backend", "chat_template"] + list(tracked(loop.backend_settings) if callable(tracked) else tracked)

@@ -34,7 +34,7 @@ class HFBackend:
 
             prompts = chat_prompts(tokenizer, prompts)
         return sample(model, tokenizer, prompts, n, temperature, top_p, max_new_tokens, batch_size, seed,
-                      on_batch=on_batch)
+                      on_batch=on_batch, add_special_tokens=not self.chat_template)
 
     def choice_probs(self, prompts: list[str], choices: list[str], batch_size: int = 64,
                      on_batch=None) -> list[list[float]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from selfimprove.backends.seeds import sample_seed
 from selfimprove.errors import UserError
 from selfimprove.openai_api import Endpoint, ResponseCache
 from selfimprove.stage import Setting
@@ -32,14 +33,20 @@ SETTINGS = {  # the loop file's openai: section (any OpenAI-compatible server, `
     "backoff": Setting(float, 1.0, "seconds before the first retry; doubles each time"),
     "price_per_1m_input_tokens": Setting(float, 0.0, "for the cost in the stage's metrics (0: not priced)"),
     "price_per_1m_output_tokens": Setting(float, 0.0, "for the cost in the stage's metrics (0: not priced)"),
+    "serve": Setting(str, "", "a command that starts a server on the stage's model ({model}, {port}), run by each "
+                     "sampling stage for each endpoint and stopped after it (selfimprove.backends.serve)"),
+    "serve_timeout": Setting(float, 900.0, "seconds a started server may take to answer"),
 }
 
 
 class OpenAIBackend:
     SETTINGS = SETTINGS
     # An endpoint's address, concurrency, timeouts and prices change how requests travel, not what comes
-    # back: only the model name asked for is tracked.
-    TRACKED = ("openai.api_model",)
+    # back: the model name asked for is tracked, and the launch command where the stage starts servers
+    # (its flags, a seed or a dtype, change the texts).
+    @staticmethod
+    def TRACKED(settings: dict) -> tuple[str, ...]:
+        return ("openai.api_model",) + (("openai.serve",) if settings.get("serve") else ())
 
     @classmethod
     def open(cls, model_ref: str, revision: str | None, settings: dict, chat_template: bool, scratch):
@@ -50,18 +57,28 @@ class OpenAIBackend:
                  cache_dir: str | Path | None = None):
         self.model = settings["api_model"] or model_ref
         self.settings, self.chat_template = settings, chat_template
-        self.endpoint = Endpoint(settings["endpoints"], self.model, settings["api_key_env"], settings["concurrency"],
-                                 settings["timeout"], settings["max_retries"], backoff=settings["backoff"], section="openai")
         self.cache = ResponseCache(cache_dir) if cache_dir else None
+        self.servers = None
+        if settings.get("serve"):  # started on the first request: a stage whose replies are all cached starts none
+            from selfimprove.backends.serve import Servers
+
+            logs = Path(cache_dir).parent / "servers" if cache_dir else Path(model_ref).parent / ".servers"
+            self.servers = Servers(settings["serve"], settings["endpoints"], model_ref, logs, settings["serve_timeout"])
+        self.endpoint = Endpoint(self.servers.urls if self.servers else settings["endpoints"], self.model,
+                                 settings["api_key_env"], settings["concurrency"], settings["timeout"],
+                                 settings["max_retries"], backoff=settings["backoff"], section="openai")
         self._replies: list[dict] = []  # without a cache: the replies of this process, for the usage figures
         self.usage: dict[str, float] = {}
 
     def sample(self, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
                batch_size: int, seed: int, on_batch=None) -> list[list[str]]:
         """n completions per prompt (greedy when temperature == 0, then n is forced to 1, as hf does);
-        the j-th sample of every prompt is asked for with seed + j."""
+        each sample with its own seed (selfimprove.backends.seeds)."""
         n = 1 if temperature == 0 else n
-        bodies = [self._body(prompt, temperature, top_p, max_new_tokens, seed + j) for prompt in prompts for j in range(n)]
+        bodies = [self._body(prompt, temperature, top_p, max_new_tokens, sample_seed(seed, i, j))
+                  for i, prompt in enumerate(prompts) for j in range(n)]
+        if self.servers and not self.servers.processes and not (self.cache and all(map(self.cache.has, bodies))):
+            self.servers.start()
         path = "/chat/completions" if self.chat_template else "/completions"
         replies = self.endpoint.post_all(bodies, path, self.cache,
                                          on_done=(lambda done: on_batch(done // n)) if on_batch else None)
@@ -103,5 +120,8 @@ class OpenAIBackend:
         return totals
 
     def close(self) -> None:
-        """Nothing to free; the usage figures are final (the stage discards its scratch area next)."""
+        """Stop the servers this stage started; the usage figures are final (the stage discards its
+        scratch area next)."""
+        if self.servers:
+            self.servers.stop()
         self.usage = self._totals()

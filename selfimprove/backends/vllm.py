@@ -7,8 +7,9 @@
 - data_parallel_size > 1 starts one worker process per model copy, each seeing only its own GPUs
   (CUDA_VISIBLE_DEVICES), and gives each a contiguous slice of the prompts; results come back in order.
 
-Every prompt's sample requests carry their own seed, derived from the stage's seed and the prompt's
-position, so the texts do not depend on how the prompts were split between workers.
+Every sample is a request with its own seed, hashed from the stage's seed, the prompt's position and
+the sample's number: samples are independent, and the texts do not depend on how the prompts were
+split between workers.
 Developed without a GPU: exercised only against the fake `vllm` module in tests/fake_vllm.
 """
 
@@ -19,12 +20,14 @@ import os
 from pathlib import Path
 
 from selfimprove.backends.hf import continuation_tokens
+from selfimprove.backends.seeds import sample_seed
 from selfimprove.errors import UserError
 from selfimprove.stage import Setting
 
-# vLLM's default engine limit on returned logprobs (max_logprobs): asking for more fails. A choice outside
-# the 20 most likely next tokens gets probability 0 (its true value is below the 20th's).
+# Older vLLM (no logprob_token_ids): its default engine limit on returned logprobs (max_logprobs); asking
+# for more fails, and a choice outside the 20 most likely next tokens gets probability 0.
 TOP_LOGPROBS = 20
+MAX_LOGPROB_TOKEN_IDS = 128  # vLLM's bound on logprob_token_ids per request
 
 
 def import_vllm():
@@ -45,6 +48,10 @@ SETTINGS = {  # the loop file's vllm: section (offline vllm.LLM, one or more GPU
                                       check=lambda v: 0 < v <= 1,
                                       fix="is a share of GPU memory; use a value in (0, 1], e.g. 0.9"),
     "max_model_len": Setting(int, 0, "context length to reserve KV cache for (0: the model's own); lower it on OOM"),
+    "dtype": Setting(str, "auto", "weights' dtype in the engine: auto (vLLM's choice; on CPU bf16), float32, bfloat16, "
+                     "float16", choices=("auto", "float32", "bfloat16", "float16"), omit_default=True),
+    "batch_invariant": Setting(bool, False, "vLLM's batch-invariant kernels (VLLM_BATCH_INVARIANT): a text no longer "
+                               "depends on what else is in its batch, at some speed", omit_default=True),
 }
 
 
@@ -74,6 +81,10 @@ class VLLMBackend:
                            gpu_memory_utilization=self.settings["gpu_memory_utilization"])
             if self.settings["max_model_len"]:
                 options["max_model_len"] = self.settings["max_model_len"]
+            if self.settings.get("dtype", "auto") != "auto":
+                options["dtype"] = self.settings["dtype"]
+            if self.settings.get("batch_invariant"):  # read by the engine's processes, which inherit it
+                os.environ["VLLM_BATCH_INVARIANT"] = "1"
             self._llm = vllm.LLM(**options)
         return self._llm
 
@@ -83,32 +94,43 @@ class VLLMBackend:
     def sample(self, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
                batch_size: int, seed: int, on_batch=None) -> list[list[str]]:
         """n completions per prompt (greedy when temperature == 0, then n is forced to 1, as hf does).
+        Each sample is its own request with its own seed (sample_seed): vLLM seeds sample j of an n > 1
+        request with seed + j, so per-prompt seeds would repeat across neighbouring prompts.
         batch_size is unused: vLLM schedules its own batches (continuous batching)."""
-        requests = [(prompt, request_seed(seed, i)) for i, prompt in enumerate(prompts)]
-        options = dict(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        n = 1 if temperature == 0 else n
+        requests = [(prompt, sample_seed(seed, i, j)) for i, prompt in enumerate(prompts) for j in range(n)]
+        options = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         if self._parallel():
             texts = self._pool().run("sample", requests, options)
         else:
             texts = self.sample_requests(requests, **options)
         if on_batch:
-            on_batch(len(texts))
-        return texts
+            on_batch(len(prompts))
+        return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
-    def sample_requests(self, requests: list[tuple[str, int]], n: int, temperature: float, top_p: float,
-                        max_new_tokens: int) -> list[list[str]]:
-        """Sample in this process: one request per (prompt, seed), all handed to vLLM at once."""
+    def sample_requests(self, requests: list[tuple[str, int]], temperature: float, top_p: float,
+                        max_new_tokens: int) -> list[str]:
+        """One completion per (prompt, seed) request, all handed to vLLM at once, in this process."""
         vllm = import_vllm()
         llm = self._engine()
         greedy = temperature == 0
-        prompts = [prompt for prompt, _ in requests]
-        if self.chat_template:
-            from selfimprove.backends import chat_prompts
-
-            prompts = chat_prompts(llm.get_tokenizer(), prompts)
-        params = [vllm.SamplingParams(n=1 if greedy else n, temperature=temperature, top_p=1.0 if greedy else top_p,
+        params = [vllm.SamplingParams(n=1, temperature=temperature, top_p=1.0 if greedy else top_p,
                                       max_tokens=max_new_tokens, seed=seed) for _, seed in requests]
-        outputs = llm.generate(prompts, params, use_tqdm=False)
-        return [[completion.text for completion in output.outputs] for output in outputs]
+        inputs = self._inputs([prompt for prompt, _ in requests])
+        check_prompt_lengths(llm, inputs)
+        outputs = llm.generate(inputs, params, use_tqdm=False)
+        return [output.outputs[0].text for output in outputs]
+
+    def _inputs(self, prompts: list[str]) -> list:
+        """What vLLM is given: the text, or with a chat template the rendered chat's token ids. The
+        rendered text already holds the BOS token; tokenising it as a prompt would add a second one."""
+        if not self.chat_template:
+            return prompts
+        from selfimprove.backends import chat_prompts
+
+        tokenizer = self._engine().get_tokenizer()
+        return [{"prompt_token_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
+                for text in chat_prompts(tokenizer, prompts)]
 
     def choice_probs(self, prompts: list[str], choices: list[str], batch_size: int = 64,
                      on_batch=None) -> list[list[float]]:
@@ -125,11 +147,17 @@ class VLLMBackend:
         vllm = import_vllm()
         llm = self._engine()
         targets = [continuation_tokens(llm.get_tokenizer(), p, choices) for p in prompts]
-        contexts = sorted({context for per_prompt in targets for context, _ in per_prompt})
-        params = vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS)
-        outputs = llm.generate([{"prompt_token_ids": list(c)} for c in contexts], params, use_tqdm=False)
-        top = {context: output.outputs[0].logprobs[0] for context, output in zip(contexts, outputs)}
-        return [[math.exp(top[context][token].logprob) if token in top[context] else 0.0
+        wanted: dict[tuple, set] = {}
+        for per_prompt in targets:
+            for context, token in per_prompt:
+                wanted.setdefault(context, set()).add(token)
+        contexts = sorted(wanted)
+        inputs = [{"prompt_token_ids": list(c)} for c in contexts]
+        check_prompt_lengths(llm, inputs)
+        params = [choice_params(vllm, sorted(wanted[c]), len(llm.get_tokenizer())) for c in contexts]
+        outputs = llm.generate(inputs, params, use_tqdm=False)
+        found = {context: output.outputs[0].logprobs[0] for context, output in zip(contexts, outputs)}
+        return [[math.exp(found[context][token].logprob) if token in found[context] else 0.0
                  for context, token in per_prompt] for per_prompt in targets]
 
     def _pool(self):
@@ -152,13 +180,38 @@ class VLLMBackend:
             self._workers.close()
             self._workers = None
         if self._llm is not None:
+            # Stop the engine core (its own process in vLLM V1) now, not whenever the LLM is collected:
+            # a stage that opens a second engine (evaluate's win-rate judge) needs the memory back first.
+            core = getattr(getattr(self._llm, "llm_engine", None), "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
             self._llm = None
             release_gpu_memory()
 
 
-def request_seed(seed: int, index: int) -> int:
-    """The seed of the index-th prompt of a call: distinct per prompt, the same however prompts are split."""
-    return (seed * 1_000_003 + index) % 2**31
+def choice_params(vllm, tokens: list[int], vocabulary: int):
+    """One greedy token with the log probabilities of exactly these next tokens (logprob_token_ids,
+    vLLM >= 0.20); on older vLLM the top TOP_LOGPROBS, never more than the vocabulary holds."""
+    if hasattr(vllm.SamplingParams(), "logprob_token_ids") and len(tokens) <= MAX_LOGPROB_TOKEN_IDS:
+        return vllm.SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=tokens)
+    return vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=min(TOP_LOGPROBS, vocabulary))
+
+
+def check_prompt_lengths(llm, inputs: list) -> None:
+    """vLLM aborts a whole call when one prompt has max_model_len tokens or more: say which, first."""
+    config = getattr(llm, "model_config", None) or getattr(getattr(llm, "llm_engine", None), "model_config", None)
+    limit = getattr(config, "max_model_len", None)
+    if not limit:
+        return
+    tokenizer = llm.get_tokenizer()
+    for prompt in inputs:
+        ids = prompt["prompt_token_ids"] if isinstance(prompt, dict) else tokenizer(prompt)["input_ids"]
+        if len(ids) >= limit:
+            text = prompt if isinstance(prompt, str) else tokenizer.decode(ids, skip_special_tokens=True)
+            start = text[:40] + ("..." if len(text) > 40 else "")
+            raise UserError(f"vllm: a prompt of {len(ids)} tokens ({start!r}) leaves no room for a completion: the "
+                            f"engine's max_model_len is {limit}; raise vllm.max_model_len (up to the model's context) "
+                            "or shorten the prompts (data.prompt_template, a judge template)")
 
 
 def release_gpu_memory() -> None:

@@ -9,6 +9,7 @@ at the same time, and concatenates the results in order.
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 
@@ -51,6 +52,10 @@ class WorkerPool:
             child.close()
             self.pipes.append(parent)
             self.processes.append(process)
+        # An exception that escapes the stage must not hang it: at exit, multiprocessing joins these
+        # (non-daemon) workers while they wait for a call. atexit runs last-registered first, so this
+        # close (registered after multiprocessing's own handler) tells them to stop before that join.
+        atexit.register(self.close)
 
     def run(self, method: str, items: list, options: dict) -> list:
         """method(slice, **options) on every worker at once; the results concatenated in item order."""
@@ -70,6 +75,7 @@ class WorkerPool:
         return results
 
     def close(self) -> None:
+        atexit.unregister(self.close)
         for pipe in self.pipes:
             try:
                 pipe.send(None)

@@ -2,8 +2,8 @@
 RequestOutput with .outputs[i].text and .logprobs), its engine replaced by transformers on the CPU.
 
 Put tests/fake_vllm on sys.path (or PYTHONPATH, which spawned workers and DVC stages inherit) and
-`import vllm` finds this. Like vLLM, each request is seeded by its own SamplingParams.seed, so a text
-depends only on its prompt and seed. Every LLM construction is recorded (ENGINES in this process, and a
+`import vllm` finds this. Like vLLM, each request is seeded by its own SamplingParams.seed, sample j of
+it with seed + j, so a text depends only on its prompt, seed and j. Every LLM construction is recorded (ENGINES in this process, and a
 JSON line in $FAKE_VLLM_LOG when set, for worker processes) with its arguments and CUDA_VISIBLE_DEVICES.
 """
 
@@ -25,6 +25,7 @@ class SamplingParams:
     max_tokens: int = 16
     seed: int | None = None
     logprobs: int | None = None
+    logprob_token_ids: list | None = None  # vLLM >= 0.20: exactly these tokens' logprobs (and the sampled one)
 
 
 @dataclass
@@ -64,7 +65,10 @@ class LLM:
         ENGINES.append(weakref.ref(self))
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
+        limit = kwargs.get("max_model_len") or self.model.config.max_position_embeddings
+        self.model_config = type("ModelConfig", (), {"max_model_len": limit})()
         self.requests = 0
+        self.prompt_token_ids: list[list[int]] = []  # of every sampling request, as the engine saw it
 
     def get_tokenizer(self):
         return self.tokenizer
@@ -82,20 +86,24 @@ class LLM:
         text = prompt if isinstance(prompt, str) else None
         ids = self.tokenizer(text)["input_ids"] if text is not None else list(prompt["prompt_token_ids"])
         inputs = torch.tensor([ids])
-        if params.logprobs:
+        if params.logprobs or params.logprob_token_ids:
             return RequestOutput(request_id, text, ids, [self._top_logprobs(inputs, params)])
         if params.temperature == 0 and params.n > 1:
             raise ValueError("n must be 1 when using greedy sampling")  # as older vLLM versions refuse
+        self.prompt_token_ids.append(ids)
         generator_seed = params.seed if params.seed is not None else self.args["seed"]
-        torch.manual_seed(generator_seed)
         sampling = dict(do_sample=False) if params.temperature == 0 else dict(
             do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-        with torch.no_grad():
-            generated = self.model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=params.max_tokens,
-                                            num_return_sequences=params.n, pad_token_id=self.tokenizer.pad_token_id,
-                                            **sampling)
+        rows = []
+        for j in range(params.n):  # as vLLM: sample j of a request is seeded with seed + j
+            torch.manual_seed(generator_seed + j)
+            with torch.no_grad():
+                generated = self.model.generate(inputs, attention_mask=torch.ones_like(inputs),
+                                                max_new_tokens=params.max_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                                                **sampling)
+            rows.append(generated[0, len(ids):].tolist())
         outputs = []
-        for j, row in enumerate(generated[:, len(ids):].tolist()):
+        for j, row in enumerate(rows):
             if self.tokenizer.eos_token_id in row:  # vLLM stops at EOS and leaves it out of the text
                 row = row[:row.index(self.tokenizer.eos_token_id)]
             row = [t for t in row if t != self.tokenizer.pad_token_id]
@@ -110,8 +118,11 @@ class LLM:
             raise NotImplementedError("the fake returns logprobs for one generated token only")
         with torch.no_grad():
             logprobs = torch.log_softmax(self.model(inputs).logits[0, -1].float(), dim=-1)
-        values, tokens = torch.topk(logprobs, min(params.logprobs, logprobs.numel()))
-        top = {int(t): Logprob(float(v), rank + 1, self.tokenizer.decode([int(t)]))
-               for rank, (v, t) in enumerate(zip(values, tokens))}
-        first = int(tokens[0])
+        if params.logprobs and params.logprobs > logprobs.numel():
+            raise ValueError(f"Requested {params.logprobs} logprobs, more than the vocabulary ({logprobs.numel()})")
+        ranks = torch.argsort(logprobs, descending=True)
+        first = int(ranks[0])
+        wanted = [int(t) for t in ranks[:params.logprobs]] if params.logprobs else list(params.logprob_token_ids) + [first]
+        position = {int(t): rank + 1 for rank, t in enumerate(ranks)}
+        top = {t: Logprob(float(logprobs[t]), position[t], self.tokenizer.decode([t])) for t in wanted}
         return CompletionOutput(0, self.tokenizer.decode([first]), [first], [top])
