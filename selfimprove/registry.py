@@ -47,6 +47,7 @@ BACKENDS = {
     "hf": "selfimprove.backends.hf:HFBackend",
     "vllm": "selfimprove.backends.vllm:VLLMBackend",
     "openai": "selfimprove.backends.openai:OpenAIBackend",
+    "ray": "selfimprove.backends.ray:RayBackend",
 }
 
 # Builtin models (`model: builtin:<name>`): built in the project by a builder stage, never downloaded.

@@ -241,3 +241,13 @@ def test_a_prompt_longer_than_the_engine_allows_is_one_line_before_any_work(fake
     with pytest.raises(UserError, match=r"vllm: a prompt of 17 tokens \('1234567\+12345678'\) leaves no room .* max_model_len is 16;"):
         backend.sample(["1+1=", "1234567+12345678"], 2, 1.0, 1.0, 4, 8, seed=0)  # 16 characters and the BOS
     assert fake_vllm.ENGINES[-1]().requests == 0
+
+
+def test_workers_take_disjoint_port_ranges(monkeypatch):
+    from selfimprove.backends.vllm_workers import port_ranges
+
+    monkeypatch.setenv("VLLM_PORT", "20000")
+    assert port_ranges(3) == [20000, 20064, 20128]
+    monkeypatch.delenv("VLLM_PORT")
+    ranges = port_ranges(2)
+    assert ranges[1] - ranges[0] == 64 and ranges[1] + 64 <= 65535

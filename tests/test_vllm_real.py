@@ -199,3 +199,13 @@ def test_a_loop_whose_policy_changes_every_iteration_generates_on_servers_it_sta
     assert generated["generate_requests_sent"] == 16 * 4  # every sample through the server on the base model
     left = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
     assert not [c for c in left if "api_server" in c and ("runs/v/" in c or "runs/builtin/" in c)]  # all stopped
+
+
+def test_ray_data_llm_on_a_local_cluster_returns_the_offline_engines_texts(engine, chat_model):
+    pytest.importorskip("ray.data.llm", reason="ray[data] is not installed in this environment")
+    ray_backend = open_backend({"backend": "ray", "ray": {"batch_size": 8, "engine_kwargs": ENGINE}}, chat_model)
+    try:
+        texts = ray_backend.sample(PROMPTS, 3, 1.0, 0.9, 8, 8, seed=2)
+    finally:
+        ray_backend.close()
+    assert texts == engine.sample(PROMPTS, 3, 1.0, 0.9, 8, 8, seed=2)  # same seeds per sample, in order

@@ -44,10 +44,12 @@ class WorkerPool:
         context = multiprocessing.get_context("spawn")
         single = {**settings, "data_parallel_size": 1}
         self.pipes, self.processes = [], []
-        for devices in device_groups(visible_devices(copies * per_copy), copies, per_copy):
+        ports = port_ranges(copies)
+        for devices, port in zip(device_groups(visible_devices(copies * per_copy), copies, per_copy), ports):
             parent, child = context.Pipe()
             # Not a daemon: vLLM starts its own processes for tensor parallelism, which daemons may not.
-            process = context.Process(target=_serve, args=(child, devices, model_ref, revision, single, chat_template))
+            process = context.Process(target=_serve, args=(child, devices, port, model_ref, revision, single,
+                                                           chat_template))
             process.start()
             child.close()
             self.pipes.append(parent)
@@ -89,10 +91,21 @@ class WorkerPool:
         self.pipes, self.processes = [], []
 
 
-def _serve(pipe, devices: str, model_ref: str, revision: str | None, settings: dict, chat_template: bool) -> None:
-    """A worker's life: restrict it to its GPUs, then answer calls until told to stop (None) or the parent
-    goes away (the pipe closes)."""
+def port_ranges(copies: int, spacing: int = 64) -> list[int]:
+    """The first port of each worker's own range (VLLM_PORT): engines started at the same moment pick
+    their internal ports from disjoint ranges instead of racing for the same free one (vllm#14919)."""
+    from selfimprove.backends.serve import free_port
+
+    base = int(os.environ.get("VLLM_PORT") or min(free_port(), 65535 - spacing * copies))
+    return [base + spacing * rank for rank in range(copies)]
+
+
+def _serve(pipe, devices: str, port: int, model_ref: str, revision: str | None, settings: dict,
+           chat_template: bool) -> None:
+    """A worker's life: restrict it to its GPUs and its ports, then answer calls until told to stop
+    (None) or the parent goes away (the pipe closes)."""
     os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    os.environ["VLLM_PORT"] = str(port)
     from selfimprove.backends.vllm import VLLMBackend
 
     backend = VLLMBackend(model_ref, revision, settings, chat_template)
