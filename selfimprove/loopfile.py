@@ -27,7 +27,10 @@ from selfimprove.backends.config import backend_params, check_backend
 from selfimprove.errors import UserError
 from selfimprove.registry import BACKENDS, STAGES, UnknownName, resolve, stages, suggestion
 from selfimprove.stage import tracked_values
-from selfimprove.validation import Problems, check_section, check_values, defaults, did_you_mean, key_lines, scalar
+from selfimprove import yamlfile
+from selfimprove.datafile import check_data_file
+from selfimprove.validation import (Problems, check_section, check_values, defaults, did_you_mean, key_lines, scalar,
+                                    shown)
 
 TOP_LEVEL = {"name", "description", "model", "model_revision", "data", "iterations", "seed", "bootstrap", "stages",
              "schedule", "from", "backend", "chat_template", "pipeline", *BACKENDS}
@@ -71,7 +74,7 @@ def parse_override(text: str) -> tuple[tuple, Any]:
     path = tuple(scalar(part) for part in key.strip().split("."))
     if path[0] in STAGES:
         path = ("stages",) + path
-    return path, yaml.safe_load(raw) if raw.strip() else ""
+    return path, yamlfile.load(raw, f"--set {text}", numbered=False)[0] if raw.strip() else ""
 
 
 def _apply_override(raw: dict, path: tuple, value: Any) -> None:
@@ -88,20 +91,16 @@ def load_loop(path: str | Path, overrides: list[str] = ()) -> Loop:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such loop file; the shipped ones are in loops/ (e.g. loops/scpo.yaml)")
-    text = path.read_text()
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax there") from None
+    raw, node = yamlfile.load(yamlfile.decode(path.read_bytes(), str(path)), str(path))
     if not isinstance(raw, dict):
         raise UserError(f"{path}:1: a loop file is a mapping with at least: {', '.join(REQUIRED)}")
     lines = key_lines(node) if node is not None else {}
+    given = {}
     for text_override in overrides:
-        _apply_override(raw, *parse_override(text_override))
-    problems = Problems(str(path), lines)
+        key_path, value = parse_override(text_override)
+        _apply_override(raw, key_path, value)
+        given[key_path] = ".".join(map(str, key_path))  # never its value: it may be a pasted key
+    problems = Problems(str(path), lines, given)
     loop = _validate(raw, path, problems)
     if problems.items:
         raise UserError(*dict.fromkeys(problems.items))
@@ -131,11 +130,21 @@ def _validate(raw: dict, path: Path, problems: Problems) -> Loop:
             **check_section(raw.get("data", {}), data_section.SETTINGS, ("data",), problems)}
     check_values(data, data_section.SETTINGS, ("data",), problems, set())
     for key in ("prompts", "eval"):
+        spec = data.get(key)
+        if isinstance(spec, str) and Path(spec).suffix.lower() in (".jsonl", ".json", ".parquet") and not Path(spec).is_file():
+            problems.add(("data", key), f"{spec}: no such file (paths are relative to the project directory)")
+        elif isinstance(spec, str) and Path(spec).suffix.lower() in (".jsonl", ".json", ".parquet"):
+            for problem in check_data_file(spec, data["question_field"], data["answer_field"],
+                                           need_answers=False if key == "prompts" else None):
+                problems.add(("data", key), problem)
         if not data.get(key):
             problems.add(("data",), f"missing data.{key}; e.g. data: {{prompts: builtin:arith/train, eval: builtin:arith/test}}")
-    model = str(raw.get("model", ""))
+    model = raw.get("model")
+    if "model" in raw and not (isinstance(model, str) and model.strip()):
+        problems.add(("model",), "is empty; name a builtin (builtin:tiny-arith), a model directory or a hub id")
+    model = str(model or "")
     bootstrap = _bootstrap(model, raw.get("bootstrap", {}), problems)
-    per_iteration, pipelines = _iterations(raw, iterations, problems)
+    per_iteration, pipelines = _iterations(raw, iterations, problems, shortened=("iterations",) in problems.overrides)
     backend, chat_template, backend_settings = check_backend(raw, problems)
     for k, settings in per_iteration.items():
         for stage in pipelines.get(k, []):
@@ -172,7 +181,7 @@ def _builder_settings(builtin) -> dict:
     return importlib.import_module(builtin.builder).SETTINGS
 
 
-def _iterations(raw: dict, iterations: int, problems: Problems) -> tuple[dict, dict]:
+def _iterations(raw: dict, iterations: int, problems: Problems, shortened: bool = False) -> tuple[dict, dict]:
     """(per iteration: every stage's resolved settings, per iteration: its pipeline)."""
     base = _check_stages(raw.get("stages", {}), ("stages",), problems)
     top_pipeline = _check_pipeline(raw["pipeline"], ("pipeline",), problems) if "pipeline" in raw else None
@@ -181,9 +190,11 @@ def _iterations(raw: dict, iterations: int, problems: Problems) -> tuple[dict, d
         problems.add(("schedule",), "must map an iteration number to stage overrides, e.g. 2: {pairs: {min_votes: 0.7}}")
         schedule = {}
     for key in schedule:
-        # Entries past the last iteration are allowed, so `--set iterations=2` works on a 3-iteration loop.
         if isinstance(key, bool) or not isinstance(key, int) or key < 1:
-            problems.add(("schedule", key), f"{key!r} is not an iteration number; use 1, 2, ...")
+            problems.add(("schedule", key), f"{shown(key)} is not an iteration number; use 1, 2, ...")
+        elif key > iterations and not shortened:  # `--set iterations=2` on a 3-iteration loop may leave some
+            problems.add(("schedule", key), f"the loop has {iterations} iterations, so this entry would never apply; "
+                         f"remove it or raise iterations to {key}")
     per_iteration, pipelines, seen = {}, {}, set()
     for k in range(1, iterations + 1):
         entry = schedule.get(k) or {}

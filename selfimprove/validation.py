@@ -6,6 +6,7 @@ together. Generic: nothing here knows what a loop is (selfimprove.loopfile does)
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from typing import Any
 
@@ -14,15 +15,20 @@ import yaml
 
 
 class Problems:
-    """Collects errors with their line numbers; raised together at the end."""
+    """Collects errors with their line numbers; raised together at the end. A key a --set override gave
+    is named as that --set, not by a line of the file (overrides: key path -> the --set text)."""
 
-    def __init__(self, source: str, lines: dict[tuple, int]):
-        self.source, self.lines, self.items = source, lines, []
+    def __init__(self, source: str, lines: dict[tuple, int], overrides: dict[tuple, str] | None = None):
+        self.source, self.lines, self.items, self.overrides = source, lines, [], overrides or {}
 
     def add(self, path: tuple, message: str) -> None:
+        given = next((self.overrides[path[:cut]] for cut in range(len(path), 0, -1) if path[:cut] in self.overrides), None)
+        key = ".".join(map(str, path)) or "(top level)"
+        if given:
+            self.items.append(f"--set {given}: {'' if key == given else key + ': '}{message}")
+            return
         line = self._line_of(path)
-        where = f"{self.source}:{line}" if line else self.source
-        self.items.append(f"{where}: {'.'.join(map(str, path)) or '(top level)'}: {message}")
+        self.items.append(f"{f'{self.source}:{line}' if line else self.source}: {key}: {message}")
 
     def _line_of(self, path: tuple) -> int | None:
         for cut in range(len(path), -1, -1):  # the nearest ancestor that has a line
@@ -57,10 +63,11 @@ def coerce(value: Any, kind: type) -> Any:
     """Return value as kind, or raise ValueError. bool is not an int here, and '3e-05' is a float."""
     if isinstance(value, bool) and kind is not bool:
         raise ValueError
-    if kind is float and isinstance(value, (int, float)):
-        return float(value)
-    if kind is float and isinstance(value, str):
-        return float(value)
+    if kind is float and isinstance(value, (int, float, str)):
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError("not finite")
+        return number
     if kind is int and isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
         return int(value)
     if isinstance(value, kind):
@@ -83,8 +90,8 @@ def check_section(values: Any, settings: dict, path: tuple, problems: Problems) 
         try:
             checked[key] = coerce(value, setting.type)
         except (ValueError, TypeError):
-            problems.add(path + (key,), f"expected {setting.type.__name__}, got {value!r}; "
-                                        f"write e.g. {key}: {setting.default!r}")
+            kind = "a finite number" if setting.type is float else setting.type.__name__
+            problems.add(path + (key,), f"expected {kind}, got {shown(value)}; write e.g. {key}: {setting.default!r}")
             continue
         if setting.choices and checked[key] not in setting.choices:
             problems.add(path + (key,), f"{checked[key]!r} is not one of: {', '.join(map(str, setting.choices))}")
@@ -100,6 +107,12 @@ def check_values(values: dict, settings: dict, path: tuple, problems: Problems, 
         if not setting.check(values[key]):
             seen.add(path + (key,))
             problems.add(path + (key,), f"{values[key]!r} {setting.fix}")
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A user's value in a message: its repr, cut short (a value can be as large as the file)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def defaults(settings: dict) -> dict:

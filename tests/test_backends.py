@@ -251,3 +251,31 @@ def test_workers_take_disjoint_port_ranges(monkeypatch):
     monkeypatch.delenv("VLLM_PORT")
     ranges = port_ranges(2)
     assert ranges[1] - ranges[0] == 64 and ranges[1] + 64 <= 65535
+
+
+def test_the_next_chunk_goes_to_the_first_idle_worker_and_results_keep_their_order():
+    import multiprocessing
+    import threading
+    import time
+
+    from selfimprove.backends.vllm_workers import WorkerPool
+
+    served = {0: 0, 1: 0}
+
+    def worker(rank: int, pipe, delay: float):  # a stand-in for a worker process: doubles each item
+        while (call := pipe.recv()) is not None:
+            time.sleep(delay)
+            served[rank] += 1
+            pipe.send(("ok", [2 * x for x in call[1]]))
+
+    pool = WorkerPool.__new__(WorkerPool)
+    pool.pipes, threads = [], []
+    for rank, delay in ((0, 0.3), (1, 0.0)):  # copy 0 is slow
+        parent, child = multiprocessing.Pipe()
+        threads.append(threading.Thread(target=worker, args=(rank, child, delay), daemon=True))
+        threads[-1].start()
+        pool.pipes.append(parent)
+    assert pool.run("sample", list(range(16)), {}) == [2 * x for x in range(16)]
+    assert served[0] + served[1] == 8 and served[1] > served[0]  # 8 chunks of 2; the fast copy took most
+    for pipe in pool.pipes:
+        pipe.send(None)

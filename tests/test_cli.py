@@ -54,7 +54,9 @@ def workspace(tmp_path, monkeypatch):
     from selfimprove.loopfile import load_loop
     from selfimprove.runner import ensure_dvc
 
-    (tmp_path / "loop.yaml").write_text((ROOT / "loops/scpo.yaml").read_text().replace("iterations: 3", "iterations: 2"))
+    text = (ROOT / "loops/scpo.yaml").read_text().replace("iterations: 3", "iterations: 2")
+    (tmp_path / "loop.yaml").write_text("".join(line for line in text.splitlines(keepends=True)
+                                                if not line.startswith("  3: ")))  # no entry past the end
     ensure_dvc(tmp_path)
     compiler.write(tmp_path, load_loop(tmp_path / "loop.yaml"))
     for k, (greedy, majority) in enumerate([(274, 806), (968, 958), (981, 975)]):

@@ -3,8 +3,8 @@
 Each worker is started with `spawn` (a forked CUDA context is unusable), sees only its own GPUs through
 CUDA_VISIBLE_DEVICES set before vLLM is imported there, loads the model once, and then serves calls
 until the backend closes: a stage calls sample() once per shard, and reloading the model per call would
-cost more than the sampling. A call splits its items into contiguous slices, one per worker, runs them
-at the same time, and concatenates the results in order.
+cost more than the sampling. A call cuts its items into contiguous chunks, hands the next chunk to the
+first idle worker, and concatenates the results in order.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import multiprocessing
 import os
 
 from selfimprove.errors import UserError
+
+CHUNKS_PER_WORKER = 4  # more chunks balance better; each costs a round trip and a smaller vLLM batch
 
 
 def contiguous_slices(items: list, parts: int) -> list[list]:
@@ -60,21 +62,40 @@ class WorkerPool:
         atexit.register(self.close)
 
     def run(self, method: str, items: list, options: dict) -> list:
-        """method(slice, **options) on every worker at once; the results concatenated in item order."""
-        slices = contiguous_slices(items, len(self.pipes))
-        for pipe, part in zip(self.pipes, slices):
-            pipe.send((method, part, options))
-        results = []
+        """method(chunk, **options) on the workers, the results concatenated in item order. The items go
+        out in CHUNKS_PER_WORKER contiguous chunks per worker, the next chunk to whichever worker is idle
+        first, so a slower copy (longer completions, a busier GPU) takes fewer of them."""
+        from multiprocessing.connection import wait
+
+        chunks = [c for c in contiguous_slices(items, len(self.pipes) * CHUNKS_PER_WORKER) if c] or [[]]
+        pending, results, busy = list(enumerate(chunks)), [None] * len(chunks), {}
         for rank, pipe in enumerate(self.pipes):
-            try:
-                status, value = pipe.recv()
-            except EOFError:
-                raise UserError(f"vllm: data-parallel worker {rank} died (see its output above; out of GPU "
-                                "memory? lower vllm.gpu_memory_utilization)") from None
-            if status == "error":
-                raise UserError(f"vllm: data-parallel worker {rank}: {value}")
-            results.extend(value)
-        return results
+            if pending:
+                self._send(rank, pipe, pending.pop(0), method, options, busy)
+        while busy:
+            for pipe in wait(list(busy)):
+                rank, index = busy.pop(pipe)
+                results[index] = self._receive(rank, pipe)
+                if pending:
+                    self._send(rank, pipe, pending.pop(0), method, options, busy)
+        return [value for part in results for value in part]
+
+    @staticmethod
+    def _send(rank: int, pipe, chunk: tuple[int, list], method: str, options: dict, busy: dict) -> None:
+        index, part = chunk
+        pipe.send((method, part, options))
+        busy[pipe] = (rank, index)
+
+    @staticmethod
+    def _receive(rank: int, pipe) -> list:
+        try:
+            status, value = pipe.recv()
+        except EOFError:
+            raise UserError(f"vllm: data-parallel worker {rank} died (see its output above; out of GPU "
+                            "memory? lower vllm.gpu_memory_utilization)") from None
+        if status == "error":
+            raise UserError(f"vllm: data-parallel worker {rank}: {value}")
+        return value
 
     def close(self) -> None:
         atexit.unregister(self.close)
