@@ -93,6 +93,12 @@ def check_section(values: Any, settings: dict, path: tuple, problems: Problems) 
             kind = "a finite number" if setting.type is float else setting.type.__name__
             problems.add(path + (key,), f"expected {kind}, got {shown(value)}; write e.g. {key}: {setting.default!r}")
             continue
+        texts = checked[key] if isinstance(checked[key], list) else [checked[key]]
+        if any(isinstance(t, str) and has_credentials(t) for t in texts):
+            problems.add(path + (key,), "a URL with a user or password in it would be written to params.yaml; give the "
+                         "URL without them and the key in the environment variable that api_key_env names")
+            del checked[key]
+            continue
         if setting.choices and checked[key] not in setting.choices:
             problems.add(path + (key,), f"{checked[key]!r} is not one of: {', '.join(map(str, setting.choices))}")
     return checked
@@ -107,6 +113,19 @@ def check_values(values: dict, settings: dict, path: tuple, problems: Problems, 
         if not setting.check(values[key]):
             seen.add(path + (key,))
             problems.add(path + (key,), f"{values[key]!r} {setting.fix}")
+
+
+def has_credentials(text: str) -> bool:
+    """Whether a value is a URL carrying a user or a password (http://user:key@host/...)."""
+    from urllib.parse import urlsplit
+
+    if "://" not in text or "@" not in text:
+        return False
+    try:
+        parts = urlsplit(text.replace("{port}", "1"))
+        return bool(parts.username or parts.password)
+    except ValueError:
+        return "@" in text.split("://", 1)[1].split("/", 1)[0]
 
 
 def shown(value: Any, limit: int = 60) -> str:

@@ -34,9 +34,6 @@ def check_backend(raw: dict, problems: Problems) -> tuple[str, bool, dict]:
     openai = sections["openai"]
     if any(not isinstance(url, str) or not re.match(r"https?://", url) for url in openai["endpoints"]):
         problems.add(("openai", "endpoints"), "must be base URLs, e.g. endpoints: [http://localhost:8000/v1]")
-    elif any(has_credentials(url) for url in openai["endpoints"]):
-        problems.add(("openai", "endpoints"), "a URL with a user or password in it would be written to params.yaml; "
-                     "give the URL without them and the key in the environment variable openai.api_key_env names")
     elif not openai["serve"] and any("{port}" in url for url in openai["endpoints"]):
         problems.add(("openai", "endpoints"), "{port} is filled only for servers the stage starts; set openai.serve "
                      "to the launch command, or give the port")
@@ -45,16 +42,6 @@ def check_backend(raw: dict, problems: Problems) -> tuple[str, bool, dict]:
                      "openai: {endpoints: [http://localhost:8000/v1]}")
     check_key_env(openai["api_key_env"], ("openai", "api_key_env"), problems)
     return backend, chat_template, sections.get(backend, {})
-
-
-def has_credentials(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url.replace("{port}", "1"))
-        return bool(parts.username or parts.password)
-    except ValueError:
-        return "@" in url.split("/")[2] if url.count("/") >= 2 else False
 
 
 def check_key_env(name: str, path: tuple, problems: Problems) -> None:

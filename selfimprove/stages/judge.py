@@ -258,12 +258,9 @@ def reads_probabilities(settings: dict, pipeline: list[str]) -> bool:
 def check(settings: dict, problems, top: dict) -> None:
     """top: the loop's backend, chat_template and this iteration's pipeline. An OpenAI-compatible judge needs its endpoint and model, and a key only by the name of an
     environment variable; modes other than generate read a local model's token probabilities."""
-    from selfimprove.backends.config import check_key_env, has_credentials
+    from selfimprove.backends.config import check_key_env
 
     judge, path = settings["judge"], ("stages", "judge")
-    if judge["endpoint"] and has_credentials(judge["endpoint"]):
-        problems.add(path + ("endpoint",), "a URL with a user or password in it would be written to params.yaml; give "
-                     "the URL without them and the key in the environment variable judge.api_key_env names")
     if judge["source"] == "openai":
         for key, example in (("endpoint", "http://localhost:8000/v1"), ("api_model", "meta-llama/Llama-3.1-70B-Instruct")):
             if not judge[key]:
