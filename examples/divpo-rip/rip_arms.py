@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import random
 import subprocess
 import sys
@@ -25,13 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from selfimprove.results import wilson
 from selfimprove.stages import filter as rip
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    p, d = correct / n, 1 + z * z / n
-    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return centre - half, centre + half
 
 
 def arms(pairs: list[dict], filter_settings: dict) -> dict[str, list[dict]]:

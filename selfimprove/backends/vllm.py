@@ -116,9 +116,11 @@ class VLLMBackend:
         greedy = temperature == 0
         params = [vllm.SamplingParams(n=1, temperature=temperature, top_p=1.0 if greedy else top_p,
                                       max_tokens=max_new_tokens, seed=seed) for _, seed in requests]
-        inputs = self._inputs([prompt for prompt, _ in requests])
-        check_prompt_lengths(llm, inputs)
-        outputs = llm.generate(inputs, params, use_tqdm=False)
+        # n requests share each prompt: render, tokenise and check every distinct prompt once
+        distinct = list(dict.fromkeys(prompt for prompt, _ in requests))
+        prepared = dict(zip(distinct, self._inputs(distinct)))
+        check_prompt_lengths(llm, list(prepared.values()))
+        outputs = llm.generate([prepared[prompt] for prompt, _ in requests], params, use_tqdm=False)
         return [output.outputs[0].text for output in outputs]
 
     def _inputs(self, prompts: list[str]) -> list:
