@@ -1,14 +1,24 @@
-"""Faults: SIGKILLs of the whole process group at random moments across a 2-iteration loop.
+"""Faults across a 2-iteration loop: SIGKILLs, a full disk, two loops at once, damaged outputs.
 
-    python benchmarks/chaos.py [--kills 20] [--seed 0]
+    python benchmarks/chaos.py [--parts kills,disk,concurrent,damage] [--kills 20] [--seed 0]
 
-Runs the tiny loop once uninterrupted (the reference), then again in a fresh project where
-`selfimprove run` is started in its own process group and SIGKILLed --kills times, each time once a
-randomly chosen stage (or a later one) is running plus a random 0.1-1.5 s (each restart resumes), then
-left to finish. Prints: kills that landed while the run was working, the
-final metrics against the reference (they must be equal), and how many times a stage that had already
-finished (recorded in dvc.lock with its outputs present before the attempt) was run again (must be 0).
-Other faults of issue 13 (a full disk, two loops at once, corrupted outputs) are not in this script yet.
+Runs the tiny loop once uninterrupted (the reference), then each part in a fresh project:
+- kills: `selfimprove run` is started in its own process group and SIGKILLed --kills times, each time
+  once a randomly chosen stage (or a later one) is running plus a random 0.1-1.5 s (each restart
+  resumes), then left to finish. Prints the kills that landed while the run was working, the final
+  metrics against the reference (must be equal), and how many times a stage that had already finished
+  (recorded in dvc.lock with its outputs present before the attempt) ran again (must be 0).
+- disk: the project lives on a 256 MiB tmpfs in a private mount namespace (needs root and `unshare`);
+  the disk is filled while generate writes its shards, while train writes a checkpoint, and (an
+  injected ENOSPC halfway through DVC's write, since no timing can hit it) while DVC writes dvc.lock.
+  Prints what the user saw, the half-written files left behind, and whether the rerun finished with
+  the reference's metrics.
+- concurrent: two different loops started at once in one project: the second must be refused in one
+  line, the first finish; then the second runs; dvc.lock and params.yaml must be whole, both runs'
+  metrics equal their references.
+- damage: in a finished project, a model directory deleted, an output truncated, a builtin model's
+  weights overwritten, and a model deleted with DVC's cache gone too: each rerun must notice, redo or
+  restore the right stages only, and end with the reference's metrics.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,12 +49,13 @@ stages:
   train: {batch_size: 2, save_steps: 2, lr: 1.0e-4, max_length: 64}
   evaluate: {k: 2, max_new_tokens: 40}
 """
+OTHER_LOOP = LOOP.replace("name: c", "name: d").replace("min_votes: 0.25", "min_votes: 0.5")
 
 
-def start(project: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "SELFIMPROVE_PROGRESS"}
-    return subprocess.Popen([sys.executable, "-m", "selfimprove.cli", "run", "loop.yaml"], cwd=project, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def start(project: Path, loop: str = "loop.yaml", output=subprocess.DEVNULL, env: dict | None = None) -> subprocess.Popen:
+    env = {k: v for k, v in dict(os.environ, COLUMNS="250", **(env or {})).items() if k != "SELFIMPROVE_PROGRESS"}
+    return subprocess.Popen([sys.executable, "-m", "selfimprove.cli", "run", loop], cwd=project, env=env,
+                            stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def finished_stages(project: Path) -> set[str]:
@@ -55,35 +67,43 @@ def finished_stages(project: Path) -> set[str]:
     return {name for name, node in stages.items() if all((project / o["path"]).exists() for o in node.get("outs", []))}
 
 
-def started_stages(project: Path, offset: int) -> tuple[list[str], int]:
+def started_stages(project: Path, offset: int, run: str = "c") -> tuple[list[str], int]:
     """Stages DVC started since byte `offset` of the run's log, and the new offset."""
-    log = project / "runs/c/repro.log"
+    log = project / f"runs/{run}/repro.log"
     if not log.exists():
         return [], offset
     text = log.read_text(errors="replace")
     return [line.split("'")[1] for line in text[offset:].splitlines() if line.startswith("Running stage '")], len(text)
 
 
-def metrics(project: Path) -> dict:
-    return {k: json.loads((project / f"runs/c/it{k}/metrics.json").read_text()) for k in (0, 1, 2)}
+def restored_stages(project: Path, offset: int, run: str = "c") -> list[str]:
+    """Stages DVC checked out from its run cache (not run) since byte `offset` of the run's log."""
+    text = (project / f"runs/{run}/repro.log").read_text(errors="replace")[offset:]
+    return [line.split("'")[1] for line in text.splitlines() if "is cached - skipping run" in line]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def metrics(project: Path, run: str = "c") -> dict:
+    return {k: json.loads((project / f"runs/{run}/it{k}/metrics.json").read_text()) for k in (0, 1, 2)}
+
+
+def wait_for(process: subprocess.Popen, ready, timeout: float = 600) -> bool:
+    """Poll until ready() or the process ends; whether ready() came first."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if ready():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def kills(args, root: Path, reference: Path) -> None:
     rng = random.Random(args.seed)
-    root = Path(tempfile.mkdtemp(prefix="chaos-"))
-    reference, chaos = root / "reference", root / "chaos"
-    for project in (reference, chaos):
-        project.mkdir()
-        (project / "loop.yaml").write_text(LOOP)
-    started = time.monotonic()
-    assert start(reference).wait() == 0, "the reference run failed"
-    duration = time.monotonic() - started
-    print(f"reference run: {duration:.0f} s")
-
+    chaos = new_project(root / "kills")
     order, _ = started_stages(reference, 0)  # the stages in the order DVC runs them
     # Kill moments spread over the whole loop: each attempt waits until a chosen stage (or a later one)
     # is running, then kills after a random delay; the choices are sorted, so the kills move through
@@ -120,11 +140,219 @@ def main() -> None:
     ran, offset = started_stages(chaos, offset)
     redone += [name for name in ran if name in before]
     same = final == 0 and metrics(chaos) == metrics(reference)
-    print(f"kills landed while running: {landed} (attempts {attempts}); final run exit {final}")
-    print(f"final metrics equal the uninterrupted run's: {same}")
-    print("killed in: " + ", ".join(f"{name} x{killed_in.count(name)}" for name in dict.fromkeys(killed_in)))
-    print(f"finished stages run again: {len(redone)} {sorted(set(redone))}")
-    print(f"projects: {root}")
+    print(f"[kills] landed while running: {landed} (attempts {attempts}); final run exit {final}")
+    print(f"[kills] final metrics equal the uninterrupted run's: {same}")
+    print("[kills] killed in: " + ", ".join(f"{name} x{killed_in.count(name)}" for name in dict.fromkeys(killed_in)))
+    print(f"[kills] finished stages run again: {len(redone)} {sorted(set(redone))}")
+
+
+# An injected ENOSPC for the one write no timing can hit: DVC's rewrite of dvc.lock (in place, see
+# selfimprove/dvclock.py). In the process whose CHAOS_LOCK_WRITE env names it, the Nth open of dvc.lock
+# for writing keeps half of what is written, then fails as a full disk does.
+SITECUSTOMIZE = '''\
+import builtins, errno, io, os
+_fail_at = int(os.environ.get("CHAOS_LOCK_WRITE", "0"))
+_real_open, _count = builtins.open, [0]
+
+class _HalfWritten(io.StringIO):
+    def __init__(self, handle):
+        super().__init__()
+        self.handle = handle
+    def close(self):
+        if not self.closed:
+            text = self.getvalue()
+            self.handle.write(text[: len(text) // 2])
+            self.handle.close()
+            super().close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+    def __exit__(self, *exc):
+        self.close()
+
+def _open(file, mode="r", *args, **kwargs):
+    handle = _real_open(file, mode, *args, **kwargs)
+    if _fail_at and str(file).endswith("dvc.lock") and "w" in mode:
+        _count[0] += 1
+        if _count[0] == _fail_at:
+            return _HalfWritten(handle)
+    return handle
+
+if _fail_at:
+    builtins.open = io.open = _open
+'''
+
+
+def disk(args, root: Path, reference: Path) -> None:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        print("[disk] skipped: a private tmpfs needs root and unshare (run as root)")
+        return
+    if not args.inner_disk:  # re-run this part inside a private mount namespace, where mounting is allowed
+        code = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, __file__,
+                               "--parts", "disk", "--inner-disk", "--root", str(root)]).returncode
+        if code:
+            print(f"[disk] failed (exit {code})")
+        return
+    mount = root / "tmpfs"
+    mount.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "none", str(mount)], check=True)
+    project = new_project(mount)
+    log = root / "disk-output.txt"
+    log.unlink(missing_ok=True)
+
+    def fill() -> None:
+        """Write zeros until the tmpfs refuses even one byte."""
+        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        for size in (2**20, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+        os.close(fd)
+
+    def case(name: str, stage: str, ready) -> None:
+        offset = len(log.read_text()) if log.exists() else 0
+        with open(log, "a") as output:
+            process = start(project, output=output)
+            seen = 0
+
+            def at_stage():
+                nonlocal seen
+                ran, seen = started_stages(project, 0)
+                return bool(ran) and ran[-1] == stage and ready()
+
+            hit = wait_for(process, at_stage)
+            if hit:
+                fill()
+            code = process.wait()
+        (mount / "filler").unlink(missing_ok=True)
+        said = [line for line in log.read_text()[offset:].splitlines() if line.strip()]
+        leftovers = sorted(str(p.relative_to(project)) for p in project.rglob("*.tmp"))
+        print(f"[disk] {name}: disk filled during {stage}: {hit}; exit {code}; output lines {len(said)}")
+        print(f"[disk] {name}: the user saw: {said[-1] if said else '(nothing)'}")
+        print(f"[disk] {name}: temporary files left: {leftovers or 'none'}")
+
+    case("shard", "c-it1-generate", lambda: any(project.glob("runs/c/it1/.samples-shards/*/shard-*.jsonl")))
+    case("model", "c-it1-train", lambda: any(project.glob("runs/c/it1/.model-checkpoints/*/checkpoint-*")))
+    # dvc.lock: the second lock write of the next `selfimprove run` keeps half the file and fails.
+    hooks = root / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = {"CHAOS_LOCK_WRITE": "2", "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))}
+    offset = len(log.read_text())
+    with open(log, "a") as output:
+        code = start(project, output=output, env=env).wait()
+    said = [line for line in log.read_text()[offset:].splitlines() if line.strip()]
+    from selfimprove import dvclock
+
+    damage = dvclock.check(project / "dvc.lock")
+    print(f"[disk] lock: exit {code}; dvc.lock afterwards: {damage or 'whole'}")
+    print(f"[disk] lock: the user saw: {said[-1] if said else '(nothing)'}")
+    offset = len(log.read_text())
+    log_offset = len((project / "runs/c/repro.log").read_text())
+    with open(log, "a") as output:
+        final = start(project, output=output).wait()
+    said = [line for line in log.read_text()[offset:].splitlines() if "damaged" in line]
+    print(f"[disk] rerun: {said[0] if said else 'no repair needed'}")
+    ran, _ = started_stages(project, log_offset)
+    print(f"[disk] rerun: exit {final}; ran {ran}; restored from the run cache "
+          f"{restored_stages(project, log_offset)}")
+    print(f"[disk] final metrics equal the uninterrupted run's: {final == 0 and metrics(project) == metrics(reference)}")
+    subprocess.run(["umount", str(mount)])
+
+
+def concurrent(args, root: Path, reference: Path, other_reference: Path) -> None:
+    project = new_project(root / "concurrent")
+    (project / "other.yaml").write_text(OTHER_LOOP)
+    first = start(project, "loop.yaml", output=subprocess.PIPE)
+    second = start(project, "other.yaml", output=subprocess.PIPE)
+    outputs = [p.communicate()[0].decode(errors="replace") for p in (first, second)]
+    codes = [first.returncode, second.returncode]
+    refused = [i for i, code in enumerate(codes) if code != 0]
+    print(f"[concurrent] exits: loop.yaml {codes[0]}, other.yaml {codes[1]}")
+    for i in refused:
+        lines = [line for line in outputs[i].splitlines() if line.strip()]
+        print(f"[concurrent] refused in {len(lines)} line(s): {lines[-1] if lines else ''}")
+    later = start(project, "other.yaml" if 1 in refused else "loop.yaml").wait()
+    import yaml
+
+    from selfimprove import dvclock
+
+    whole = all(isinstance(yaml.safe_load((project / name).read_text()), dict) for name in ("params.yaml", "dvc.yaml"))
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True)
+    print(f"[concurrent] the refused loop run afterwards: exit {later}")
+    print(f"[concurrent] dvc.lock {dvclock.check(project / 'dvc.lock') or 'whole'}; params.yaml and dvc.yaml whole: "
+          f"{whole}; dvc status exit {status.returncode}, up to date: {'up to date' in status.stdout}")
+    print(f"[concurrent] metrics equal the references: c {metrics(project) == metrics(reference)}, "
+          f"d {metrics(project, 'd') == metrics(other_reference, 'd')}")
+
+
+def damage(args, root: Path, reference: Path) -> None:
+    project = root / "damage"
+    shutil.copytree(reference, project, symlinks=True)
+    cases = [
+        ("model directory deleted", lambda: shutil.rmtree(project / "runs/c/it1/model")),
+        ("output cut short", lambda: truncate(project / "runs/c/it1/samples.jsonl")),
+        ("builtin model's weights overwritten", lambda: overwrite(project / "runs/builtin/tiny-arith/model.safetensors")),
+        ("model deleted and DVC's cache gone", lambda: (shutil.rmtree(project / ".dvc/cache"),
+                                                       shutil.rmtree(project / "runs/c/it2/model"))),
+    ]
+    for name, harm in cases:
+        harm()
+        offset = len((project / "runs/c/repro.log").read_text())
+        code = start(project).wait()
+        ran, _ = started_stages(project, offset)
+        print(f"[damage] {name}: exit {code}; ran {ran or 'nothing'}; restored from the run cache "
+              f"{restored_stages(project, offset) or 'nothing'}; metrics equal: {metrics(project) == metrics(reference)}")
+
+
+def truncate(path: Path) -> None:
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+
+
+def overwrite(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        f.write(b"\xff" * 64)
+
+
+def new_project(parent: Path, name: str = "project") -> Path:
+    project = parent / name
+    project.mkdir(parents=True)
+    (project / "loop.yaml").write_text(LOOP)
+    return project
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="kills,disk,concurrent,damage")
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser.add_argument("--inner-disk", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    parts = args.parts.split(",")
+    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="chaos-"))
+    reference = root / "reference" / "project"
+    if not reference.exists():
+        new_project(root / "reference")
+        started = time.monotonic()
+        assert start(reference).wait() == 0, "the reference run failed"
+        print(f"reference run: {time.monotonic() - started:.0f} s")
+    if "kills" in parts:
+        kills(args, root, reference)
+    if "disk" in parts:
+        disk(args, root, reference)
+    if "concurrent" in parts:
+        other_reference = root / "reference-other" / "project"
+        other_reference.mkdir(parents=True)
+        (other_reference / "other.yaml").write_text(OTHER_LOOP)
+        assert start(other_reference, "other.yaml").wait() == 0, "the other loop's reference run failed"
+        concurrent(args, root, reference, other_reference)
+    if "damage" in parts:
+        damage(args, root, reference)
+    if not args.inner_disk:
+        print(f"projects: {root}")
 
 
 if __name__ == "__main__":

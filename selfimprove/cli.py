@@ -77,10 +77,12 @@ def run(loop_file: str, overrides: tuple[str, ...], start_from: str | None) -> N
 def compile_(loop_file: str, overrides: tuple[str, ...]) -> None:
     """Write the loop's stages into dvc.yaml and params.yaml without running them
     (then `dvc repro`, `dvc dag` and `dvc status` work on it natively)."""
-    from selfimprove import compiler
+    from selfimprove import compiler, runner
     from selfimprove.loopfile import load_loop
 
-    stages = compiler.write(Path.cwd(), load_loop(loop_file, list(overrides)))
+    loop = load_loop(loop_file, list(overrides))
+    with runner.workspace_lock(Path.cwd(), f"selfimprove compile {loop_file}"):  # not under a running loop
+        stages = compiler.write(Path.cwd(), loop)
     click.echo(f"dvc.yaml, params.yaml: {len(stages)} stage(s) for {loop_file}")
 
 

@@ -14,6 +14,7 @@ evaluated as iteration 0. Several runs share one dvc.yaml: compiling a loop repl
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import yaml
 from selfimprove import data as data_section
 from selfimprove import fingerprint
 from selfimprove.backends.config import tracked_keys
-from selfimprove.errors import UserError
+from selfimprove.errors import UserError, writing
 from selfimprove.loopfile import Loop, resolved_params
 from selfimprove.models import builtin
 from selfimprove.registry import module_of, resolve, stages
@@ -231,15 +232,43 @@ def write(project: Path, loop: Loop) -> list[str]:
     """Update dvc.yaml and params.yaml in the project; return this loop's stage names in order (its
     bootstrap stage included)."""
     dvc_path, params_path = project / "dvc.yaml", project / "params.yaml"
-    existing = yaml.safe_load(dvc_path.read_text()) if dvc_path.exists() else {}
-    existing_params = yaml.safe_load(params_path.read_text()) if params_path.exists() else {}
-    document, params = compile_loop(loop, project, (existing or {}).get("stages"), existing_params or {})
+    existing, existing_params = _read_compiled(dvc_path), _read_compiled(params_path)
+    document, params = compile_loop(loop, project, existing.get("stages"), existing_params)
     _write_if_changed(dvc_path, HEADER + dump(document))
     _write_if_changed(params_path, HEADER + dump(params))
     own = set(bootstrap_stage(loop, project))
     return [name for name in document["stages"] if name in own or _belongs_to(name, loop.name)]
 
 
+def _read_compiled(path: Path) -> dict:
+    """A file compile wrote before (the stages and params of the project's other runs, which it keeps);
+    one that no longer parses is named, with the way out."""
+    if not path.exists():
+        return {}
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML any more (edited by hand, or cut short by a full disk); "
+                        f"restore it (git checkout {path.name}) or delete it: each `selfimprove run` "
+                        f"compiles its loop into it again") from None
+    if document is not None and not isinstance(document, dict):
+        raise UserError(f"{path}: expected a mapping, as compile writes it; restore it (git checkout "
+                        f"{path.name}) or delete it and run your loops again")
+    return document or {}
+
+
 def _write_if_changed(path: Path, text: str) -> None:
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+    """Written whole or not at all (a temporary file, then a rename): a full disk or a kill mid-write
+    never leaves a cut-short dvc.yaml or params.yaml."""
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with writing(path):
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise

@@ -12,7 +12,9 @@ What counts is a module's tokens, minus:
   marked @declaration (DVC nodes, checks). Their effects reach DVC as the node itself and as the params
   the settings resolve to, so a setting added to one stage re-runs only that stage (its params change);
 - modules that only declare or name things (selfimprove.stage, selfimprove.registry,
-  selfimprove.validation): registry entries are resolved to their modules, which count one by one.
+  selfimprove.validation): registry entries are resolved to their modules, which count one by one;
+- selfimprove.errors, which only turns failures into messages: a stage that fails leaves nothing that
+  DVC records, so how it words the failure cannot change a cached output.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = "selfimprove"
-DECLARATION_MODULES = {"selfimprove", "selfimprove.stage", "selfimprove.registry", "selfimprove.validation"}
+DECLARATION_MODULES = {"selfimprove", "selfimprove.stage", "selfimprove.registry", "selfimprove.validation",
+                       "selfimprove.errors"}
 DECLARATION_NAMES = {"SETTINGS", "STAGE"}
 DECLARATION_CALLS = {"Stage", "Builtin"}
 KEPT_TOKENS = {tokenize.NAME: "N", tokenize.NUMBER: "#", tokenize.STRING: "S", tokenize.OP: "O",

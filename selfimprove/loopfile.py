@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from selfimprove import data as data_section
 from selfimprove.backends.config import backend_params, check_backend

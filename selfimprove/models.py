@@ -98,11 +98,20 @@ def full_weights_dir(reference: str, scratch: str | Path, revision: str | None =
         model, tokenizer = load(reference, revision, for_training=True)
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        model.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
+        save(model, tokenizer, partial)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(partial, target)  # a killed write never leaves a half model that looks whole
     return str(target)
+
+
+def save(model, tokenizer, directory: str | Path) -> None:
+    """Write a model and its tokenizer to a directory; a full disk ends in one line naming it."""
+    from selfimprove.errors import writing
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    with writing(directory):
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
 
 
 def model_identity(model: str, revision: str | None = None) -> list:

@@ -21,7 +21,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from selfimprove.errors import UserError
+from selfimprove.errors import UserError, writing
 
 RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
 
@@ -152,8 +152,13 @@ class ResponseCache:
         path = self._path(body)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(payload))
-        os.replace(tmp, path)
+        with writing(path):
+            try:
+                tmp.write_text(json.dumps(payload))
+                os.replace(tmp, path)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
 
     def replies(self) -> list[dict]:
         return [json.loads(path.read_text()) for path in sorted(self.folder.glob("*/*.json"))]

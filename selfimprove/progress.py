@@ -26,9 +26,15 @@ class Progress:
             record = {"stage": self.stage, "done": done, "total": self.total, "unit": self.unit,
                       "started": self.started, "time": now}
             tmp = f"{self.path}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(record, f)
-            os.replace(tmp, self.path)  # atomic: the runner never reads half a file
+            try:
+                with open(tmp, "w") as f:
+                    json.dump(record, f)
+                os.replace(tmp, self.path)  # atomic: the runner never reads half a file
+            except OSError:  # the display only (a full disk): the stage's own writes report the failure
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
         elif now - self.last_print > 10 or done == self.total:
             self.last_print = now
             rate = done / max(now - self.started, 1e-9)

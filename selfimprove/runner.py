@@ -135,8 +135,11 @@ class Repro:
 
     def _read(self) -> None:
         for line in self.process.stdout:
-            self.log.write(line)
-            self.log.flush()
+            try:
+                self.log.write(line)
+                self.log.flush()
+            except OSError:  # a full disk: keep reading, or dvc blocks on a full pipe
+                pass
             self.tail = (self.tail + [line.rstrip()])[-30:]
             if match := RUNNING_RE.search(line):
                 self.current, self.current_since = match.group(1), time.time()
@@ -174,12 +177,27 @@ class Repro:
     def wait(self) -> int:
         code = self.process.wait()
         self.reader.join(5)
-        self.log.close()
+        try:
+            self.log.close()
+        except OSError:
+            pass
         return code
+
+    def failure(self, code: int) -> tuple[str, bool]:
+        """(why the run stopped, whether that is the whole story). A stage that fails on input or a full
+        disk prints one `error:` line; DVC reports its own full disk (writing dvc.lock or its cache);
+        anything else is a crash whose log tail the user needs."""
+        errors = [line.removeprefix("error: ") for line in self.tail if line.startswith("error: ")]
+        if errors:
+            return errors[-1], True
+        if any("No space left on device" in line or "Errno 28" in line for line in self.tail):
+            return ("no space left on device while DVC recorded the stage (dvc.lock, or the copy of its outputs "
+                    "in .dvc/cache); free space there (df -h) and run again: finished stages are kept"), True
+        return f"dvc repro exit {code}", False
 
 
 def run(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console) -> int:
-    from selfimprove import compiler, results
+    from selfimprove import compiler, dvclock, results
     from selfimprove.loopfile import FROM_RE, load_loop
 
     loop = load_loop(loop_path, overrides)
@@ -189,14 +207,16 @@ def run(loop_path: str, overrides: list[str], start_from: str | None, project: P
         loop.start_from = start_from
     if loop.start_from:
         _check_from(project, loop.start_from)
-    ensure_dvc(project)
     description = f"selfimprove run {loop_path}"
-    with workspace_lock(project, description):
+    with workspace_lock(project, description):  # before `dvc init`: two first runs at once init once
+        ensure_dvc(project)
         stages = compiler.write(project, loop)
         run_path = project / compiler.run_dir(loop.name)
         progress_path = run_path / ".progress.json"
         progress_path.unlink(missing_ok=True)
         clear_dead_dvc_locks(project)  # we hold the workspace lock: no other run of ours is using DVC here
+        if repaired := dvclock.repair(project / "dvc.lock"):
+            console.print(f"[yellow]{repaired}[/yellow]", highlight=False)
         started = time.time()
         # One target, the run's report: DVC reproduces everything upstream of it and checks each stage
         # once (17 explicit targets cost 12 s on a no-op rerun, this costs 3 s).
@@ -212,9 +232,12 @@ def run(loop_path: str, overrides: list[str], start_from: str | None, project: P
         code = repro.wait()
     if code != 0:
         failed = repro.current or "a stage"
+        reason, explained = repro.failure(code)
+        if explained:
+            raise UserError(f"{failed} failed: {reason} (full log: {run_path / 'repro.log'})")
         tail = "\n".join(line for line in repro.tail[-12:] if line.strip())
         console.print(tail, markup=False, highlight=False)
-        raise UserError(f"{failed} failed (dvc repro exit {code}); full log: {run_path / 'repro.log'}; "
+        raise UserError(f"{failed} failed ({reason}); full log: {run_path / 'repro.log'}; "
                         f"fix the cause and run `{description}` again: finished stages are kept")
     elapsed = time.time() - started
     ran = len(repro.ran)

@@ -32,7 +32,7 @@ def run_in_shards(stage: str, items: list, shard_size: int, out: Path, key: str,
     reused = 0
     for index, shard in enumerate(shards):
         path = scratch / f"shard-{index:05d}.jsonl"
-        if path.exists():
+        if complete_shard(path):
             reused += 1
         else:
             done_before = index * shard_size
@@ -40,6 +40,16 @@ def run_in_shards(stage: str, items: list, shard_size: int, out: Path, key: str,
         progress.update(min(len(items), (index + 1) * shard_size))
     rows = [row for index in range(len(shards)) for row in read_jsonl(scratch / f"shard-{index:05d}.jsonl")]
     return rows, reused
+
+
+def complete_shard(path: Path) -> bool:
+    """Whether a shard on disk can be reused: it exists and parses. Shards are written whole
+    (write_jsonl), so this fails only for one damaged since (an edit, a disk error); such a shard is
+    redone rather than ending the stage with a parse error."""
+    try:
+        return all(isinstance(row, dict) for row in read_jsonl(path))
+    except (OSError, ValueError):
+        return False
 
 
 def scratch_dir(out: str | Path) -> Path:

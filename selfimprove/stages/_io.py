@@ -1,14 +1,18 @@
-"""Small helpers shared by the stages: command-line arguments, params sections, JSONL, atomic writes."""
+"""Small helpers shared by the stages: command-line arguments, params sections, JSONL, atomic writes,
+and the one-line error for a full disk."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
 import yaml
+
+from selfimprove.errors import DiskFull, is_disk_full, writing
 
 
 def iteration_stage_parser(doc: str, *paths: str) -> argparse.ArgumentParser:
@@ -56,26 +60,36 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
     """Write via a temporary file and rename, so a killed stage never leaves half a file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_file(path) as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
-    os.replace(tmp, path)
 
 
 def write_json(path: str | Path, data: dict) -> None:
+    with atomic_file(path) as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def atomic_file(path: str | Path):
+    """A text file written to `path.tmp` and renamed over `path` once complete. A failed write (a full
+    disk) removes the temporary file and names `path` in the error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with writing(path):
+        try:
+            with open(tmp, "w") as f:
+                yield f
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def stage_main(main) -> None:
-    """Run a stage's main; a UserError (bad input, an unhealthy judge) ends it with one line, not a
-    traceback, and a non-zero exit that `selfimprove run` reports with the stage's name."""
+    """Run a stage's main; a UserError (bad input, an unhealthy judge) or a full disk ends it with one
+    line, not a traceback, and a non-zero exit that `selfimprove run` reports with the stage's name."""
     import sys
 
     from selfimprove.errors import UserError
@@ -84,4 +98,9 @@ def stage_main(main) -> None:
         main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        print(f"error: {DiskFull(getattr(error, 'filename', None) or 'the stage outputs')}", file=sys.stderr)
         sys.exit(2)

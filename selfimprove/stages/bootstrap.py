@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from selfimprove import tinyarith
+from selfimprove.errors import writing
 from selfimprove.progress import Progress
 from selfimprove.registry import BUILTIN_TASKS, resolve
 from selfimprove.stage import Builtin, Setting, declaration
@@ -92,8 +93,9 @@ def train_tiny_arith(settings: dict, out: str | Path) -> dict:
             progress.update(step + 1)
     model.eval()
     Path(out).mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with writing(out):
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     return {"final_loss": loss_value, "parameters": sum(p.numel() for p in model.parameters())}
 
 

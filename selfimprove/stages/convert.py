@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from selfimprove.errors import UserError
+from selfimprove.errors import UserError, writing
 from selfimprove.stage import Builtin
 from selfimprove.stages._io import builtin_stage_args, stage_main
 
@@ -46,8 +46,9 @@ def convert(settings: dict, out: str | Path) -> dict:
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     Path(out).mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with writing(out):
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     return {"parameters": sum(p.numel() for p in model.parameters()), "source": str(path.name)}
 
 

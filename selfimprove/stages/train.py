@@ -22,7 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
-from selfimprove.errors import UserError
+from selfimprove.errors import UserError, writing
 from selfimprove.models import model_identity
 from selfimprove.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, revision_for, stage_main
@@ -89,8 +89,7 @@ def train(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, re
     model, tokenizer = models.load(model_ref, revision, for_training=True)
     if not pairs:
         if is_main_process():
-            model.save_pretrained(out)
-            tokenizer.save_pretrained(out)
+            models.save(model, tokenizer, out)
         return {"pairs": 0, "steps": 0, "processes": int(os.environ.get("WORLD_SIZE", 1))}
     # Each pair's weight scales its whole loss (ScPO's vote margin; 1.0 for IRPO's gold pairs).
     dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
@@ -101,10 +100,12 @@ def train(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, re
     trainer.add_callback(_progress_callback())
     with trainer.accelerator.main_process_first():  # the main process removes cut-short checkpoints first
         resume = last_complete_checkpoint(scratch)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with writing(f"a training checkpoint in {scratch}", where=scratch):
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     # Every process calls save_model (DeepSpeed and FSDP gather the weights); only the main one writes.
     # A peft model saves its adapter only, plus the tokenizer.
-    trainer.save_model(str(out))
+    with writing(out):
+        trainer.save_model(str(out))
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
         shutil.rmtree(scratch.parent, ignore_errors=True)
@@ -121,14 +122,22 @@ def is_main_process() -> bool:
 
 def last_complete_checkpoint(scratch: Path) -> Path | None:
     """The newest checkpoint the Trainer finished writing. trainer_state.json is written last, so a
-    checkpoint without it was cut short by a kill and is removed rather than resumed from."""
+    checkpoint without it, or with one cut short (a kill or a full disk mid-write), was not finished and
+    is removed rather than resumed from."""
     complete = []
     for checkpoint in scratch.glob("checkpoint-*"):
-        if (checkpoint / "trainer_state.json").exists():
+        if _complete_json(checkpoint / "trainer_state.json"):
             complete.append(checkpoint)
         else:
             shutil.rmtree(checkpoint, ignore_errors=True)
     return max(complete, key=lambda c: int(c.name.split("-")[1]), default=None)
+
+
+def _complete_json(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def _progress_callback():
