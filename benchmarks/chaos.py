@@ -110,7 +110,7 @@ def kills(args, root: Path, reference: Path) -> None:
     # the loop as it resumes. (Killing at random wall-clock moments alone would land every kill in the
     # first long stage.)
     plan = sorted(rng.randrange(len(order) - 1) for _ in range(args.kills))  # the report takes a second: not a target
-    landed, redone, offset, attempts, killed_in = 0, [], 0, 0, []
+    landed, redone, offset, attempts, killed_in, failed = 0, [], 0, 0, [], []
     for target in plan:
         before = finished_stages(chaos)
         process = start(chaos)
@@ -132,6 +132,8 @@ def kills(args, root: Path, reference: Path) -> None:
         redone += [name for name in ran if name in before]
         if working:
             killed_in.append(ran[-1] if ran else "(start-up)")
+        elif process.returncode != 0:  # failed on its own after the earlier kills: what the rerun must never do
+            failed.append(f"attempt {attempts} in {ran[-1] if ran else '(start-up)'}, exit {process.returncode}")
         else:
             print(f"the run finished before kill {landed + 1}")
             break
@@ -144,6 +146,7 @@ def kills(args, root: Path, reference: Path) -> None:
     print(f"[kills] final metrics equal the uninterrupted run's: {same}")
     print("[kills] killed in: " + ", ".join(f"{name} x{killed_in.count(name)}" for name in dict.fromkeys(killed_in)))
     print(f"[kills] finished stages run again: {len(redone)} {sorted(set(redone))}")
+    print(f"[kills] resumed runs that failed on their own: {len(failed)} {failed}")
 
 
 # An injected ENOSPC for the one write no timing can hit: DVC's rewrite of dvc.lock (in place, see

@@ -269,3 +269,15 @@ def test_the_runner_reports_a_stage_error_line_or_dvc_s_own_full_disk_alone():
     assert explained and "dvc.lock, or the copy of its outputs in .dvc/cache" in reason
     repro.tail = ["Traceback (most recent call last):", "ZeroDivisionError: division by zero"]
     assert repro.failure(1) == ("dvc repro exit 1", False)
+
+
+def test_a_dvc_rwlock_cut_short_by_a_kill_is_cleared(tmp_path):
+    """DVC writes .dvc/tmp/rwlock in place; a SIGKILL mid-write left it empty and DVC then refused every
+    command ("JSON structure is corrupted"), measured by benchmarks/chaos.py."""
+    from selfimprove.runner import clear_dead_dvc_locks
+
+    rwlock = tmp_path / ".dvc" / "tmp" / "rwlock"
+    rwlock.parent.mkdir(parents=True)
+    rwlock.write_text('{"write": {"runs/c/it1/model": {"pid": 1')
+    clear_dead_dvc_locks(tmp_path)
+    assert not rwlock.exists()
