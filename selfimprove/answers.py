@@ -33,6 +33,16 @@ def extract_final(text: str) -> str | None:
     return normalize_number(numbers[-1]) if numbers else None
 
 
+def has_steps(completion: str) -> bool:
+    """Whether a completion writes something before its final answer (the text before its last '####',
+    else before its last number): a letter or a digit, not just spaces and punctuation."""
+    cut = completion.rfind("####")
+    if cut < 0:
+        numbers = list(_NUMBER.finditer(completion))
+        cut = numbers[-1].start() if numbers else 0
+    return any(ch.isalnum() for ch in completion[:cut])
+
+
 def same_answer(predicted: str | None, gold: str | None) -> bool:
     """Exact match on normalized numbers; math-verify decides when either side is not a plain number."""
     if predicted is None or gold is None:

@@ -21,6 +21,7 @@ STAGES = {
     "diversity": "selfimprove.stages.diversity:STAGE",
     "pairs": "selfimprove.stages.pairs:STAGE",
     "filter": "selfimprove.stages.filter:STAGE",
+    "lift": "selfimprove.stages.lift:STAGE",  # LIFT: length-instructed pairs
     "train": "selfimprove.stages.train:STAGE",
     "evaluate": "selfimprove.stages.evaluate:STAGE",
     "report": "selfimprove.stages.report:STAGE",
@@ -35,6 +36,8 @@ PAIR_RULES = {
     "length_controlled": "selfimprove.rules.scored:length_controlled",
     "length_band": "selfimprove.rules.scored:length_band",
     "divpo": "selfimprove.rules.divpo:divpo",
+    "best_of_n": "selfimprove.rules.sft:best_of_n",  # rejection-sampling SFT (train.loss: sft)
+    "system2": "selfimprove.rules.sft:system2",  # System 2 distillation (train.loss: sft)
 }
 
 # Reward rules of the reward stage (reward.source): (question, response, gold, settings) -> float | None.

@@ -75,9 +75,15 @@ def workspace_lock(project: Path, description: str):
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
+        holder = ""
+        for _ in range(20):  # the holder writes its description just after taking the lock
+            handle.seek(0)
+            holder = handle.read().strip()
+            if holder:
+                break
+            time.sleep(0.05)
         handle.close()
+        holder = holder or "another process"
         raise UserError(f"{project}: busy: {holder}; wait for it to finish or stop it (Ctrl-C), then run again") from None
     handle.seek(0)
     handle.truncate()

@@ -62,12 +62,12 @@ def test_the_reference_of_a_lora_iteration_is_its_starting_model(chain):
     model's (it1 merged) log-probabilities, and the policy does not."""
     from datasets import Dataset
 
-    from selfimprove.stages.train import _trainer, dpo_config, lora_config
+    from selfimprove.stages.train import _trainer, lora_config, training_config
 
     settings = lora_settings()
     model, tokenizer = models.load(str(chain / "it1"), for_training=True)
     dataset = Dataset.from_list([dict(p, weight=1.0) for p in PAIRS])
-    trainer = _trainer(model, tokenizer, dataset, dpo_config(settings, str(chain / "scratch")), 1.0,
+    trainer = _trainer(model, tokenizer, dataset, training_config(settings, str(chain / "scratch")), 1.0,
                        lora_config(settings, None))
     with torch.no_grad():
         for name, parameter in trainer.model.named_parameters():

@@ -20,7 +20,7 @@ name: audit
 model: builtin:tiny-arith-judge
 data: {prompts: builtin:noisy-arith/train, eval: builtin:arith/test, prompts_size: 6, eval_size: 6, digits: 2}
 bootstrap: {steps: 20, batch_size: 8}
-iterations: 3
+iterations: 4
 pipeline: [generate, judge, metajudge, pairs, train, evaluate]
 stages:
   generate: {n: 3, max_new_tokens: 12, batch_size: 64}
@@ -35,8 +35,11 @@ stages:
   train: {loss: dpo, batch_size: 4, max_length: 64}
   evaluate: {k: 2, max_new_tokens: 12, judge_size: 4, win_rate_size: 2}
 schedule:
-  2: {pipeline: [generate, vote, pairs, train, evaluate], pairs: {rule: most_vs_least_voted, min_votes: 0.0}}
+  2: {pipeline: [generate, vote, pairs, train, evaluate], pairs: {rule: system2, min_votes: 0.0, steps_only: false},
+      train: {loss: sft}}
   3: {pipeline: [synthesize, generate, reward, diversity, pairs, filter, train, evaluate]}
+  4: {pipeline: [lift, train, evaluate], lift: {pairs_file: user_prefs.jsonl, min_gap: 1},
+      evaluate: {length_limit: 2}}
 """
 
 
@@ -56,6 +59,8 @@ def test_every_stage_kind_reads_only_its_dependencies(tmp_path):
     (tmp_path / "loop.yaml").write_text(LOOP)
     (tmp_path / "my_judge.txt").write_text("{question}{response} judge:")
     (tmp_path / "seed_prompts.jsonl").write_text("".join(f'{{"question": "{a}+{a + 7}="}}\n' for a in range(12, 20)))
+    (tmp_path / "user_prefs.jsonl").write_text("".join(f'{{"prompt": "{a}+1=", "chosen": " #### {a + 1}", '
+                                                        f'"rejected": " 1+1=2 r2; #### 3"}}\n' for a in range(10, 16)))
     (tmp_path / "myreward.py").write_text("def score(question, response, gold):\n    return float(len(response) % 3)\n")
     logs = tmp_path / "audit-logs"
     logs.mkdir()
@@ -78,6 +83,7 @@ def test_every_stage_kind_reads_only_its_dependencies(tmp_path):
     assert not violations, "\n".join(violations)
     kinds = {"bootstrap" if name.startswith("bootstrap-") else name.rsplit("-", 1)[-1] for name in audited}
     assert kinds >= {"generate", "vote", "judge", "metajudge", "reward", "pairs", "filter", "train", "evaluate",
-                     "report", "bootstrap", "synthesize", "diversity"}, kinds  # every stage kind ran and was audited
+                     "report", "bootstrap", "synthesize", "diversity", "lift"}, kinds  # every stage kind ran and was audited
     assert "my_judge.txt" in nodes["audit-it1-judge"]["deps"] and "myreward.py" in nodes["audit-it3-reward"]["deps"]
     assert "seed_prompts.jsonl" in nodes["audit-it3-synthesize"]["deps"]
+    assert nodes["audit-it4-lift"]["deps"] == ["user_prefs.jsonl"]

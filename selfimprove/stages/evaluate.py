@@ -1,6 +1,8 @@
-"""Evaluate a model on the held-out labelled set: greedy accuracy and maj@k, as counts and ratios; for
-judge loops also the model's skill as a judge (agreement with the truth on held-out candidate answers)
-and, with a response marker (TPO), how often it thinks before answering.
+"""Evaluate a model on the held-out labelled set: greedy accuracy and maj@k, as counts and ratios, and how
+often outputs write steps before their answer (with the majority of the samples that do: System 2 on
+its own); for judge loops also the model's skill as a judge (agreement with the truth on held-out
+candidate answers) and, with a response marker (TPO), how often it thinks before answering; with a
+word limit (LIFT), greedy answers under it, the limit hard.
 
     python -m selfimprove.stages.evaluate --params params.yaml --run scpo --iteration 1 \
         --model runs/scpo/it1/model --out runs/scpo/it1/metrics.json
@@ -14,7 +16,8 @@ from collections import Counter
 from selfimprove import data as data_sources
 from selfimprove import judging
 from selfimprove.backends import open_backend
-from selfimprove.answers import extract_final, same_answer
+from selfimprove.answers import extract_final, has_steps, same_answer
+from selfimprove.lengths import PAPER_TEMPLATE, instructed, word_count
 from selfimprove.progress import Progress
 from selfimprove.shards import discard, scratch_dir
 from selfimprove.stage import Context, Setting, Stage, declaration
@@ -28,22 +31,52 @@ def score(records: list[dict], greedy: list[str], samples: list[list[str]]) -> d
     """Metrics from completions: greedy accuracy, maj@k, mean per-sample accuracy, parse failures."""
     n = len(records)
     greedy_correct = sum(same_answer(extract_final(g), r["answer"]) for r, g in zip(records, greedy))
-    majority_correct = sample_correct = unparsed = total_samples = 0
+    majority_correct = sample_correct = unparsed = total_samples = reasoning = reasoning_correct = 0
     for record, texts in zip(records, samples):
         answers = [extract_final(t) for t in texts]
         unparsed += sum(a is None for a in answers)
         total_samples += len(answers)
         sample_correct += sum(same_answer(a, record["answer"]) for a in answers)
-        counts = Counter(a for a in answers if a is not None)
-        if counts and same_answer(counts.most_common(1)[0][0], record["answer"]):
+        if majority_is(answers, record["answer"]):
             majority_correct += 1
+        # System 2 on its own: the majority of the samples that write steps before their answer
+        stepped = [a for a, t in zip(answers, texts) if has_steps(t)]
+        reasoning += len(stepped)
+        reasoning_correct += majority_is(stepped, record["answer"])
     return {
         "problems": n,
         "greedy_correct": greedy_correct, "accuracy": greedy_correct / n if n else 0.0,
         "maj_correct": majority_correct, "maj_at_k": majority_correct / n if n else 0.0,
         "sample_accuracy": sample_correct / total_samples if total_samples else 0.0,
         "parse_failure_rate": unparsed / total_samples if total_samples else 0.0,
+        "greedy_steps_rate": sum(map(has_steps, greedy)) / n if n else 0.0,
+        "sample_steps_rate": reasoning / total_samples if total_samples else 0.0,
+        "steps_maj_correct": reasoning_correct, "steps_maj_at_k": reasoning_correct / n if n else 0.0,
     }
+
+
+def majority_is(answers: list, gold) -> bool:
+    counts = Counter(a for a in answers if a is not None)
+    return bool(counts) and same_answer(counts.most_common(1)[0][0], gold)
+
+
+def length_instructed(backend, settings: dict, records: list[dict], template: str, on_batch=None) -> dict:
+    """LIFT's evaluation: greedy outputs with a word limit in the prompt, the limit hard (an output over it
+    fails): how often it is broken, and accuracy counting a broken limit as wrong."""
+    limit = settings["length_limit"]
+    length_template = settings.get("length_template", PAPER_TEMPLATE)  # omitted from params at its default
+    prompts = [instructed(template.format(question=r["question"]), limit, length_template, template)
+               for r in records]
+    outputs = [texts[0] for texts in backend.sample(prompts, 1, 0.0, 1.0, settings["max_new_tokens"],
+                                                    settings["batch_size"], settings["seed"], on_batch=on_batch)]
+    within = [word_count(o) <= limit for o in outputs]
+    labelled = all(r["answer"] is not None for r in records)
+    figures = {"li_limit": limit, "li_violation_rate": 1 - sum(within) / len(outputs) if outputs else 0.0,
+               "li_mean_words": sum(map(word_count, outputs)) / len(outputs) if outputs else 0.0}
+    if labelled:
+        correct = sum(ok and same_answer(extract_final(o), r["answer"]) for ok, o, r in zip(within, outputs, records))
+        figures.update(li_correct=correct, li_accuracy=correct / len(outputs) if outputs else 0.0)
+    return figures
 
 
 def thinking(greedy: list[str], marker: str) -> dict:
@@ -90,7 +123,8 @@ def evaluate(settings: dict, records: list[dict], model_ref: str, template: str 
     k = settings["k"] if labelled or task_metrics else 0
     judge_size = settings["judge_size"] if judge and labelled else 0
     # Progress in sequences: one greedy pass, then k samples per problem, then the judge's candidates.
-    progress = Progress("evaluate", len(prompts) * (1 + k) + judge_size, "sequences")
+    length_pass = len(prompts) if settings.get("length_limit", 0) else 0
+    progress = Progress("evaluate", len(prompts) * (1 + k) + length_pass + judge_size, "sequences")
     greedy = [texts[0] for texts in backend.sample(prompts, 1, 0.0, 1.0, settings["max_new_tokens"],
                                                    settings["batch_size"], settings["seed"], on_batch=progress.update)]
     metrics = {"problems": len(records), **length_stats(greedy)}
@@ -102,8 +136,12 @@ def evaluate(settings: dict, records: list[dict], model_ref: str, template: str 
         metrics.update(task_metrics(records, samples) if task_metrics else {})
     if judge and judge["response_marker"]:
         metrics.update(thinking(greedy, judge["response_marker"]))
-    if judge_size:
+    if settings.get("length_limit", 0):
         done = len(prompts) * (1 + k)
+        metrics.update(length_instructed(backend, settings, records, template,
+                                         on_batch=lambda n: progress.update(done + n)))
+    if judge_size:
+        done = len(prompts) * (1 + k) + length_pass
         metrics.update(judge_agreement(backend, records, judge, judge_size, settings["seed"],
                                        on_batch=lambda n: progress.update(done + n)))
     backend.close()
@@ -192,7 +230,8 @@ def main(argv=None) -> None:
     write_json(args.out, metrics)
     discard(args.out)  # the OpenAI backend's response cache, once the metrics are written
     print("evaluate: " + ", ".join(f"{key} {metrics[key]:.3f}" for key in
-                                   ("accuracy", "maj_at_k", "judge_agreement", "win_rate_vs_base", "mean_length")
+                                   ("accuracy", "maj_at_k", "judge_agreement", "win_rate_vs_base", "mean_length",
+                                    "li_violation_rate", "li_accuracy")
                                    if key in metrics))
 
 
@@ -209,6 +248,12 @@ SETTINGS = {
     "win_template": template_setting("pairwise", "pairwise", "the comparison prompt: {question} {response_a} "
                                      "{response_b}"),
     "seed": Setting(int, 1234, "sampling seed"),
+    "length_limit": Setting(int, 0, "LIFT: also answer greedily under this word limit (0: off) and report the "
+                            "violation rate and the accuracy with the limit hard", check=lambda v: v >= 0,
+                            fix="must be >= 0 (0: off)", omit_default=True),
+    "length_template": Setting(str, PAPER_TEMPLATE, "LIFT: the length instruction ({max_len}, {instruction})",
+                               check=lambda v: "{max_len}" in v and "{instruction}" in v,
+                               fix="must contain {max_len} and {instruction}", omit_default=True),
 }
 
 

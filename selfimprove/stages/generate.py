@@ -93,8 +93,9 @@ def main(argv=None) -> None:
     revision = revision_for(run, args.model)
     backend = open_backend(run, args.model, revision, scratch=scratch_dir(args.out))
     started = time.monotonic()
-    reused = generate(run[f"it{args.iteration}"]["generate"], records, args.model, args.out,
-                      data["prompt_template"], revision, backend)
+    settings = run[f"it{args.iteration}"]["generate"]
+    reused = generate(settings, records, args.model, args.out,
+                      settings.get("prompt_template") or data["prompt_template"], revision, backend)
     write_json(args.stats, generation_stats(records, args.out, backend, time.monotonic() - started))
     print(f"generate: {len(records)} prompts" + (f", {reused} shard(s) reused from an interrupted run" if reused else ""))
 
@@ -115,6 +116,10 @@ SETTINGS = {
     "seed": Setting(int, 0, "sampling seed"),
     "logprobs": Setting(bool, False, "also record log p(completion | prompt) of each sample (DivPO's probability "
                         "criterion; backend hf)", omit_default=True),
+    "prompt_template": Setting(str, "", "this stage's prompt, in place of data.prompt_template ({question} is "
+                               "replaced): System 2 distillation samples with a reasoning prompt that the "
+                               "evaluation and the distilled model never see", omit_default=True,
+                               check=lambda v: not v or "{question}" in v, fix="must contain {question} (or be '')"),
 }
 
 

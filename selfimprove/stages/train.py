@@ -1,4 +1,5 @@
-"""Train the next iteration's model on preference pairs: TRL's DPOTrainer with the weighted DPO + NLL loss.
+"""Train the next iteration's model: on preference pairs with TRL's DPOTrainer and the weighted DPO + NLL
+loss, or on prompt/completion rows with TRL's SFTTrainer (`loss: sft`).
 
     python -m selfimprove.stages.train --params params.yaml --run scpo --iteration 1 \
         --model runs/builtin/tiny-arith --pairs runs/scpo/it1/pairs.jsonl --out runs/scpo/it1/model
@@ -7,8 +8,8 @@ With train.processes > 1 (or an accelerate config file) the compiler starts this
 `accelerate launch` instead of `python`; every process runs the same code on its share of each batch,
 and only the main one writes the model and prints the figures.
 
-The reference model is the starting model M_t, as every paper in this family has it: a frozen copy of
-it for full fine-tuning, the same weights with the adapter switched off for LoRA. Trainer checkpoints
+The reference model is the starting model M_t, as every paper in this family has it (the previous
+iteration's model, or the loop's base model with `from: base`): a frozen copy of it for full fine-tuning, the same weights with the adapter switched off for LoRA. Trainer checkpoints
 go to a scratch folder beside the output, named by a fingerprint of the inputs, so a killed train
 stage resumes from its last checkpoint.
 """
@@ -28,20 +29,24 @@ from selfimprove.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, revision_for, stage_main
 
 
-def dpo_config(settings: dict, output_dir: str):
+def training_config(settings: dict, output_dir: str):
+    """TRL's DPOConfig, or SFTConfig for loss sft (completion-only loss on prompt/completion rows)."""
     import torch
-    from trl import DPOConfig
+    from trl import DPOConfig, SFTConfig
 
     on_gpu = torch.cuda.is_available()
-    return DPOConfig(
-        output_dir=output_dir, beta=settings["beta"], loss_type="sigmoid",  # the loss itself: weighted_dpo
-        learning_rate=settings["lr"], num_train_epochs=settings["epochs"], lr_scheduler_type="cosine",
-        per_device_train_batch_size=settings["batch_size"], gradient_accumulation_steps=settings["grad_accum"],
-        max_length=settings["max_length"], save_strategy="steps", save_steps=settings["save_steps"],
-        save_total_limit=1, logging_steps=10, report_to="none", seed=settings["seed"], data_seed=settings["seed"],
-        disable_tqdm=True, gradient_checkpointing=settings["gradient_checkpointing"], use_cpu=not on_gpu,
+    common = dict(
+        output_dir=output_dir, learning_rate=settings["lr"], num_train_epochs=settings["epochs"],
+        lr_scheduler_type="cosine", per_device_train_batch_size=settings["batch_size"],
+        gradient_accumulation_steps=settings["grad_accum"], max_length=settings["max_length"],
+        save_strategy="steps", save_steps=settings["save_steps"], save_total_limit=1, logging_steps=10,
+        report_to="none", seed=settings["seed"], data_seed=settings["seed"], disable_tqdm=True,
+        gradient_checkpointing=settings["gradient_checkpointing"], use_cpu=not on_gpu,
         **precision_flags(settings, on_gpu),
     )
+    if settings["loss"] == "sft":
+        return SFTConfig(completion_only_loss=True, packing=False, **common)
+    return DPOConfig(beta=settings["beta"], loss_type="sigmoid", **common)  # the loss itself: weighted_dpo
 
 
 def precision_flags(settings: dict, on_gpu: bool) -> dict:
@@ -85,18 +90,21 @@ def train(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, re
     scratch = out.parent / f".{out.name}-checkpoints" / hashlib.sha256(blob.encode()).hexdigest()[:16]
     # The training arguments exist before the model loads, so that a DeepSpeed ZeRO-3 config can
     # partition the weights as they load (transformers does so only once they exist).
-    config = dpo_config(settings, str(scratch))
+    config = training_config(settings, str(scratch))
     model, tokenizer = models.load(model_ref, revision, for_training=True)
     if not pairs:
         if is_main_process():
             models.save(model, tokenizer, out)
         return {"pairs": 0, "steps": 0, "processes": int(os.environ.get("WORLD_SIZE", 1))}
-    # Each pair's weight scales its whole loss (ScPO's vote margin; 1.0 for IRPO's gold pairs).
-    dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
-                                  "weight": float(p.get("weight", 1.0))} for p in pairs])
-    alpha = settings["nll_weight"] if settings["loss"] == "dpo+nll" else 0.0
     peft_config = lora_config(settings, revision) if settings["lora_r"] else None
-    trainer = _trainer(model, tokenizer, dataset, config, alpha, peft_config)
+    if settings["loss"] == "sft":
+        trainer = _sft_trainer(model, tokenizer, Dataset.from_list(sft_rows(pairs)), config, peft_config)
+    else:
+        # Each pair's weight scales its whole loss (ScPO's vote margin; 1.0 for IRPO's gold pairs).
+        dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
+                                      "weight": float(p.get("weight", 1.0))} for p in pairs])
+        alpha = settings["nll_weight"] if settings["loss"] == "dpo+nll" else 0.0
+        trainer = _trainer(model, tokenizer, dataset, config, alpha, peft_config)
     trainer.add_callback(_progress_callback())
     with trainer.accelerator.main_process_first():  # the main process removes cut-short checkpoints first
         resume = last_complete_checkpoint(scratch)
@@ -162,6 +170,28 @@ def _progress_callback():
     return StepProgress()
 
 
+def sft_rows(pairs: list[dict]) -> list[dict]:
+    """Prompt/completion rows: an SFT rule's completion (rejection sampling, System 2 distillation),
+    else a preference pair's chosen response."""
+    rows = []
+    for pair in pairs:
+        completion = pair.get("completion", pair.get("chosen"))
+        if not isinstance(completion, str):
+            raise UserError(f"train.loss: sft needs a completion (or chosen) in every row; row {len(rows) + 1} "
+                            f"(id {pair.get('id')}) has neither: use an SFT pairs rule (best_of_n, system2)")
+        rows.append({"prompt": pair["prompt"], "completion": completion})
+    return rows
+
+
+def _sft_trainer(model, tokenizer, dataset, config, peft_config=None):
+    """TRL's SFTTrainer; the loss is on the completion's tokens only (and the EOS TRL appends)."""
+    from trl import SFTTrainer
+
+    tokenizer.padding_side = "right"
+    return SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                      peft_config=peft_config)
+
+
 def _trainer(model, tokenizer, dataset, config, alpha: float, peft_config=None):
     from selfimprove.weighted_dpo import WeightedDPOTrainer, WeightedPreferenceCollator
 
@@ -198,8 +228,11 @@ def _peft_installed() -> bool:
 
 
 SETTINGS = {
-    "loss": Setting(str, "dpo+nll", "dpo+nll (RPO / ScPO: DPO plus alpha * NLL of the chosen) or dpo",
-                    choices=("dpo+nll", "dpo")),
+    "loss": Setting(str, "dpo+nll", "dpo+nll (RPO / ScPO: DPO plus alpha * NLL of the chosen), dpo, or sft "
+                    "(TRL's SFTTrainer on each row's completion, else its chosen)", choices=("dpo+nll", "dpo", "sft")),
+    "from": Setting(str, "previous", "the model an iteration trains: previous (the last iteration's) or base "
+                    "(the loop's model, on data the previous iteration made: Self-Taught Evaluator)",
+                    choices=("previous", "base"), omit_default=True),
     "beta": Setting(float, 0.5, "DPO's beta: how far the policy may move from the reference", check=lambda v: v > 0,
                     fix="must be > 0"),
     "nll_weight": Setting(float, 1.0, "alpha in the RPO / ScPO loss"),
@@ -255,13 +288,28 @@ def launcher(settings: dict) -> str:
 @declaration
 def node(ctx: Context) -> dict:
     model = ctx.outputs["model"]
-    cmd = ctx.command(STAGE, model=ctx.policy, pairs=ctx.inputs["pairs"], out=model)
+    from_base = ctx.settings["train"].get("from", "previous") == "base"
+    start, start_is_dep = (ctx.base, ctx.base_is_dep) if from_base else (ctx.policy, ctx.policy_is_dep)
+    cmd = ctx.command(STAGE, model=start, pairs=ctx.inputs["pairs"], out=model)
     return ctx.node(STAGE, cmd=cmd.replace("python", launcher(ctx.settings["train"]), 1),
-                    deps=[ctx.inputs["pairs"]] + ([ctx.policy] if ctx.policy_is_dep else []),
-                    params=[ctx.section("train")] + ctx.revision_keys(ctx.policy), outs=[model])
+                    deps=[ctx.inputs["pairs"]] + ([start] if start_is_dep else []),
+                    params=[ctx.section("train")] + ctx.revision_keys(start), outs=[model])
 
 
-STAGE = Stage("train", SETTINGS, node=node, reads=("pairs",), writes={"model": "model"},
+@declaration
+def check(settings: dict, problems, top: dict) -> None:
+    """A preference loss on SFT examples (a rule that makes one completion per prompt) has nothing to
+    reject."""
+    from selfimprove.rules import rule_of
+
+    rule = rule_of(settings)
+    if getattr(rule, "makes", "pairs") == "sft" and settings["train"]["loss"] != "sft":
+        problems.add(("stages", "train", "loss"), f"{settings['train']['loss']} needs preference pairs, and the pairs "
+                     f"rule {settings['pairs']['rule']} makes SFT examples (one completion per prompt); set "
+                     "train.loss: sft")
+
+
+STAGE = Stage("train", SETTINGS, node=node, reads=("pairs",), writes={"model": "model"}, check=check,
               adapter=lambda settings: settings["train"]["lora_r"] > 0)
 
 

@@ -32,7 +32,7 @@ def vote(samples: list[dict], extract: str = "final_number") -> list[dict]:
         counts = Counter(a for a in voters if a is not None)
         majority, majority_votes = (counts.most_common(1)[0] if counts else (None, 0))
         records.append({
-            "id": prompt_id, "prompt": rows[0]["prompt"], "gold": rows[0].get("gold"),
+            "id": prompt_id, "prompt": rows[0]["prompt"], "question": rows[0].get("question"), "gold": rows[0].get("gold"),
             "solution": rows[0].get("solution"), "completions": [r["completion"] for r in rows],
             "answers": answers, "extra": [bool(r.get("extra")) for r in rows],
             "votes": dict(counts), "majority": majority, "majority_votes": majority_votes, "n": len(voters),
