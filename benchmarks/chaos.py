@@ -149,39 +149,7 @@ def kills(args, root: Path, reference: Path) -> None:
     print(f"[kills] resumed runs that failed on their own: {len(failed)} {failed}")
 
 
-# An injected ENOSPC for the one write no timing can hit: DVC's rewrite of dvc.lock (in place, see
-# selfimprove/dvclock.py). In the process whose CHAOS_LOCK_WRITE env names it, the Nth open of dvc.lock
-# for writing keeps half of what is written, then fails as a full disk does.
-SITECUSTOMIZE = '''\
-import builtins, errno, io, os
-_fail_at = int(os.environ.get("CHAOS_LOCK_WRITE", "0"))
-_real_open, _count = builtins.open, [0]
-
-class _HalfWritten(io.StringIO):
-    def __init__(self, handle):
-        super().__init__()
-        self.handle = handle
-    def close(self):
-        if not self.closed:
-            text = self.getvalue()
-            self.handle.write(text[: len(text) // 2])
-            self.handle.close()
-            super().close()
-            raise OSError(errno.ENOSPC, "No space left on device")
-    def __exit__(self, *exc):
-        self.close()
-
-def _open(file, mode="r", *args, **kwargs):
-    handle = _real_open(file, mode, *args, **kwargs)
-    if _fail_at and str(file).endswith("dvc.lock") and "w" in mode:
-        _count[0] += 1
-        if _count[0] == _fail_at:
-            return _HalfWritten(handle)
-    return handle
-
-if _fail_at:
-    builtins.open = io.open = _open
-'''
+HOOKS = Path(__file__).resolve().parent / "chaos_hooks"  # sitecustomize.py: the injected ENOSPC
 
 
 def disk(args, root: Path, reference: Path) -> None:
@@ -237,10 +205,7 @@ def disk(args, root: Path, reference: Path) -> None:
     case("shard", "c-it1-generate", lambda: any(project.glob("runs/c/it1/.samples-shards/*/shard-*.jsonl")))
     case("model", "c-it1-train", lambda: any(project.glob("runs/c/it1/.model-checkpoints/*/checkpoint-*")))
     # dvc.lock: the second lock write of the next `selfimprove run` keeps half the file and fails.
-    hooks = root / "hooks"
-    hooks.mkdir(exist_ok=True)
-    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = {"CHAOS_LOCK_WRITE": "2", "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))}
+    env = {"CHAOS_LOCK_WRITE": "2", "PYTHONPATH": os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")]))}
     offset = len(log.read_text())
     with open(log, "a") as output:
         code = start(project, output=output, env=env).wait()

@@ -14,7 +14,6 @@ evaluated as iteration 0. Several runs share one dvc.yaml: compiling a loop repl
 from __future__ import annotations
 
 import importlib
-import os
 import re
 from pathlib import Path
 
@@ -23,11 +22,12 @@ import yaml
 from selfimprove import data as data_section
 from selfimprove import fingerprint
 from selfimprove.backends.config import tracked_keys
-from selfimprove.errors import UserError, writing
+from selfimprove.errors import UserError
 from selfimprove.loopfile import Loop, resolved_params
 from selfimprove.models import builtin
 from selfimprove.registry import module_of, resolve, stages
 from selfimprove.stage import Context, Stage, tracked_values
+from selfimprove.stages._io import atomic_file
 
 STAGE_RE = re.compile(r"^(?P<run>.+)-it(?P<k>\d+)-(?P<stage>[a-z]+)$")
 HEADER = "# Compiled by `selfimprove run` from loop files; edit the loop file, not this file.\n"
@@ -264,11 +264,5 @@ def _write_if_changed(path: Path, text: str) -> None:
     never leaves a cut-short dvc.yaml or params.yaml."""
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with writing(path):
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
+    with atomic_file(path) as f:
+        f.write(text)

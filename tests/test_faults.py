@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -245,10 +244,7 @@ def test_compiled_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     before = {name: (tmp_path / name).read_text() for name in ("dvc.yaml", "params.yaml")}
     changed = load_loop(str(tmp_path / "loop.yaml"), ["iterations=2"])
 
-    def full(self, text, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(Path, "write_text", full)
+    monkeypatch.setattr(_io, "open", full_disk_open(room=0), raising=False)
     with pytest.raises(UserError, match="no space left on device while writing .*dvc.yaml"):
         compiler.write(tmp_path, changed)
     monkeypatch.undo()

@@ -22,11 +22,15 @@ from selfimprove.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_parser, read_jsonl, read_section, stage_main, write_json, write_jsonl
 
 
+def too_close(pair: dict, settings: dict) -> bool:
+    return abs(word_count(pair["chosen"]) - word_count(pair["rejected"])) < settings["min_gap"]
+
+
 def length_instructed(pair: dict, settings: dict, rng: random.Random) -> list[dict]:
     """LIFT's two length-instructed pairs of one pair, or none when its lengths are too close."""
-    chosen, rejected = word_count(pair["chosen"]), word_count(pair["rejected"])
-    if abs(chosen - rejected) < settings["min_gap"]:
+    if too_close(pair, settings):
         return []
+    chosen, rejected = word_count(pair["chosen"]), word_count(pair["rejected"])
     shorter, longer = min(chosen, rejected), max(chosen, rejected)
     loose = longer + settings["slack"]
     tight = rng.randint(shorter, longer - 1)  # the shorter response fits, the longer breaks it
@@ -44,7 +48,7 @@ def lift(pairs: list[dict], settings: dict, rng: random.Random) -> tuple[list[di
     augmented = [new for pair in pairs for new in length_instructed(pair, settings, rng)]
     out = (pairs if settings["include_original"] else []) + augmented
     stats = {"lift_pairs_in": len(pairs), "lift_instructed": len(augmented),
-             "lift_dropped_close_lengths": sum(1 for pair in pairs if not length_instructed(pair, settings, random.Random(0))),
+             "lift_dropped_close_lengths": sum(too_close(pair, settings) for pair in pairs),
              "lift_swapped": sum(p["lift_swapped"] for p in augmented), "lift_pairs_out": len(out)}
     return out, stats
 
