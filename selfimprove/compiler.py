@@ -116,11 +116,11 @@ def compile_stages(loop: Loop, project: Path, compilation: _Compilation | None =
     base = (model, model_is_dep)
     tracked = tuple(loop.tracked())
     for k in range(0, loop.iterations + 1):
-        settings = loop.per_iteration[max(k, 1)]
         pipeline = ([resolve("stage", name) for name in loop.pipelines[k]] if k
-                    else [stage for stage in stages() if stage.base_iteration])
+                    else loop.base_stages())
         inputs: dict[str, str] = {"model": model}
         for stage in pipeline:
+            settings = loop.per_iteration[k if k else loop.base_iteration_of(stage.name)]
             ctx = _context(compilation, loop, k, settings, model, model_is_dep, base, inputs, tracked, stage,
                            iteration_dir(run, k))
             node = stage.node(ctx)

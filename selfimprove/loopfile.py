@@ -64,6 +64,17 @@ class Loop:
         used = {name for pipeline in self.pipelines.values() for name in pipeline}
         return [name for name in STAGES if name in used]
 
+    def base_stages(self) -> list:
+        """The stages iteration 0 runs on the base model: those of the loop's pipelines that declare
+        base_iteration (an evaluation), so a loop that evaluates another way does not run evaluate."""
+        used = set(self.tracked())
+        return [stage for stage in stages() if stage.base_iteration and stage.name in used]
+
+    def base_iteration_of(self, stage: str) -> int:
+        """The iteration whose settings a stage runs with on the base model: the first whose pipeline has
+        it (so an evaluation that only a later iteration names is configured as it is there)."""
+        return next((k for k in sorted(self.pipelines) if stage in self.pipelines[k]), 1)
+
 
 def parse_override(text: str) -> tuple[tuple, Any]:
     """Parse a --set KEY=VALUE. A stage name may stand alone: generate.n=16 means stages.generate.n=16."""
@@ -288,9 +299,13 @@ def resolved_params(loop: Loop) -> dict:
     tracked = loop.tracked()
     for k, settings in loop.per_iteration.items():
         params[f"it{k}"] = {stage: copy.deepcopy(resolve("stage", stage).tracked(settings[stage])) for stage in tracked}
-    # Iteration 0 is the base model; only the stages that run on it do, with iteration 1's settings.
-    base = [s for s in stages() if s.base_iteration]
-    wanted = {s.name for s in base} | {other for s in base for other in s.settings_of if other in tracked}
-    params["it0"] = {stage: copy.deepcopy(resolve("stage", stage).tracked(loop.per_iteration[1][stage]))
+    # Iteration 0 is the base model; only the stages that run on it do, each with the settings of the first
+    # iteration whose pipeline has it (iteration 1's, for an evaluate every iteration runs).
+    wanted: dict[str, int] = {}  # stage -> the iteration whose settings iteration 0 uses for it
+    for base in loop.base_stages():
+        k = loop.base_iteration_of(base.name)
+        for name in [base.name] + [other for other in base.settings_of if other in tracked]:
+            wanted.setdefault(name, k)
+    params["it0"] = {stage: copy.deepcopy(resolve("stage", stage).tracked(loop.per_iteration[wanted[stage]][stage]))
                      for stage in STAGES if stage in wanted}
     return params

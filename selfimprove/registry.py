@@ -15,6 +15,10 @@ STAGES = {
     "synthesize": "selfimprove.stages.synthesize:STAGE",  # Self-RIP: prompts for the generate stage
     "generate": "selfimprove.stages.generate:STAGE",
     "vote": "selfimprove.stages.vote:STAGE",
+    "perturb": "selfimprove.stages.perturb:STAGE",  # Self-Taught Evaluator: contrast pairs
+    "pairjudge": "selfimprove.stages.pairjudge:STAGE",  # Self-Taught Evaluator: judgements in both orders
+    "system2": "selfimprove.stages.system2:STAGE",  # System 2 distillation: a prompting pipeline
+    "bsm": "selfimprove.stages.bsm:STAGE",  # System 2 distillation of Branch-Solve-Merge judging
     "judge": "selfimprove.stages.judge:STAGE",
     "reward": "selfimprove.stages.reward:STAGE",
     "metajudge": "selfimprove.stages.metajudge:STAGE",
@@ -24,6 +28,7 @@ STAGES = {
     "lift": "selfimprove.stages.lift:STAGE",  # LIFT: length-instructed pairs
     "train": "selfimprove.stages.train:STAGE",
     "evaluate": "selfimprove.stages.evaluate:STAGE",
+    "judge_eval": "selfimprove.stages.judge_eval:STAGE",  # pairwise accuracy on a labelled pair set
     "report": "selfimprove.stages.report:STAGE",
 }
 
@@ -38,6 +43,8 @@ PAIR_RULES = {
     "divpo": "selfimprove.rules.divpo:divpo",
     "best_of_n": "selfimprove.rules.sft:best_of_n",  # rejection-sampling SFT (train.loss: sft)
     "system2": "selfimprove.rules.sft:system2",  # System 2 distillation (train.loss: sft)
+    "judgement_sft": "selfimprove.rules.judgements:judgement_sft",  # Self-Taught Evaluator (train.loss: sft)
+    "judgement_dpo": "selfimprove.rules.judgements:judgement_dpo",  # Self-Taught Evaluator, DPO + NLL
 }
 
 # Reward rules of the reward stage (reward.source): (question, response, gold, settings) -> float | None.
@@ -57,6 +64,7 @@ BACKENDS = {
 BUILTIN_MODELS = {
     "tiny-arith": "selfimprove.stages.bootstrap:TINY_ARITH",
     "tiny-arith-judge": "selfimprove.stages.bootstrap:TINY_ARITH_JUDGE",
+    "tiny-arith-evaluator": "selfimprove.stages.bootstrap:TINY_ARITH_EVALUATOR",  # Self-Taught Evaluator
     "smollm2-135m": "selfimprove.stages.convert:SMOLLM2",
     "tiny-sums": "selfimprove.tasks.sums:TINY_SUMS",
 }
@@ -66,6 +74,7 @@ BUILTIN_TASKS = {
     "arith": "selfimprove.tinyarith:TASK",
     "sums": "selfimprove.tasks.sums:TASK",
     "noisy-arith": "selfimprove.tasks.noisy_arith:TASK",
+    "arith-evaluator": "selfimprove.tasks.arith_evaluator:TASK",
 }
 
 REGISTRIES = {"stage": STAGES, "pair rule": PAIR_RULES, "reward rule": REWARD_RULES, "backend": BACKENDS,

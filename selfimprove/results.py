@@ -21,10 +21,16 @@ from selfimprove.stages.report import iteration_figures
 
 # Rates measured on n items: their 95% interval is shown beside them, so a delta can be read as real or noise.
 RATE_DENOMINATORS = {"accuracy": "problems", "maj_at_k": "problems", "thought_rate": "problems",
-                     "judge_agreement": "judge_eval_candidates"}
+                     "judge_agreement": "judge_eval_candidates",
+                     # a pair's two orders are not independent: the interval counts pairs, not judgements
+                     "pairwise_accuracy": "pairwise_pairs", "pairwise_maj_accuracy": "pairwise_pairs",
+                     "pairwise_both_orders_right": "pairwise_pairs"}
+# An iteration counts as evaluated (RUN without @K names the last one) when it has one of these.
+EVALUATED = ("accuracy", "pairwise_accuracy")
 REF_RE = re.compile(r"^(?P<run>[a-z][a-z0-9_-]*)(?:@(?P<k>\d+))?$")
 # Shown first, in this order; any other numeric metric follows.
-HEADLINE = ["accuracy", "maj_at_k", "sample_accuracy", "judge_agreement", "win_rate_vs_base", "win_position_consistency",
+HEADLINE = ["accuracy", "maj_at_k", "sample_accuracy", "pairwise_accuracy", "pairwise_maj_accuracy",
+            "pairwise_position_consistency", "judge_agreement", "win_rate_vs_base", "win_position_consistency",
             "thought_rate", "mean_length", "greedy_correct",
             "maj_correct", "problems", "parse_failure_rate", "pairs", "dropped_below_tau", "dropped_ties",
             "mean_weight", "chosen_correct", "rejected_correct", "judge_sample_agreement",
@@ -91,7 +97,7 @@ def resolve(project: Path, reference: str) -> tuple[str, dict]:
     if not match:
         raise UserError(f"{reference}: expected RUN or RUN@K, e.g. scpo@3")
     per_iteration = iteration_metrics(project, match["run"])
-    evaluated = [k for k, m in per_iteration.items() if "accuracy" in m or match["k"] is not None]
+    evaluated = [k for k, m in per_iteration.items() if any(key in m for key in EVALUATED) or match["k"] is not None]
     if match["k"] is None:
         if not evaluated:
             raise UserError(f"{reference}: no evaluated iteration yet; run the loop first")

@@ -51,7 +51,7 @@ def test_a_pipeline_without_a_stages_input_names_the_stage_and_the_input(tmp_pat
         load_loop(path)
     assert info.value.lines == [
         f"{path}:5: pipeline: pairs needs votes, which no earlier stage writes; put vote before pairs",
-        f"{path}:7: schedule.2.pipeline: vote needs samples, which no earlier stage writes; put generate before vote"]
+        f"{path}:7: schedule.2.pipeline: vote needs samples, which no earlier stage writes; put generate or system2 before vote"]
 
 
 def test_a_stage_whose_output_nothing_reads_is_refused(tmp_path):

@@ -20,7 +20,7 @@ name: audit
 model: builtin:tiny-arith-judge
 data: {prompts: builtin:noisy-arith/train, eval: builtin:arith/test, prompts_size: 6, eval_size: 6, digits: 2}
 bootstrap: {steps: 20, batch_size: 8}
-iterations: 4
+iterations: 7
 pipeline: [generate, judge, metajudge, pairs, train, evaluate]
 stages:
   generate: {n: 3, max_new_tokens: 12, batch_size: 64}
@@ -40,6 +40,15 @@ schedule:
   3: {pipeline: [synthesize, generate, reward, diversity, pairs, filter, train, evaluate]}
   4: {pipeline: [lift, train, evaluate], lift: {pairs_file: user_prefs.jsonl, min_gap: 1},
       evaluate: {length_limit: 2}}
+  5: {pipeline: [generate, perturb, pairjudge, pairs, train, judge_eval], pairs: {rule: judgement_sft},
+      perturb: {template: my_perturb.txt, answer: solve, instruction_pattern: '^\s*(\S+)', tries: 2, max_new_tokens: 8},
+      pairjudge: {template: tiny-arith-pairwise, n: 1, max_new_tokens: 12, max_failure_rate: 1.0},
+      train: {loss: sft, from: base}, judge_eval: {pairs_file: eval_pairs.jsonl, k: 1, template: my_pairwise.txt}}
+  6: {pipeline: [system2, vote, pairs, train, evaluate], system2: {step1_template: my_step1.txt,
+      step2_template: rar-respond, n: 2, max_new_tokens: 8}, pairs: {rule: system2, min_votes: 0.0, steps_only: false},
+      train: {loss: sft}}
+  7: {pipeline: [bsm, train, evaluate], bsm: {pairs_file: user_prefs.jsonl, branches: 1, max_new_tokens: 6,
+      merge_template: my_merge.txt}, train: {loss: sft}}
 """
 
 
@@ -61,6 +70,12 @@ def test_every_stage_kind_reads_only_its_dependencies(tmp_path):
     (tmp_path / "seed_prompts.jsonl").write_text("".join(f'{{"question": "{a}+{a + 7}="}}\n' for a in range(12, 20)))
     (tmp_path / "user_prefs.jsonl").write_text("".join(f'{{"prompt": "{a}+1=", "chosen": " #### {a + 1}", '
                                                         f'"rejected": " 1+1=2 r2; #### 3"}}\n' for a in range(10, 16)))
+    (tmp_path / "my_perturb.txt").write_text("{question}{response} modify:")
+    (tmp_path / "my_pairwise.txt").write_text("{question} A:{response_a} B:{response_b} pair:")
+    (tmp_path / "my_step1.txt").write_text("{question}")
+    (tmp_path / "my_merge.txt").write_text("{question} {response_a} {response_b} {evaluations} merge:")
+    (tmp_path / "eval_pairs.jsonl").write_text("".join(f'{{"prompt": "{a}+2=", "chosen": " #### {a + 2}", '
+                                                        f'"rejected": " #### {a + 3}"}}\n' for a in range(10, 13)))
     (tmp_path / "myreward.py").write_text("def score(question, response, gold):\n    return float(len(response) % 3)\n")
     logs = tmp_path / "audit-logs"
     logs.mkdir()
@@ -83,7 +98,12 @@ def test_every_stage_kind_reads_only_its_dependencies(tmp_path):
     assert not violations, "\n".join(violations)
     kinds = {"bootstrap" if name.startswith("bootstrap-") else name.rsplit("-", 1)[-1] for name in audited}
     assert kinds >= {"generate", "vote", "judge", "metajudge", "reward", "pairs", "filter", "train", "evaluate",
-                     "report", "bootstrap", "synthesize", "diversity", "lift"}, kinds  # every stage kind ran and was audited
+                     "report", "bootstrap", "synthesize", "diversity", "lift", "perturb", "pairjudge", "judge_eval",
+                     "system2", "bsm"}, kinds  # every stage kind ran and was audited
     assert "my_judge.txt" in nodes["audit-it1-judge"]["deps"] and "myreward.py" in nodes["audit-it3-reward"]["deps"]
     assert "seed_prompts.jsonl" in nodes["audit-it3-synthesize"]["deps"]
     assert nodes["audit-it4-lift"]["deps"] == ["user_prefs.jsonl"]
+    assert "my_perturb.txt" in nodes["audit-it5-perturb"]["deps"]
+    assert {"eval_pairs.jsonl", "my_pairwise.txt"} <= set(nodes["audit-it0-judge_eval"]["deps"])  # as iteration 5's
+    assert "my_step1.txt" in nodes["audit-it6-system2"]["deps"]
+    assert {"user_prefs.jsonl", "my_merge.txt"} <= set(nodes["audit-it7-bsm"]["deps"])

@@ -177,3 +177,157 @@ def test_the_system2_loop_compiles_to_generate_vote_pairs_train_evaluate(tmp_pat
     document, _ = compile_loop(load_loop(str(root / "loops/system2_distillation.yaml")), tmp_path)
     names = [name.split("-", 2)[-1] for name in document["stages"] if name.startswith("system2-it1-")]
     assert names == ["generate", "vote", "pairs", "train", "evaluate"]
+
+
+class ChainBackend:
+    """The generation boundary for the System 2 stage: each prompt's reply is a function of it."""
+
+    def __init__(self, reply):
+        self.reply, self.asked = reply, []
+
+    def sample(self, prompts, n, temperature, top_p, max_new_tokens, batch_size, seed, on_batch=None):
+        self.asked.append(list(prompts))
+        return [[self.reply(p, j) for j in range(n)] for p in prompts]
+
+    def close(self):
+        pass
+
+
+S2 = {"step1_template": "rar-rephrase", "step2_template": "rar-respond", "prompt_template": "<u>{question}</u>",
+      "n": 2, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 32, "batch_size": 8, "shard_size": 4, "seed": 0}
+
+
+def test_rephrase_and_respond_feeds_each_rephrasing_to_its_answer_and_writes_system1_samples(tmp_path):
+    from selfimprove.stages._io import read_jsonl
+    from selfimprove.stages.system2 import system2
+
+    def reply(prompt, j):
+        return f"rephrased #{j}" if "rephrase and expand" in prompt else f"answer to [{prompt[-120:]}] #### 7"
+
+    backend = ChainBackend(reply)
+    records = [{"id": 0, "question": "What is 3+4?", "answer": "7"}]
+    system2(S2, records, "unused", tmp_path / "samples.jsonl", "Q: {question}", backend=backend)
+    step1, step2 = backend.asked
+    assert len(step1) == 1 and step1[0].startswith("<u>") and "What is 3+4?" in step1[0]
+    assert len(step2) == 2 and "rephrased #0" in step2[0] and "rephrased #1" in step2[1]
+    assert all("What is 3+4?" in p for p in step2)  # RaR's answer step sees the question too
+    rows = read_jsonl(tmp_path / "samples.jsonl")
+    assert [r["prompt"] for r in rows] == ["Q: What is 3+4?"] * 2  # the distilled model's prompt
+    assert [r["system2_steps"] for r in rows] == [["rephrased #0"], ["rephrased #1"]]
+    assert all(r["completion"].endswith("#### 7") and r["gold"] == "7" for r in rows)
+
+
+def test_system2_attention_answers_from_the_rewrite_alone(tmp_path):
+    from selfimprove.stages.system2 import system2
+
+    backend = ChainBackend(lambda p, j: "Context: 3 and 4. Question: their sum?" if "unbiased" in p else "#### 7")
+    settings = {**S2, "step1_template": "s2a-rewrite", "step2_template": "s2a-answer", "n": 1}
+    records = [{"id": 0, "question": "I think it is 9. What is 3+4?", "answer": "7"}]
+    system2(settings, records, "unused", tmp_path / "s.jsonl", "{question}", backend=backend)
+    assert "I think it is 9" in backend.asked[0][0] and "I think it is 9" not in backend.asked[1][0]
+    assert "Context: 3 and 4." in backend.asked[1][0]
+
+
+def test_a_step_template_with_the_wrong_placeholders_is_one_line(tmp_path):
+    from selfimprove.errors import UserError
+    from selfimprove.stages.system2 import load_steps
+
+    bad = tmp_path / "step2.txt"
+    bad.write_text("Answer {question} using {notes}")
+    with pytest.raises(UserError, match=r"step2.txt: step 2 of system2 needs \{step1\}"):
+        load_steps({**S2, "step2_template": str(bad)})
+    assert len(load_steps({**S2, "step1_template": "cot", "step2_template": ""})) == 1
+
+
+def test_a_system2_pipeline_loop_compiles_with_its_templates_as_code(tmp_path):
+    from selfimprove.compiler import compile_loop
+    from selfimprove.loopfile import load_loop
+
+    (tmp_path / "loop.yaml").write_text(
+        "name: s\nmodel: builtin:tiny-arith\ndata: {prompts: builtin:arith/train, eval: builtin:arith/test}\n"
+        "iterations: 1\npipeline: [system2, vote, pairs, train, evaluate]\n"
+        "stages:\n  system2: {step1_template: rar-rephrase, step2_template: rar-respond}\n"
+        "  pairs: {rule: system2, steps_only: false}\n  train: {loss: sft}\n")
+    document, _ = compile_loop(load_loop(str(tmp_path / "loop.yaml")), tmp_path)
+    node = document["stages"]["s-it1-system2"]
+    assert "code.prompts-system2-rar_rephrase-txt" in node["params"] and "code.prompts-system2-rar_respond-txt" in node["params"]
+    assert "code.prompts-system2-cot-txt" not in node["params"]
+    assert "--samples runs/s/it1/samples.jsonl" in document["stages"]["s-it1-vote"]["cmd"]
+
+
+def bsm_settings(**change) -> dict:
+    from selfimprove.stages.bsm import SETTINGS
+
+    return {**{key: setting.default for key, setting in SETTINGS.items()}, "batch_size": 8, **change}
+
+
+def bsm_judge(biased: bool):
+    """Branch lists two criteria; solve says which answer holds 'right'; merge names it (or always A)."""
+    def reply(prompt, j):
+        if "Write a list of up to five criteria" in prompt:
+            return "- correctness\n- clarity\nThat is all."
+        if "on one criterion only" in prompt:
+            first = prompt.split("[The Start of Assistant A's Answer]")[1].split("[The End")[0]
+            return "A meets it" if "right" in first else "B meets it"
+        if biased:
+            return "[[A]]"
+        return "[[A]]" if prompt.count("A meets it") == 2 else "[[B]]"
+    return reply
+
+
+def test_branch_solve_merge_keeps_a_verdict_that_survives_the_swap_as_a_direct_verdict(tmp_path):
+    from selfimprove.stages.bsm import bsm
+
+    pairs = [{"id": 0, "question": "Q?", "first": "the right one", "second": "the wrong one", "label": "first"}]
+    backend = ChainBackend(bsm_judge(biased=False))
+    examples, figures = bsm(bsm_settings(), pairs, "unused", tmp_path / "pairs.jsonl", backend=backend)
+    assert figures["bsm_kept"] == 1 and figures["bsm_consistency"] == 1.0 and figures["bsm_kept_label_agreement"] == 1.0
+    assert [e["completion"] for e in examples] == ["[[A]]", "[[B]]"]  # right one first, then second
+    assert examples[0]["prompt"].startswith("Which of the two responses") and "criterion" not in examples[0]["prompt"]
+    solve_prompts = backend.asked[1]
+    assert len(solve_prompts) == 4 and sum("clarity" in p for p in solve_prompts) == 2  # 2 criteria x 2 orders
+    _, biased = bsm(bsm_settings(), pairs, "unused", tmp_path / "b.jsonl", backend=ChainBackend(bsm_judge(True)))
+    assert biased["bsm_kept"] == 0 and biased["bsm_examples"] == 0  # [[A]] both ways names two responses
+
+
+def test_bsm_criteria_are_the_listed_lines():
+    from selfimprove.stages.bsm import criteria
+
+    assert criteria("Criteria:\n- accuracy\n2. brevity\n* tone\n", 2) == ["accuracy", "brevity"]
+    assert criteria("just be correct", 5) == ["just be correct"] and criteria("  ", 5) == []
+
+
+def test_a_bsm_loop_is_checked_at_validate(tmp_path):
+    from selfimprove.errors import UserError
+    from selfimprove.loopfile import load_loop
+
+    loop = ("name: b\nmodel: builtin:tiny-arith\ndata: {prompts: builtin:arith/train, eval: builtin:arith/test}\n"
+            "pipeline: [bsm, train, evaluate]\nstages:\n  train: {loss: sft}\n")
+    (tmp_path / "loop.yaml").write_text(loop)
+    with pytest.raises(UserError, match=r"stages.bsm.pairs_file: bsm needs pairs to judge"):
+        load_loop(str(tmp_path / "loop.yaml"))
+    (tmp_path / "p.jsonl").write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    (tmp_path / "loop.yaml").write_text(loop.replace("{loss: sft}", "{loss: dpo}\n  bsm: {pairs_file: "
+                                                     + str(tmp_path / "p.jsonl") + "}"))
+    with pytest.raises(UserError, match=r"stages.train.loss: dpo needs preference pairs, and bsm makes SFT"):
+        load_loop(str(tmp_path / "loop.yaml"))
+
+
+def test_the_reward_model_s_training_pairs_put_a_right_response_over_a_wrong_one():
+    import importlib.util
+
+    from selfimprove.answers import extract_final
+
+    path = Path(__file__).resolve().parent.parent / "examples/natural_reasoning/train_reward_model.py"
+    spec = importlib.util.spec_from_file_location("train_reward_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.pairs("train", 400, 0)
+    worked = 0
+    for row in rows:
+        question = row["chosen"].split("=")[0] + "="
+        truth = str(sum(map(int, question[:-1].split("+"))))
+        assert row["rejected"].startswith(question)
+        assert extract_final(row["chosen"]) == truth and extract_final(row["rejected"]) != truth
+        worked += " r" in row["rejected"]
+    assert 150 < worked < 250  # half the wrong responses are worked solutions of a nearby problem

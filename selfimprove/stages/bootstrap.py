@@ -129,6 +129,10 @@ TINY_ARITH = Builtin("tiny-arith", __name__, {}, plugins=_task)
 # and a tenth on meta-judging (README).
 TINY_ARITH_JUDGE = Builtin("tiny-arith-judge", __name__, {"judge_fraction": 0.5, "meta_fraction": 0.1, "layers": 4,
                                                           "steps": 1000}, plugins=_task)
+# The Self-Taught Evaluator's seed in miniature: the judging variant's mixture, plus a few pairwise
+# judgements and modified instructions (selfimprove.tasks.arith_evaluator).
+TINY_ARITH_EVALUATOR = Builtin("tiny-arith-evaluator", __name__, {**TINY_ARITH_JUDGE.settings, "task": "arith-evaluator"},
+                               plugins=_task)
 
 
 if __name__ == "__main__":
