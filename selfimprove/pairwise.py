@@ -11,11 +11,13 @@ text file works wherever a name does.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
 
 from selfimprove import judging
+from selfimprove.errors import UserError
 from selfimprove.stage import Setting, declaration
 from selfimprove.tasks import arith_evaluator
 
@@ -42,6 +44,32 @@ def load_template(name: str, placeholders: tuple[str, ...]) -> str:
     if name in IN_CODE_TEMPLATES:
         return IN_CODE_TEMPLATES[name]
     return judging.load_template(str(template_path(name)), placeholders)
+
+
+def read_pairs(path: str, size: int = 0, setting: str = "pairs_file") -> list[dict]:
+    """A JSONL of prompt, chosen, rejected (RewardBench's shape), each line checked: a problem is one
+    line naming the file, the line and the field. size > 0 reads the first size pairs."""
+    if not Path(path).is_file():
+        raise UserError(f"{setting}: {path}: no such file; give a JSONL of prompt, chosen, rejected")
+    pairs = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            raise UserError(f"{path}:{number}: not JSON ({error.msg}); each line is one "
+                            '{"prompt": ..., "chosen": ..., "rejected": ...}') from None
+        for field in ("prompt", "chosen", "rejected"):
+            if not isinstance(row, dict) or not isinstance(row.get(field), str):
+                raise UserError(f"{path}:{number}: {field} is missing or not text; each line needs prompt, chosen "
+                                "and rejected as strings")
+        pairs.append(row)
+        if size and len(pairs) == size:
+            break
+    if not pairs:
+        raise UserError(f"{path}: no pairs; give one JSON object per line with prompt, chosen, rejected")
+    return pairs
 
 
 def wrap(template: str, prompt_template: str) -> str:

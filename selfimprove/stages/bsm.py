@@ -16,13 +16,11 @@ them, are read only for statistics.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from selfimprove import pairwise
 from selfimprove.backends import open_backend
-from selfimprove.errors import UserError
 from selfimprove.judging import PROMPTS_DIR
 from selfimprove.models import model_identity
 from selfimprove.shards import discard, fingerprint, run_in_shards, scratch_dir
@@ -134,20 +132,8 @@ def input_pairs(settings: dict, contrast: str | None) -> list[dict]:
     if contrast:
         return [{"id": p["id"], "question": p["question"], "first": p["good"], "second": p["bad"], "label": "first"}
                 for p in read_jsonl(contrast)]
-    path = settings["pairs_file"]
-    rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as error:
-            raise UserError(f"{path}:{number}: not JSON ({error.msg})") from None
-        if not all(isinstance(row.get(f), str) for f in ("prompt", "chosen", "rejected")):
-            raise UserError(f"{path}:{number}: needs prompt, chosen and rejected as strings")
-        rows.append({"id": len(rows), "question": row["prompt"], "first": row["chosen"], "second": row["rejected"],
-                     "label": "first"})
-    return rows
+    return [{"id": i, "question": row["prompt"], "first": row["chosen"], "second": row["rejected"], "label": "first"}
+            for i, row in enumerate(pairwise.read_pairs(settings["pairs_file"], setting="bsm.pairs_file"))]
 
 
 def bsm(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, revision: str | None = None,

@@ -12,44 +12,20 @@ stage's (the judge is evaluated in the format it is trained on) unless set here.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from selfimprove import pairwise
 from selfimprove.backends import open_backend
-from selfimprove.errors import UserError
 from selfimprove.progress import Progress
 from selfimprove.shards import scratch_dir
 from selfimprove.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_parser, read_section, revision_for, stage_main, write_json
 
 SHARED = ("template", "prompt_template", "response_marker", "verdict_pattern", "prefill", "max_new_tokens")
-FIELDS = ("prompt", "chosen", "rejected")
 
 
 def read_pairs(path: str, size: int) -> list[dict]:
-    """The labelled pairs, each checked: one line naming the file, the line and the field otherwise."""
-    if not Path(path).is_file():
-        raise UserError(f"judge_eval.pairs_file: {path}: no such file; give a JSONL of prompt, chosen, rejected")
-    pairs = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as error:
-            raise UserError(f"{path}:{number}: not JSON ({error.msg}); each line is one "
-                            '{"prompt": ..., "chosen": ..., "rejected": ...}') from None
-        for field in FIELDS:
-            if not isinstance(row, dict) or not isinstance(row.get(field), str):
-                raise UserError(f"{path}:{number}: {field} is missing or not text; each line needs prompt, chosen "
-                                "and rejected as strings")
-        pairs.append(row)
-        if size and len(pairs) == size:
-            break
-    if not pairs:
-        raise UserError(f"{path}: no pairs; give one JSON object per line with prompt, chosen, rejected")
-    return pairs
+    return pairwise.read_pairs(path, size, "judge_eval.pairs_file")
 
 
 def view_settings(settings: dict, pairjudge: dict) -> dict:
