@@ -23,7 +23,7 @@ from selfimprove import tinyarith
 from selfimprove.stages.bootstrap import build_tokenizer
 from selfimprove.tasks.arith_evaluator import nearby_problem, wrong_answer
 
-PAIRS, EPOCHS, LR, SEED = 8000, 2, 1e-3, 0
+PAIRS, EPOCHS, LR, SEED = 16000, 3, 1e-3, 0
 
 
 def pairs(split: str, count: int, seed: int) -> list[dict]:
@@ -58,7 +58,7 @@ def build(out: Path) -> None:
         args = RewardConfig(output_dir=scratch, num_train_epochs=EPOCHS, per_device_train_batch_size=64,
                             learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=50, max_length=64,
                             logging_steps=100, save_strategy="no", report_to="none", seed=SEED, use_cpu=True,
-                            disable_tqdm=True,
+                            disable_tqdm=True, bf16=False,  # TRL turns bf16 on; on this CPU it made each step 8x slower
                             # TRL appends an end token to each text; the reward stage scores question + response
                             # as they are. Appending the pad token instead makes the classifier read the last
                             # real character (it reads the last non-pad position), as it does when scoring.
