@@ -131,6 +131,14 @@ def health(orders: list[dict], prefix: str) -> dict:
 
 
 @declaration
+def judges_pairs(settings: dict) -> bool:
+    """Whether a loop without `pipeline:` runs perturb and pairjudge: its pair rule reads pair judgements."""
+    from selfimprove.rules import needs
+
+    return needs(settings) == "judgements"
+
+
+@declaration
 def _is_template(name: str) -> bool:
     path = template_path(name)
     return path is None or path.is_file()

@@ -129,15 +129,9 @@ def node(ctx: Context) -> dict:
                     outs=[out["judgements"]], metrics=[out["pairjudge_stats"]])
 
 
-def _included(settings: dict) -> bool:
-    from selfimprove.rules import needs
-
-    return needs(settings) == "judgements"
-
-
 STAGE = Stage("pairjudge", SETTINGS, node=node, reads=("contrast",),
               writes={"judgements": "pair_judgements.jsonl", "pairjudge_stats": "pairjudge.json"},
-              included=_included, plugins=lambda ctx: [("backend", ctx.backend)])
+              included=pairwise.judges_pairs, plugins=lambda ctx: [("backend", ctx.backend)])
 
 
 if __name__ == "__main__":

@@ -204,15 +204,9 @@ def node(ctx: Context) -> dict:
                     outs=[out["contrast"]], metrics=[out["perturb_stats"]])
 
 
-def _included(settings: dict) -> bool:
-    from selfimprove.rules import needs
-
-    return needs(settings) == "judgements"
-
-
 STAGE = Stage("perturb", SETTINGS, node=node, reads=("samples",),
               writes={"contrast": "contrast.jsonl", "perturb_stats": "perturb.json"},
-              included=_included, plugins=lambda ctx: [("backend", ctx.backend)])
+              included=pairwise.judges_pairs, plugins=lambda ctx: [("backend", ctx.backend)])
 
 
 if __name__ == "__main__":
