@@ -29,7 +29,7 @@ from selfimprove.registry import module_of, resolve, stages
 from selfimprove.stage import Context, Stage, tracked_values
 from selfimprove.stages._io import atomic_file
 
-STAGE_RE = re.compile(r"^(?P<run>.+)-it(?P<k>\d+)-(?P<stage>[a-z]+)$")
+STAGE_RE = re.compile(r"^(?P<run>.+)-it(?P<k>\d+)-(?P<stage>[a-z][a-z_]*)$")
 HEADER = "# Compiled by `selfimprove run` from loop files; edit the loop file, not this file.\n"
 
 

@@ -216,10 +216,13 @@ def elo(scores: list[list[float]], steps: int = 500, lr: float = 0.5, prior: flo
 
 def carried(rows: list[dict]) -> dict:
     """What a scorer's record carries over from its prompt's samples: the prompt's own fields
-    (prompt_<field>, from the data source) and, where generate recorded them, each sample's log p."""
+    (prompt_<field>, from the data source) and, where generate recorded them, each sample's log p and
+    the temperature(s) it was decoded with."""
     found = {key: value for key, value in rows[0].items() if key.startswith("prompt_")}
     if all("logprob" in row for row in rows):
         found["logprobs"] = [row["logprob"] for row in rows]
+    if all("temperature" in row for row in rows):  # decoded with a temperature head (Adaptive Decoding)
+        found["temperatures"] = [row["temperature"] for row in rows]
     return found
 
 

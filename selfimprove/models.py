@@ -33,12 +33,16 @@ def builtin_dir(model: str) -> str | None:
 
 def load(reference: str, revision: str | None = None, for_training: bool = False):
     """(model, tokenizer) from a local directory, a LoRA iteration's adapter directory (merged into its
-    base in memory) or a hub id. Decoder-only models pad on the left for batched generation; training
+    base in memory), a temperature head's directory (its language model; selfimprove.temperature_head)
+    or a hub id. Decoder-only models pad on the left for batched generation; training
     code switches padding as TRL needs. A model for training stays on the CPU: the Trainer moves it to
     its process's device (moving it here would put every process's copy on GPU 0 first)."""
     import torch
     from transformers import AutoTokenizer
 
+    under_head = head_base(reference)
+    if under_head:
+        return load(*under_head, for_training=for_training)
     kwargs = {} if Path(reference).is_dir() else {"revision": revision}
     tokenizer = AutoTokenizer.from_pretrained(reference, **kwargs)
     if tokenizer.pad_token is None:
@@ -56,6 +60,14 @@ def load(reference: str, revision: str | None = None, for_training: bool = False
 def is_adapter(reference: str | Path) -> bool:
     """Whether reference is a LoRA iteration's output: a peft adapter directory, not a whole model."""
     return (Path(reference) / ADAPTER_CONFIG).is_file()
+
+
+def head_base(reference: str | Path) -> tuple[str, str | None] | None:
+    """(the language model, its revision) a temperature head's directory reads, or None for any other
+    reference. The head itself is read by the hf backend (selfimprove.backends.hf)."""
+    from selfimprove.temperature_head import base_model
+
+    return base_model(str(reference))
 
 
 def _load_weights(reference: str, revision: str | None, dtype):
@@ -90,6 +102,9 @@ def _merged_adapter(directory: str, dtype):
 def full_weights_dir(reference: str, scratch: str | Path, revision: str | None = None) -> str:
     """A directory holding the whole model for backends that read weights from disk (vLLM): reference
     itself unless it is an adapter, else the merged model written once to scratch/<fingerprint>."""
+    under_head = head_base(reference)
+    if under_head:
+        return full_weights_dir(under_head[0], scratch, under_head[1])
     if not is_adapter(reference):
         return reference
     blob = json.dumps(model_identity(reference, revision), sort_keys=True)
@@ -125,4 +140,6 @@ def model_identity(model: str, revision: str | None = None) -> list:
     if is_adapter(path):
         config = json.loads((path / ADAPTER_CONFIG).read_text())
         files.append(model_identity(config["base_model_name_or_path"], config.get("revision")))
+    if head_base(path):
+        files.append(model_identity(*head_base(path)))
     return files

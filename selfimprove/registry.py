@@ -13,6 +13,7 @@ import importlib
 
 STAGES = {
     "synthesize": "selfimprove.stages.synthesize:STAGE",  # Self-RIP: prompts for the generate stage
+    "head": "selfimprove.stages.head:STAGE",  # Adaptive Decoding: a temperature head on the policy
     "generate": "selfimprove.stages.generate:STAGE",
     "vote": "selfimprove.stages.vote:STAGE",
     "perturb": "selfimprove.stages.perturb:STAGE",  # Self-Taught Evaluator: contrast pairs
@@ -27,8 +28,10 @@ STAGES = {
     "filter": "selfimprove.stages.filter:STAGE",
     "lift": "selfimprove.stages.lift:STAGE",  # LIFT: length-instructed pairs
     "train": "selfimprove.stages.train:STAGE",
+    "lpo": "selfimprove.stages.lpo:STAGE",  # Adaptive Decoding: Latent Preference Optimization of the head
     "evaluate": "selfimprove.stages.evaluate:STAGE",
-    "judge_eval": "selfimprove.stages.judge_eval:STAGE",  # pairwise accuracy on a labelled pair set
+    "judge_eval": "selfimprove.stages.judge_eval:STAGE",
+    "decoding": "selfimprove.stages.decoding:STAGE",  # Adaptive Decoding: the head against fixed temperatures  # pairwise accuracy on a labelled pair set
     "report": "selfimprove.stages.report:STAGE",
 }
 
@@ -45,12 +48,15 @@ PAIR_RULES = {
     "system2": "selfimprove.rules.sft:system2",  # System 2 distillation (train.loss: sft)
     "judgement_sft": "selfimprove.rules.judgements:judgement_sft",  # Self-Taught Evaluator (train.loss: sft)
     "judgement_dpo": "selfimprove.rules.judgements:judgement_dpo",  # Self-Taught Evaluator, DPO + NLL
+    "latent": "selfimprove.rules.latent:best_vs_worst_latent",  # Adaptive Decoding: tau of best vs worst
 }
 
-# Reward rules of the reward stage (reward.source): (question, response, gold, settings) -> float | None.
+# Reward rules of the reward stage (reward.source): (question, response, gold, settings) -> float | None,
+# or, marked per_prompt, (question, a prompt's responses, gold, settings) -> a score per response.
 REWARD_RULES = {
     "correct": "selfimprove.rewards:correct",
     "json_keys": "selfimprove.rewards:json_keys",
+    "correct_or_distinct": "selfimprove.tasks.mixed:correct_or_distinct",  # Adaptive Decoding's mixed task
 }
 
 BACKENDS = {
@@ -67,6 +73,7 @@ BUILTIN_MODELS = {
     "tiny-arith-evaluator": "selfimprove.stages.bootstrap:TINY_ARITH_EVALUATOR",  # Self-Taught Evaluator
     "smollm2-135m": "selfimprove.stages.convert:SMOLLM2",
     "tiny-sums": "selfimprove.tasks.sums:TINY_SUMS",
+    "tiny-mixed": "selfimprove.tasks.mixed:TINY_MIXED",  # Adaptive Decoding
 }
 
 # Builtin tasks (`data.prompts: builtin:<task>/<split>`, and what builtin models learn): selfimprove.tasks.Task.
@@ -75,6 +82,7 @@ BUILTIN_TASKS = {
     "sums": "selfimprove.tasks.sums:TASK",
     "noisy-arith": "selfimprove.tasks.noisy_arith:TASK",
     "arith-evaluator": "selfimprove.tasks.arith_evaluator:TASK",
+    "mixed": "selfimprove.tasks.mixed:TASK",
 }
 
 REGISTRIES = {"stage": STAGES, "pair rule": PAIR_RULES, "reward rule": REWARD_RULES, "backend": BACKENDS,

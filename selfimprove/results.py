@@ -17,7 +17,8 @@ import yaml
 
 from selfimprove.compiler import STAGE_RE
 from selfimprove.errors import UserError
-from selfimprove.stages.report import iteration_figures
+# An iteration counts as evaluated (RUN without @K names the last one) when it has one of EVALUATED.
+from selfimprove.stages.report import EVALUATED, iteration_figures
 
 # Rates measured on n items: their 95% interval is shown beside them, so a delta can be read as real or noise.
 RATE_DENOMINATORS = {"accuracy": "problems", "maj_at_k": "problems", "thought_rate": "problems",
@@ -25,11 +26,10 @@ RATE_DENOMINATORS = {"accuracy": "problems", "maj_at_k": "problems", "thought_ra
                      # a pair's two orders are not independent: the interval counts pairs, not judgements
                      "pairwise_accuracy": "pairwise_pairs", "pairwise_maj_accuracy": "pairwise_pairs",
                      "pairwise_both_orders_right": "pairwise_pairs"}
-# An iteration counts as evaluated (RUN without @K names the last one) when it has one of these.
-EVALUATED = ("accuracy", "pairwise_accuracy")
 REF_RE = re.compile(r"^(?P<run>[a-z][a-z0-9_-]*)(?:@(?P<k>\d+))?$")
 # Shown first, in this order; any other numeric metric follows.
 HEADLINE = ["accuracy", "maj_at_k", "sample_accuracy", "pairwise_accuracy", "pairwise_maj_accuracy",
+            "decoding_score", "decoding_best_fixed_temperature", "score_adaptive", "temperature_adaptive",
             "pairwise_position_consistency", "judge_agreement", "win_rate_vs_base", "win_position_consistency",
             "thought_rate", "mean_length", "greedy_correct",
             "maj_correct", "problems", "parse_failure_rate", "pairs", "dropped_below_tau", "dropped_ties",

@@ -2,7 +2,9 @@
 model (a sequence classifier whose first logit is the score). Used by the reward stage.
 
 A rule is called as rule(question, response, gold) -> float | None; None means no score (counted as
-missing, never turned into a zero). reward.source names it: a rule of selfimprove.registry.REWARD_RULES,
+missing, never turned into a zero). A rule marked `per_prompt = True` is called once per prompt with all
+of its responses, rule(question, responses, gold) -> one score per response, for rewards that depend on
+what the other samples said (the Adaptive Decoding miniature's "an answer no other sample gave"). reward.source names it: a rule of selfimprove.registry.REWARD_RULES,
 or `module:function`.
 """
 
@@ -87,8 +89,7 @@ def user_function(source: str) -> Callable:
 def checked(function: Callable, source: str) -> Rule:
     """The user's function, refusing what is not a finite number or None (a bool, a string, NaN)."""
 
-    def score(question: str, response: str, gold) -> float | None:
-        value = function(question, response, gold)
+    def one(value, response: str) -> float | None:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -96,7 +97,41 @@ def checked(function: Callable, source: str) -> Rule:
                             "return a finite float, or None for no score")
         return float(value)
 
+    def score(question: str, response: str, gold) -> float | None:
+        return one(function(question, response, gold), response)
+
+    def score_prompt(question: str, responses: list[str], gold) -> list[float | None]:
+        values = function(question, responses, gold)
+        if not isinstance(values, (list, tuple)) or len(values) != len(responses):
+            raise UserError(f"reward.source {source} is per_prompt and returned {values!r} for {len(responses)} "
+                            "responses; return a list with one score (or None) per response")
+        return [one(v, r) for v, r in zip(values, responses)]
+
+    if getattr(function, "per_prompt", False):
+        score_prompt.per_prompt = True
+        return score_prompt
     return score
+
+
+def per_prompt(rule: Rule) -> bool:
+    """Whether a rule scores a prompt's responses together (a partial keeps its function's mark)."""
+    return bool(getattr(getattr(rule, "func", rule), "per_prompt", False))
+
+
+def rule_scores(rule: Rule, items: list[tuple[object, str, str, object]]) -> list:
+    """A score per (prompt id, question, response, gold), in order; a per-prompt rule sees each prompt's
+    responses together (those of one id, in their order)."""
+    if not per_prompt(rule):
+        return [rule(question, response, gold) for _, question, response, gold in items]
+    groups: dict = {}
+    for i, (prompt_id, *_rest) in enumerate(items):
+        groups.setdefault(prompt_id, []).append(i)
+    found: list = [None] * len(items)
+    for members in groups.values():
+        _, question, _, gold = items[members[0]]
+        for i, value in zip(members, rule(question, [items[i][2] for i in members], gold)):
+            found[i] = value
+    return found
 
 
 def callable_file(source: str) -> Path | None:

@@ -105,3 +105,9 @@ def test_meta_rewarding_meta_judges_only_in_the_iterations_that_train_the_judge(
     assert "--judge-pairs" not in stages["meta_rewarding-it3-pairs"]["cmd"]
     assert "--model runs/meta_rewarding/it1/model" in stages["meta_rewarding-it2-metajudge"]["cmd"]
     assert params["meta_rewarding"]["it3"]["pairs"]["judge_pairs"] is False
+
+
+def test_stage_names_with_an_underscore_belong_to_their_run():
+    # judge_eval's nodes must be replaced when their run is recompiled, and be listed under it by status
+    assert compiler._belongs_to("ste-it1-judge_eval", "ste") and not compiler._belongs_to("ste-it1-judge_eval", "other")
+    assert compiler.STAGE_RE.match("my-run-it12-judge_eval").group("run", "k", "stage") == ("my-run", "12", "judge_eval")

@@ -20,7 +20,7 @@ name: audit
 model: builtin:tiny-arith-judge
 data: {prompts: builtin:noisy-arith/train, eval: builtin:arith/test, prompts_size: 6, eval_size: 6, digits: 2}
 bootstrap: {steps: 20, batch_size: 8}
-iterations: 7
+iterations: 8
 pipeline: [generate, judge, metajudge, pairs, train, evaluate]
 stages:
   generate: {n: 3, max_new_tokens: 12, batch_size: 64}
@@ -49,6 +49,9 @@ schedule:
       train: {loss: sft}}
   7: {pipeline: [bsm, train, evaluate], bsm: {pairs_file: user_prefs.jsonl, branches: 1, max_new_tokens: 6,
       merge_template: my_merge.txt}, train: {loss: sft}}
+  8: {pipeline: [head, generate, reward, pairs, lpo, decoding], head: {temperatures: "0,1", width: 4},
+      reward: {source: "myreward:distinct"}, pairs: {rule: latent}, lpo: {epochs: 1},
+      decoding: {temperatures: "0,1", k: 2, max_new_tokens: 8}}
 """
 
 
@@ -76,7 +79,10 @@ def test_every_stage_kind_reads_only_its_dependencies(tmp_path):
     (tmp_path / "my_merge.txt").write_text("{question} {response_a} {response_b} {evaluations} merge:")
     (tmp_path / "eval_pairs.jsonl").write_text("".join(f'{{"prompt": "{a}+2=", "chosen": " #### {a + 2}", '
                                                         f'"rejected": " #### {a + 3}"}}\n' for a in range(10, 13)))
-    (tmp_path / "myreward.py").write_text("def score(question, response, gold):\n    return float(len(response) % 3)\n")
+    (tmp_path / "myreward.py").write_text("def score(question, response, gold):\n    return float(len(response) % 3)\n\n\n"
+                                          "def distinct(question, responses, gold):\n"
+                                          "    return [float(responses.count(r) == 1) for r in responses]\n\n\n"
+                                          "distinct.per_prompt = True\n")
     logs = tmp_path / "audit-logs"
     logs.mkdir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(AUDIT), str(tmp_path),
@@ -99,7 +105,7 @@ def test_every_stage_kind_reads_only_its_dependencies(tmp_path):
     kinds = {"bootstrap" if name.startswith("bootstrap-") else name.rsplit("-", 1)[-1] for name in audited}
     assert kinds >= {"generate", "vote", "judge", "metajudge", "reward", "pairs", "filter", "train", "evaluate",
                      "report", "bootstrap", "synthesize", "diversity", "lift", "perturb", "pairjudge", "judge_eval",
-                     "system2", "bsm"}, kinds  # every stage kind ran and was audited
+                     "system2", "bsm", "head", "lpo", "decoding"}, kinds  # every stage kind ran and was audited
     assert "my_judge.txt" in nodes["audit-it1-judge"]["deps"] and "myreward.py" in nodes["audit-it3-reward"]["deps"]
     assert "seed_prompts.jsonl" in nodes["audit-it3-synthesize"]["deps"]
     assert nodes["audit-it4-lift"]["deps"] == ["user_prefs.jsonl"]
@@ -107,3 +113,4 @@ def test_every_stage_kind_reads_only_its_dependencies(tmp_path):
     assert {"eval_pairs.jsonl", "my_pairwise.txt"} <= set(nodes["audit-it0-judge_eval"]["deps"])  # as iteration 5's
     assert "my_step1.txt" in nodes["audit-it6-system2"]["deps"]
     assert {"user_prefs.jsonl", "my_merge.txt"} <= set(nodes["audit-it7-bsm"]["deps"])
+    assert "myreward.py" in nodes["audit-it0-decoding"]["deps"] and "myreward.py" in nodes["audit-it8-decoding"]["deps"]

@@ -36,6 +36,12 @@ def open_backend(run: dict, model_ref: str, revision: str | None = None, scratch
     except UnknownName as error:
         raise UserError(f"backend: {error}") from None
     section = {**{key: s.default for key, s in backend.SETTINGS.items()}, **(run.get(name) or {})}
+    if not getattr(backend, "TEMPERATURE_HEAD", False):
+        from selfimprove.models import head_base
+
+        if head_base(model_ref):
+            raise UserError(f"backend: {name} cannot decode with the temperature head of {model_ref} (it picks a "
+                            "temperature per response or token from the model's hidden states); use backend: hf")
     return backend.open(model_ref, revision, section, bool(run.get("chat_template", False)), scratch)
 
 

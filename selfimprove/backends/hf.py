@@ -1,5 +1,6 @@
 """The transformers backend: the model loaded in this process, batched `generate` (selfimprove.sampling)
-and next-token probabilities from one forward pass."""
+and next-token probabilities from one forward pass. A model reference with a temperature head
+(selfimprove.temperature_head) decodes with the temperatures its head picks."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 class HFBackend:
     SETTINGS: dict = {}  # no section: the model runs in this process
     TRACKED = ()
+    TEMPERATURE_HEAD = True  # decodes with a model's temperature head (Adaptive Decoding)
 
     @classmethod
     def open(cls, model_ref: str, revision: str | None, settings: dict, chat_template: bool, scratch):
@@ -14,21 +16,48 @@ class HFBackend:
 
     def __init__(self, model_ref: str, revision: str | None = None, chat_template: bool = False):
         self.model_ref, self.revision, self.chat_template = model_ref, revision, chat_template
-        self._model = self._tokenizer = None
+        self._model = self._tokenizer = self._head = None
         self.usage: dict[str, float] = {}
 
     def _load(self):
         if self._model is None:
-            from selfimprove import models
+            from selfimprove import models, temperature_head
 
             self._model, self._tokenizer = models.load(self.model_ref, self.revision)
+            if temperature_head.is_head(self.model_ref):
+                self._head = temperature_head.load(self.model_ref)
         return self._model, self._tokenizer
+
+    @property
+    def temperature_head(self):
+        """The model's temperature head config (selfimprove.temperature_head.HeadConfig), or None."""
+        from selfimprove import temperature_head
+
+        return temperature_head.read_config(self.model_ref) if temperature_head.is_head(self.model_ref) else None
+
+    def sample_with_temperatures(self, prompts: list[str], n: int, top_p: float, max_new_tokens: int,
+                                 batch_size: int, seed: int, pick: str = "sample", on_batch=None):
+        """With a temperature head: (n completions per prompt, the temperature of each: one number at
+        sequence level, one per generated token at token level). pick: sample the head or take its argmax."""
+        from selfimprove import temperature_head
+
+        model, tokenizer = self._load()
+        head, config = self._head
+        if self.chat_template:
+            from selfimprove.backends import chat_prompts
+
+            prompts = chat_prompts(tokenizer, prompts)
+        return temperature_head.sample(model, tokenizer, head, config, prompts, n, top_p, max_new_tokens, batch_size,
+                                       seed, pick, on_batch=on_batch, add_special_tokens=not self.chat_template)
 
     def sample(self, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
                batch_size: int, seed: int, on_batch=None) -> list[list[str]]:
         from selfimprove.sampling import sample
 
         model, tokenizer = self._load()
+        if self._head is not None:  # the head picks the temperature; `temperature` is not used
+            return self.sample_with_temperatures(prompts, n, top_p, max_new_tokens, batch_size, seed,
+                                                 on_batch=on_batch)[0]
         if self.chat_template:
             from selfimprove.backends import chat_prompts
 
@@ -84,7 +113,7 @@ class HFBackend:
         return found
 
     def close(self) -> None:
-        self._model = self._tokenizer = None
+        self._model = self._tokenizer = self._head = None
 
 
 def continuation_tokens(tokenizer, prompt: str, choices: list[str]) -> list[tuple[tuple[int, ...], int]]:

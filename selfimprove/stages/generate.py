@@ -44,18 +44,31 @@ def generate(settings: dict, records: list[dict], model_ref: str, out: str | Pat
 def _sample_shard(backend, shard: list[dict], settings: dict, template: str, index: int,
                   on_batch=None) -> list[dict]:
     """The n voting samples of each prompt, then its extra_n high-temperature samples (ScPO's later
-    iterations draw those only to find rejected answers: they never vote)."""
+    iterations draw those only to find rejected answers: they never vote). A model with a temperature
+    head (Adaptive Decoding) decodes with the head's temperatures, recorded with each sample."""
     prompts = [template.format(question=r["question"]) for r in shard]
     seed = settings["seed"] * 100003 + index
-    completions = backend.sample(prompts, settings["n"], settings["temperature"], settings["top_p"],
-                                 settings["max_new_tokens"], settings["batch_size"], seed, on_batch=on_batch)
-    extras = [[] for _ in prompts]
+    head = getattr(backend, "temperature_head", None)
+
+    def draw(n: int, temperature: float, seed: int, on_batch=None):
+        if head is None:
+            texts = backend.sample(prompts, n, temperature, settings["top_p"], settings["max_new_tokens"],
+                                   settings["batch_size"], seed, on_batch=on_batch)
+            return texts, [[None] * len(t) for t in texts]
+        return backend.sample_with_temperatures(prompts, n, settings["top_p"], settings["max_new_tokens"],
+                                                settings["batch_size"], seed, settings.get("head_pick", "sample"),
+                                                on_batch=on_batch)
+
+    completions, temperatures = draw(settings["n"], settings["temperature"], seed, on_batch)
+    extras, extra_temperatures = [[] for _ in prompts], [[] for _ in prompts]
     if settings["extra_n"]:
-        extras = backend.sample(prompts, settings["extra_n"], settings["extra_temperature"], settings["top_p"],
-                                settings["max_new_tokens"], settings["batch_size"], seed + 1)
+        extras, extra_temperatures = draw(settings["extra_n"], settings["extra_temperature"], seed + 1)
     rows = [{"id": r["id"], "prompt": p, "question": r["question"], "gold": r["answer"], "solution": r.get("solution"),
-             "sample": j, "extra": j >= len(main), "completion": c, **prompt_fields(r)}
-            for r, p, main, extra in zip(shard, prompts, completions, extras) for j, c in enumerate(main + extra)]
+             "sample": j, "extra": j >= len(main), "completion": c, **prompt_fields(r),
+             **({"temperature": t} if head is not None else {})}
+            for r, p, main, extra, temps in zip(shard, prompts, completions, extras,
+                                                 [a + b for a, b in zip(temperatures, extra_temperatures)])
+            for j, (c, t) in enumerate(zip(main + extra, temps))]
     if settings.get("logprobs", False):
         if not hasattr(backend, "logprobs"):
             raise UserError("generate.logprobs: the backend cannot score its samples' probabilities; use backend hf "
@@ -116,6 +129,9 @@ SETTINGS = {
     "seed": Setting(int, 0, "sampling seed"),
     "logprobs": Setting(bool, False, "also record log p(completion | prompt) of each sample (DivPO's probability "
                         "criterion; backend hf)", omit_default=True),
+    "head_pick": Setting(str, "sample", "with a temperature head (Adaptive Decoding): sample each temperature "
+                         "from the head (LPO's exploration) or take its argmax", choices=("sample", "argmax"),
+                         omit_default=True),
     "prompt_template": Setting(str, "", "this stage's prompt, in place of data.prompt_template ({question} is "
                                "replaced): System 2 distillation samples with a reasoning prompt that the "
                                "evaluation and the distilled model never see", omit_default=True,

@@ -19,6 +19,10 @@ from selfimprove.stage import Context, Stage, declaration
 from selfimprove.stages._io import iteration_stage_parser, stage_main, write_json
 
 
+# The figure that says an iteration was evaluated, by kind of loop: solving, judging, decoding.
+EVALUATED = ("accuracy", "pairwise_accuracy", "decoding_score")
+
+
 def iteration_figures(iteration_dir: Path, names: list[str] | None = None) -> dict:
     """One iteration's metrics files merged (all of its *.json where names is None); {} if none."""
     paths = sorted(iteration_dir.glob("*.json")) if names is None else [iteration_dir / n for n in names]
@@ -45,7 +49,8 @@ def main(argv=None) -> None:
     report = collect(args.metrics, args.iteration)
     write_json(args.out, report)
     last = report[f"it{args.iteration}"]
-    print(f"report: {args.iteration} iteration(s); last accuracy {last.get('accuracy', float('nan')):.3f}")
+    headline = next((key for key in EVALUATED if key in last), None)
+    print(f"report: {args.iteration} iteration(s)" + (f"; last {headline} {last[headline]:.3f}" if headline else ""))
 
 
 @declaration

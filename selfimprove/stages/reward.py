@@ -43,7 +43,7 @@ def score(settings: dict, samples: list[dict], responses: list[str | None]) -> t
     else:
         rule, truncated = rewards.rule(settings), 0
         random.seed(settings["seed"])  # a user's function that samples scores the same every run
-        found = [rule(row["question"], response, row.get("gold")) for row, response in todo]
+        found = rewards.rule_scores(rule, [(row["id"], row["question"], response, row.get("gold")) for row, response in todo])
     given = iter(found)
     return [next(given) if response is not None else None for response in responses], truncated
 
