@@ -7,6 +7,8 @@
     selfimprove status
     selfimprove metrics scpo
     selfimprove diff scpo@0 scpo@3 [--json]
+    selfimprove plot scpo irpo [--metric accuracy] [-o curves.png]
+    selfimprove export scpo@best served/
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def main() -> None:
 @click.argument("loop_file", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a loop setting, e.g. --set iterations=4 --set generate.n=16.")
-@click.option("--from", "start_from", metavar="RUN@K", help="Start from the model of iteration K of an earlier run.")
+@click.option("--from", "start_from", metavar="RUN@K", help="Start from the model of iteration K of an earlier run "
+              "(RUN@best: its best iteration).")
 def run(loop_file: str, overrides: tuple[str, ...], start_from: str | None) -> None:
     """Run a loop to its last iteration; run it again after a crash to resume."""
     from selfimprove import runner
@@ -77,10 +80,12 @@ def run(loop_file: str, overrides: tuple[str, ...], start_from: str | None) -> N
 def compile_(loop_file: str, overrides: tuple[str, ...]) -> None:
     """Write the loop's stages into dvc.yaml and params.yaml without running them
     (then `dvc repro`, `dvc dag` and `dvc status` work on it natively)."""
-    from selfimprove import compiler, runner
+    from selfimprove import compiler, results, runner
     from selfimprove.loopfile import load_loop
 
     loop = load_loop(loop_file, list(overrides))
+    if loop.start_from:
+        loop.start_from = results.resolve_from(Path.cwd(), loop.start_from)
     with runner.workspace_lock(Path.cwd(), f"selfimprove compile {loop_file}"):  # not under a running loop
         stages = compiler.write(Path.cwd(), loop)
     click.echo(f"dvc.yaml, params.yaml: {len(stages)} stage(s) for {loop_file}")
@@ -153,6 +158,12 @@ def status() -> None:
         table.add_row(row["run"], "-" if row["iteration"] is None else str(row["iteration"]), row["stage"],
                       f"[{colours.get(state, 'white')}]{state}[/]")
     _console().print(table)
+    import json
+
+    for run in sorted({row["run"] for row in rows}):
+        record = Path.cwd() / "runs" / run / "stop.json"
+        if record.is_file():  # a stop rule ended the run (selfimprove.stop); later iterations are not compiled
+            _console().print(f"[yellow]{run}: {json.loads(record.read_text())['stopped']}[/yellow]", highlight=False)
 
 
 @main.command()
@@ -200,6 +211,36 @@ def diff(a: str, b: str, as_json: bool) -> None:
         table.add_row(row["metric"], results.fmt(row["a"]), results.fmt(row["b"]), results.fmt_delta(row["delta"]),
                       intervals)
     _console().print(table)
+
+
+@main.command()
+@click.argument("references", nargs=-1, required=True, metavar="RUN[@K]...")
+@click.option("--metric", "metrics", multiple=True, metavar="M", help="A metric to draw (repeat for several); "
+              "default: the headline metric and maj@k.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="The image file (default: RUN.png).")
+def plot(references: tuple[str, ...], metrics: tuple[str, ...], out: str | None) -> None:
+    """Draw metric curves across iterations for one or several runs, with 95% intervals for rates."""
+    from selfimprove import plot as plotting
+
+    target = Path(out or f"{references[0].split('@')[0]}.png")
+    plotting.plot(Path.cwd(), list(references), list(metrics), target)
+    click.echo(f"plot: {target}")
+
+
+@main.command()
+@click.argument("reference", metavar="RUN@K")
+@click.argument("directory", type=click.Path(file_okay=False))
+def export(reference: str, directory: str) -> None:
+    """Write an iteration's model (RUN@K, RUN@best, RUN) as a plain model directory for serving:
+    adapters merged; a temperature head goes in DIRECTORY/temperature_head beside its model."""
+    from selfimprove import export as exporting
+    from selfimprove import results
+
+    name, _ = results.resolve(Path.cwd(), reference)
+    run, k = name.split("@")
+    model, revision = exporting.iteration_model(Path.cwd(), run, int(k))
+    what = exporting.export(model, Path(directory), revision)
+    click.echo(f"export: {name} ({model}) -> {directory}: {what}")
 
 
 if __name__ == "__main__":

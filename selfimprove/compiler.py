@@ -109,9 +109,12 @@ class _Compilation:
         return keys
 
 
-def compile_stages(loop: Loop, project: Path, compilation: _Compilation | None = None) -> dict[str, dict]:
+def compile_stages(loop: Loop, project: Path, compilation: _Compilation | None = None,
+                   plots: list | None = None) -> dict[str, dict]:
+    """The run's DVC nodes by name; its top-level plot definitions are appended to plots."""
+    plots = [] if plots is None else plots
     compilation = compilation or _Compilation(loop, project)
-    run, nodes, adapter_bases, metrics = loop.name, {}, {}, []
+    run, nodes, adapter_bases, metrics, curves = loop.name, {}, {}, [], []
     model, model_is_dep = base_model(loop)
     base = (model, model_is_dep)
     tracked = tuple(loop.tracked())
@@ -125,7 +128,10 @@ def compile_stages(loop: Loop, project: Path, compilation: _Compilation | None =
                            iteration_dir(run, k))
             node = stage.node(ctx)
             nodes[stage_name(run, k, stage.name)] = node
+            if stage.plot:
+                plots.append(stage.plot(ctx))
             metrics += [path for entry in node.get("metrics", []) for path in entry]
+            curves += [name for name in stage.curves if name not in curves]
             inputs = {**inputs, **ctx.outputs}  # a later stage reads the latest writer of each artifact
             if "model" in stage.writes:
                 if stage.adapter(settings):  # loading an adapter needs the model it was trained on
@@ -135,8 +141,10 @@ def compile_stages(loop: Loop, project: Path, compilation: _Compilation | None =
         if stage.scope == "run":
             ctx = _context(compilation, loop, loop.iterations, loop.per_iteration[loop.iterations], model,
                            model_is_dep, base, {}, tracked, stage, run_dir(run))
-            ctx.metrics = list(metrics)
+            ctx.metrics, ctx.curves = list(metrics), list(curves)
             nodes[run_stage_name(run, stage.name)] = stage.node(ctx)
+            if stage.plot:
+                plots.append(stage.plot(ctx))
     return _with_adapter_bases(nodes, adapter_bases)
 
 
@@ -203,12 +211,13 @@ def bootstrap_stage(loop: Loop, project: Path, compilation: _Compilation | None 
 
 
 def compile_loop(loop: Loop, project: Path, existing_stages: dict | None = None,
-                 existing_params: dict | None = None) -> tuple[dict, dict]:
+                 existing_params: dict | None = None, existing_plots: list | None = None) -> tuple[dict, dict]:
     """(dvc.yaml content, params.yaml content) with this loop's stages replacing its old ones."""
     compilation = _Compilation(loop, project)
     stages = {name: stage for name, stage in (existing_stages or {}).items() if not _belongs_to(name, loop.name)}
     stages.update(bootstrap_stage(loop, project, compilation))
-    stages.update(compile_stages(loop, project, compilation))
+    plots: list = []
+    stages.update(compile_stages(loop, project, compilation, plots))
     params = dict(existing_params or {})
     params[loop.name] = resolved_params(loop)
     found = builtin(loop.model)
@@ -216,7 +225,11 @@ def compile_loop(loop: Loop, project: Path, existing_stages: dict | None = None,
         settings = getattr(importlib.import_module(found.builder), "SETTINGS", {})
         params.setdefault("builtin", {})[found.name] = tracked_values(settings, loop.bootstrap)
     params["code"] = {**(params.get("code") or {}), **compilation.code}
-    return {"stages": stages}, params
+    # top-level plots: the other runs' (kept, as their stages are) and this run's
+    own = {path for entry in plots for path in entry}
+    kept = [entry for entry in (existing_plots or []) if isinstance(entry, dict)
+            and not any(path.startswith(f"{run_dir(loop.name)}/") or path in own for path in entry)]
+    return {"stages": stages, **({"plots": kept + plots} if kept or plots else {})}, params
 
 
 def _belongs_to(stage: str, run: str) -> bool:
@@ -233,7 +246,7 @@ def write(project: Path, loop: Loop) -> list[str]:
     bootstrap stage included)."""
     dvc_path, params_path = project / "dvc.yaml", project / "params.yaml"
     existing, existing_params = _read_compiled(dvc_path), _read_compiled(params_path)
-    document, params = compile_loop(loop, project, existing.get("stages"), existing_params)
+    document, params = compile_loop(loop, project, existing.get("stages"), existing_params, existing.get("plots"))
     _write_if_changed(dvc_path, HEADER + dump(document))
     _write_if_changed(params_path, HEADER + dump(params))
     own = set(bootstrap_stage(loop, project))

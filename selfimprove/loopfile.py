@@ -32,10 +32,11 @@ from selfimprove.validation import (Problems, check_section, check_values, defau
                                     shown)
 
 TOP_LEVEL = {"name", "description", "model", "model_revision", "data", "iterations", "seed", "bootstrap", "stages",
-             "schedule", "from", "backend", "chat_template", "pipeline", *BACKENDS}
+             "schedule", "from", "backend", "chat_template", "pipeline", "best", "stop", *BACKENDS}
 REQUIRED = ["name", "model", "data", "iterations"]
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
-FROM_RE = re.compile(r"^([a-z][a-z0-9_-]*)@(\d+)$")
+FROM_RE = re.compile(r"^([a-z][a-z0-9_-]*)@(\d+|best)$")
+BETTER = ("higher", "lower")
 RESERVED_NAMES = ("code", "builtin")  # params.yaml sections that are not runs
 
 
@@ -57,6 +58,8 @@ class Loop:
     backend: str = "hf"
     chat_template: bool = False
     backend_settings: dict[str, Any] = field(default_factory=dict)  # the vllm: or openai: section, resolved
+    best: dict[str, str] | None = None  # what RUN@best maximises: {metric, better}; None: the loop kind's headline
+    stop: list[dict] = field(default_factory=list)  # stop rules (selfimprove.stop), checked after each iteration
 
     def tracked(self) -> list[str]:
         """The stages whose settings the run's params hold in every iteration: those some iteration runs,
@@ -135,7 +138,11 @@ def _validate(raw: dict, path: Path, problems: Problems) -> Loop:
         iterations = 1
     start_from = raw.get("from")
     if start_from is not None and not (isinstance(start_from, str) and FROM_RE.match(start_from)):
-        problems.add(("from",), f"expected RUN@K (e.g. scpo@2), got {start_from!r}")
+        problems.add(("from",), f"expected RUN@K or RUN@best (e.g. scpo@2), got {start_from!r}")
+    best = _best(raw.get("best"), problems)
+    from selfimprove.stop import check_rules
+
+    stop = check_rules(raw.get("stop"), problems)
     data = {**defaults(data_section.SETTINGS),
             **check_section(raw.get("data", {}), data_section.SETTINGS, ("data",), problems)}
     check_values(data, data_section.SETTINGS, ("data",), problems, set())
@@ -163,8 +170,27 @@ def _validate(raw: dict, path: Path, problems: Problems) -> Loop:
                 declared.check(settings, problems, {"backend": backend, "chat_template": chat_template,
                                                     "pipeline": pipelines[k]})
     return Loop(path=path, name=name, model=model, model_revision=raw.get("model_revision"), data=data,
-                iterations=iterations, bootstrap=bootstrap, start_from=start_from, per_iteration=per_iteration,
+                iterations=iterations, bootstrap=bootstrap, start_from=start_from, per_iteration=per_iteration, best=best, stop=stop,
                 pipelines=pipelines, backend=backend, chat_template=chat_template, backend_settings=backend_settings)
+
+
+def _best(value: Any, problems: Problems) -> dict[str, str] | None:
+    """`best: maj_at_k` or `best: {metric: li_violation_rate, better: lower}`: the metric RUN@best picks the
+    iteration by (default: the loop kind's headline, higher is better)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"metric": value}
+    if not isinstance(value, dict) or not isinstance(value.get("metric"), str) or not value["metric"]:
+        problems.add(("best",), f"expected a metric name or {{metric: NAME, better: higher|lower}}, got {value!r}")
+        return None
+    for key in value:
+        if key not in ("metric", "better"):
+            problems.add(("best", key), did_you_mean(key, ("metric", "better")))
+    better = value.get("better", "higher")
+    if better not in BETTER:
+        problems.add(("best", "better"), f"expected higher or lower, got {better!r}")
+    return {"metric": value["metric"], "better": better}
 
 
 def _bootstrap(model: str, values: Any, problems: Problems) -> dict:
@@ -296,6 +322,8 @@ def resolved_params(loop: Loop) -> dict:
     params = {"model": loop.model, "model_revision": loop.model_revision,
               "data": copy.deepcopy(tracked_values(data_section.SETTINGS, loop.data)),
               **backend_params(loop)}
+    if loop.best:  # read by RUN@best (selfimprove.results); no stage tracks it, so changing it re-runs nothing
+        params["best"] = dict(loop.best)
     tracked = loop.tracked()
     for k, settings in loop.per_iteration.items():
         params[f"it{k}"] = {stage: copy.deepcopy(resolve("stage", stage).tracked(settings[stage])) for stage in tracked}

@@ -26,7 +26,7 @@ RATE_DENOMINATORS = {"accuracy": "problems", "maj_at_k": "problems", "thought_ra
                      # a pair's two orders are not independent: the interval counts pairs, not judgements
                      "pairwise_accuracy": "pairwise_pairs", "pairwise_maj_accuracy": "pairwise_pairs",
                      "pairwise_both_orders_right": "pairwise_pairs"}
-REF_RE = re.compile(r"^(?P<run>[a-z][a-z0-9_-]*)(?:@(?P<k>\d+))?$")
+REF_RE = re.compile(r"^(?P<run>[a-z][a-z0-9_-]*)(?:@(?P<k>\d+|best))?$")
 # Shown first, in this order; any other numeric metric follows.
 HEADLINE = ["accuracy", "maj_at_k", "sample_accuracy", "pairwise_accuracy", "pairwise_maj_accuracy",
             "decoding_score", "decoding_best_fixed_temperature", "score_adaptive", "temperature_adaptive",
@@ -92,13 +92,16 @@ def iteration_metrics(project: Path, run: str) -> dict[int, dict]:
 
 
 def resolve(project: Path, reference: str) -> tuple[str, dict]:
-    """`RUN@K` -> that iteration's metrics; `RUN` -> its last iteration with metrics."""
+    """`RUN@K` -> that iteration's metrics; `RUN` -> its last iteration with metrics; `RUN@best` -> the
+    iteration with the best headline metric (see best_iteration)."""
     match = REF_RE.match(reference)
     if not match:
-        raise UserError(f"{reference}: expected RUN or RUN@K, e.g. scpo@3")
+        raise UserError(f"{reference}: expected RUN, RUN@K or RUN@best, e.g. scpo@3")
     per_iteration = iteration_metrics(project, match["run"])
     evaluated = [k for k, m in per_iteration.items() if any(key in m for key in EVALUATED) or match["k"] is not None]
-    if match["k"] is None:
+    if match["k"] == "best":
+        k = best_iteration(project, match["run"], per_iteration)["iteration"]
+    elif match["k"] is None:
         if not evaluated:
             raise UserError(f"{reference}: no evaluated iteration yet; run the loop first")
         k = max(evaluated)
@@ -108,6 +111,39 @@ def resolve(project: Path, reference: str) -> tuple[str, dict]:
             raise UserError(f"{reference}: iteration {k} has no metrics; available: "
                             + (", ".join(f"{match['run']}@{i}" for i in per_iteration) or "none"))
     return f"{match['run']}@{k}", per_iteration[k]
+
+
+def headline(project: Path, run: str, per_iteration: dict[int, dict]) -> tuple[str | None, str]:
+    """(the metric RUN@best picks by, "higher" or "lower"): the loop file's `best:` as compiled into
+    params.yaml, else the first of EVALUATED the run reports (accuracy, pairwise accuracy, the
+    decoding score), higher being better."""
+    params_path = project / "params.yaml"
+    section = ((yaml.safe_load(params_path.read_text()) or {}).get(run) or {}) if params_path.exists() else {}
+    configured = section.get("best") if isinstance(section, dict) else None
+    if isinstance(configured, dict) and configured.get("metric"):
+        return configured["metric"], configured.get("better", "higher")
+    return next((key for key in EVALUATED if any(key in m for m in per_iteration.values())), None), "higher"
+
+
+def best_iteration(project: Path, run: str, per_iteration: dict[int, dict] | None = None) -> dict:
+    """{iteration, metric, value, better} of the run's best iteration by its headline metric (iteration 0,
+    the base model, included; a tie goes to the earlier iteration)."""
+    per_iteration = iteration_metrics(project, run) if per_iteration is None else per_iteration
+    metric, better = headline(project, run, per_iteration)
+    scored = {k: m[metric] for k, m in per_iteration.items() if metric and _numeric(m.get(metric))}
+    if not scored:
+        shown = f"metric {metric!r}" if metric else "headline metric (accuracy, pairwise_accuracy, decoding_score)"
+        raise UserError(f"{run}@best: no iteration of {run} has the {shown} yet; run the loop first, or set "
+                        f"`best: METRIC` in its loop file")
+    target = (max if better == "higher" else min)(scored.values())
+    k = min(i for i in scored if scored[i] == target)
+    return {"iteration": k, "metric": metric, "value": scored[k], "better": better}
+
+
+def resolve_from(project: Path, start_from: str) -> str:
+    """`--from RUN@best` as the RUN@K it stands for now (a compiled loop starts from a fixed iteration)."""
+    run, k = start_from.split("@")
+    return f"{run}@{best_iteration(project, run)['iteration']}" if k == "best" else start_from
 
 
 def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -178,10 +214,22 @@ def print_metrics(project: Path, run: str, console) -> None:
         return
     keys = _ordered([k for m in per_iteration.values() for k, v in m.items() if _numeric(v)])
     keys = list(dict.fromkeys(keys))
-    table = Table(title=f"{run}: metrics per iteration (0 = base model)")
+    best = _best_or_none(project, run, per_iteration)
+    caption = (f"best: {run}@{best['iteration']} by {best['metric']} ({best['better']} is better) = "
+               f"{fmt(best['value'])}; {run}@best names it" if best else None)
+    table = Table(title=f"{run}: metrics per iteration (0 = base model)", caption=caption)
     table.add_column("metric")
     for k in per_iteration:
-        table.add_column(f"{run}@{k}", justify="right")
+        marked = best is not None and k == best["iteration"]
+        table.add_column(f"{run}@{k}" + (" (best)" if marked else ""), justify="right",
+                         style="bold green" if marked else None)
     for key in keys:
         table.add_row(key, *(fmt(m.get(key)) for m in per_iteration.values()))
     console.print(table)
+
+
+def _best_or_none(project: Path, run: str, per_iteration: dict[int, dict]) -> dict | None:
+    try:
+        return best_iteration(project, run, per_iteration)
+    except UserError:
+        return None  # nothing evaluated yet: no column to mark

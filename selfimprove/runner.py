@@ -210,14 +210,18 @@ class Repro:
 
 def run(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console) -> int:
     from selfimprove import compiler, dvclock, results
+    from selfimprove import stop as stop_rules
     from selfimprove.loopfile import FROM_RE, load_loop
 
     loop = load_loop(loop_path, overrides)
     if start_from:
         if not FROM_RE.match(start_from):
-            raise UserError(f"--from {start_from}: expected RUN@K, e.g. --from scpo@2")
+            raise UserError(f"--from {start_from}: expected RUN@K or RUN@best, e.g. --from scpo@2")
         loop.start_from = start_from
     if loop.start_from:
+        given, loop.start_from = loop.start_from, results.resolve_from(project, loop.start_from)
+        if given != loop.start_from:
+            console.print(f"from {given}: {loop.start_from}", highlight=False)
         _check_from(project, loop.start_from)
     description = f"selfimprove run {loop_path}"
     with workspace_lock(project, description):  # before `dvc init`: two first runs at once init once
@@ -230,18 +234,60 @@ def run(loop_path: str, overrides: list[str], start_from: str | None, project: P
         if repaired := dvclock.repair(project / "dvc.lock"):
             console.print(f"[yellow]{repaired}[/yellow]", highlight=False)
         started = time.time()
+        ran: list[str] = []
+        stopped = None
         # One target, the run's report: DVC reproduces everything upstream of it and checks each stage
-        # once (17 explicit targets cost 12 s on a no-op rerun, this costs 3 s).
-        repro = Repro(project, compiler.run_targets(loop.name), run_path / "repro.log", progress_path)
-        try:
-            _show_progress(repro, stages, progress_path, console)
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted: stopping the running stage...[/yellow]")
-            repro.stop()
-            repro.wait()
-            console.print(f"stopped; finished stages are kept. Run `{description}` again to resume.")
-            return 130
-        code = repro.wait()
+        # once (17 explicit targets cost 12 s on a no-op rerun, this costs 3 s). With stop rules, one
+        # iteration at a time, the rules checked after each.
+        for targets, k in _batches(loop, stages):
+            code = _reproduce(project, targets, stages, run_path, progress_path, console, description, ran)
+            if code is not None:
+                return code
+            if k is not None and (stopped := stop_rules.fired(loop.stop, results.iteration_metrics(project, loop.name), k)):
+                loop.iterations = k  # later iterations leave dvc.yaml: nothing after the stop runs
+                stages = compiler.write(project, loop)
+                code = _reproduce(project, compiler.run_targets(loop.name), stages, run_path, progress_path, console,
+                                  description, ran)
+                if code is not None:
+                    return code
+                break
+        _record_stop(run_path, stopped)
+    elapsed = time.time() - started
+    console.print(f"{loop.name}: {len(ran)} stage(s) ran, {max(len(stages) - len(ran), 0)} up to date, {elapsed:.1f} s")
+    if stopped:
+        console.print(f"[yellow]{loop.name}: {stopped}[/yellow]", highlight=False)
+    results.print_metrics(project, loop.name, console)
+    return 0
+
+
+def _batches(loop, stages: list[str]):
+    """(dvc repro targets, the iteration after which the stop rules are checked, or None): the run's report
+    alone for a loop without rules; else each iteration's stages in turn, then the report."""
+    from selfimprove import compiler
+
+    if loop.stop:
+        for k in range(1, loop.iterations + 1):
+            # iteration 0 (the base model) goes with iteration 1: rules compare with it
+            wanted = {str(k), "0"} if k == 1 else {str(k)}
+            yield [name for name in stages if (match := compiler.STAGE_RE.match(name)) and match["k"] in wanted], k
+    yield compiler.run_targets(loop.name), None
+
+
+def _reproduce(project: Path, targets: list[str], stages: list[str], run_path: Path, progress_path: Path, console,
+               description: str, ran: list[str]) -> int | None:
+    """Run `dvc repro` on targets with the progress display; None when it succeeded, 130 on Ctrl-C; a
+    failed stage raises its one-line error."""
+    repro = Repro(project, targets, run_path / "repro.log", progress_path)
+    try:
+        _show_progress(repro, stages if len(targets) == 1 else targets, progress_path, console)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: stopping the running stage...[/yellow]")
+        repro.stop()
+        repro.wait()
+        console.print(f"stopped; finished stages are kept. Run `{description}` again to resume.")
+        return 130
+    code = repro.wait()
+    ran += [name for name in repro.ran if name not in ran]
     if code != 0:
         failed = repro.current or "a stage"
         reason, explained = repro.failure(code)
@@ -251,17 +297,24 @@ def run(loop_path: str, overrides: list[str], start_from: str | None, project: P
         console.print(tail, markup=False, highlight=False)
         raise UserError(f"{failed} failed ({reason}); full log: {run_path / 'repro.log'}; "
                         f"fix the cause and run `{description}` again: finished stages are kept")
-    elapsed = time.time() - started
-    ran = len(repro.ran)
-    console.print(f"{loop.name}: {ran} stage(s) ran, {len(stages) - ran} up to date, {elapsed:.1f} s")
-    results.print_metrics(project, loop.name, console)
-    return 0
+    return None
+
+
+def _record_stop(run_path: Path, stopped: str | None) -> None:
+    """runs/RUN/stop.json: the rule that ended the run (status shows it), removed when none did."""
+    path = run_path / "stop.json"
+    if stopped:
+        path.write_text(json.dumps({"stopped": stopped}) + "\n")
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _check_from(project: Path, start_from: str) -> None:
     run, k = start_from.split("@")
     model = project / "runs" / run / f"it{k}" / "model"
-    if int(k) > 0 and not (model / "config.json").exists():
+    # a whole model, a LoRA adapter or a temperature head: each is a model reference
+    if int(k) > 0 and not any((model / name).exists() for name in ("config.json", "adapter_config.json",
+                                                                   "temperature_head.json")):
         raise UserError(f"--from {start_from}: {model} does not exist; run that loop to iteration {k} first "
                         f"(selfimprove status shows what is done)")
 

@@ -74,7 +74,9 @@ class Stage:
         chain of models under it to load (the compiler makes that chain a dependency of its readers).
     settings_of: other stages whose settings it reads where the loop has them (evaluation: the judge's).
     base_iteration: also runs at iteration 0, on the base model (evaluation).
-    scope: "iteration" (one node per iteration of its pipeline) or "run" (one node per run, last)."""
+    scope: "iteration" (one node per iteration of its pipeline) or "run" (one node per run, last).
+    curves: the metrics it writes that the run's plot shows across iterations (`dvc plots show`).
+    plot(ctx) -> a top-level DVC plot definition {file: {x, y, title}} (a run-scope stage: the report)."""
 
     name: str
     settings: dict[str, Setting]
@@ -90,6 +92,8 @@ class Stage:
     settings_of: tuple[str, ...] = ()
     base_iteration: bool = False
     scope: str = "iteration"
+    curves: tuple[str, ...] = ()
+    plot: Callable[["Context"], dict] | None = None
     module: str = ""  # set by the registry: the module whose code the stage runs
 
     def defaults(self) -> dict:
@@ -145,6 +149,7 @@ class Context:
     project: Path = Path(".")
     data: dict = field(default_factory=dict)
     metrics: list[str] = field(default_factory=list)
+    curves: list[str] = field(default_factory=list)  # what the run's stages declare as curves (the report's plot)
 
     def section(self, stage: str) -> str:
         """The params key of a stage's settings in this iteration, e.g. scpo.it2.pairs."""

@@ -6,7 +6,9 @@ language model's last hidden state, giving a softmax over a discrete set of temp
 
 A head is saved as a small directory beside its model, like a LoRA adapter: `temperature_head.json` (the
 temperature set, the level, the MLP's shape, and the language model it reads, `base_model`) and
-`temperature_head.safetensors` (its weights). The directory is an ordinary model reference everywhere
+`temperature_head.safetensors` (its weights). A `base_model` starting with `.` is relative to the head's
+directory (an export puts the head in DIR/temperature_head with base_model `..`); any other is a path
+from the project root or a hub id. The directory is an ordinary model reference everywhere
 else: selfimprove.models.load gives its language model, and the hf backend samples with the head.
 
 Decoding with a head is our own loop over the model's forward pass (with its KV cache): transformers'
@@ -17,6 +19,7 @@ processor, and token level needs both at every step.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +68,10 @@ def base_model(reference: str) -> tuple[str, str | None] | None:
     if not is_head(reference):
         return None
     config = read_config(reference)
-    return config.base_model, config.revision
+    base = config.base_model
+    if base in (".", "..") or base.startswith(("./", "../")):  # relative to the head (an export's `..`)
+        base = os.path.normpath(os.path.join(str(reference), base))
+    return base, config.revision
 
 
 def build(config: HeadConfig, seed: int = 0):

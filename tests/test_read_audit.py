@@ -59,7 +59,7 @@ def _allowed(path: str, node: dict) -> bool:
     """A dependency or output of the node (a file or anything inside a directory), its scratch area
     beside an output (.<name>-shards, .<name>-checkpoints), or the params file."""
     outs = [o if isinstance(o, str) else next(iter(o)) for o in node.get("outs", [])]
-    outs += [next(iter(m)) for m in node.get("metrics", [])]
+    outs += [next(iter(m)) for m in node.get("metrics", []) + node.get("plots", [])]
     allowed = node.get("deps", []) + outs
     scratch = [str(Path(o).parent / f".{Path(o).stem}-") for o in outs] + [str(Path(o).parent / f".{Path(o).name}-")
                                                                           for o in outs]

@@ -32,7 +32,8 @@ def test_one_process_compiles_to_the_plain_python_command_of_the_committed_dvc_y
         k = int(name.split("-it")[1].split("-")[0])
         model = "runs/builtin/tiny-arith" if k == 1 else f"runs/scpo/it{k - 1}/model"
         assert stage["cmd"] == (f"python -m selfimprove.stages.train --params params.yaml --run scpo --iteration {k} "
-                                f"--model {model} --pairs runs/scpo/it{k}/pairs.jsonl --out runs/scpo/it{k}/model")
+                                f"--model {model} --pairs runs/scpo/it{k}/pairs.jsonl --out runs/scpo/it{k}/model "
+                                f"--curves runs/scpo/it{k}/train_curves")
         assert stage == committed[name]
 
 
@@ -85,3 +86,10 @@ def test_bad_train_settings_are_reported_with_line_key_and_fix(tmp_path, monkeyp
     assert (f"{path}:6: stages.train.lora_r: 8 must be 0 (full fine-tuning) or a rank > 0 with peft installed: "
             "pip install 'selfimprove[lora]'") in lines
     assert any("stages.train.lora_dropout: 1.5 is a probability" in line for line in lines)
+
+
+def test_report_to_passes_the_users_trackers_to_trl_and_none_by_default():
+    from selfimprove.stages.train import trackers
+
+    assert trackers({}) == "none" and trackers({"report_to": ""}) == "none"  # nothing phones home by default
+    assert trackers({"report_to": "wandb, mlflow"}) == ["wandb", "mlflow"]

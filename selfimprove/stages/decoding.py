@@ -151,7 +151,8 @@ STAGE = Stage("decoding", SETTINGS, node=node, files=files, settings_of=("reward
               writes={"decoding_stats": "decoding.json"},
               included=lambda settings: False,  # only where a loop's pipeline names it
               plugins=lambda ctx: [("backend", ctx.backend)] + reward_stage.plugins(ctx)
-              + data_sources.task_plugins(ctx.data["eval"]))
+              + data_sources.task_plugins(ctx.data["eval"]),
+              curves=("decoding_score",))
 
 if __name__ == "__main__":
     stage_main(main)

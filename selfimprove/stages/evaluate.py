@@ -295,7 +295,8 @@ def node(ctx: Context) -> dict:
 
 STAGE = Stage("evaluate", SETTINGS, node=node, writes={"metrics": "metrics.json", "outputs": "outputs.jsonl"},
               files=files, settings_of=("judge",), base_iteration=True,
-              plugins=lambda ctx: [("backend", ctx.backend)] + data_sources.task_plugins(ctx.data["eval"]))
+              plugins=lambda ctx: [("backend", ctx.backend)] + data_sources.task_plugins(ctx.data["eval"]),
+              curves=("accuracy", "maj_at_k"))
 
 
 if __name__ == "__main__":

@@ -154,7 +154,8 @@ def check(settings: dict, problems, top: dict) -> None:
 STAGE = Stage("judge_eval", SETTINGS, node=node, files=files, check=check, settings_of=("pairjudge",),
               base_iteration=True, writes={"pairwise_stats": "pairwise.json"},
               included=lambda settings: False,  # only where a loop's pipeline names it
-              plugins=lambda ctx: [("backend", ctx.backend)])
+              plugins=lambda ctx: [("backend", ctx.backend)],
+              curves=("pairwise_accuracy", "pairwise_maj_accuracy"))
 
 
 if __name__ == "__main__":

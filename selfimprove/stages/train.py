@@ -26,7 +26,7 @@ from pathlib import Path
 from selfimprove.errors import UserError, writing
 from selfimprove.models import model_identity
 from selfimprove.stage import Context, Setting, Stage, declaration
-from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, revision_for, stage_main
+from selfimprove.stages._io import iteration_stage_parser, read_jsonl, read_section, revision_for, stage_main
 
 
 def training_config(settings: dict, output_dir: str):
@@ -40,13 +40,41 @@ def training_config(settings: dict, output_dir: str):
         lr_scheduler_type="cosine", per_device_train_batch_size=settings["batch_size"],
         gradient_accumulation_steps=settings["grad_accum"], max_length=settings["max_length"],
         save_strategy="steps", save_steps=settings["save_steps"], save_total_limit=1, logging_steps=10,
-        report_to="none", seed=settings["seed"], data_seed=settings["seed"], disable_tqdm=True,
+        report_to=trackers(settings), seed=settings["seed"], data_seed=settings["seed"], disable_tqdm=True,
         gradient_checkpointing=settings["gradient_checkpointing"], use_cpu=not on_gpu,
         **precision_flags(settings, on_gpu),
     )
     if settings["loss"] == "sft":
         return SFTConfig(completion_only_loss=True, packing=False, **common)
     return DPOConfig(beta=settings["beta"], loss_type="sigmoid", **common)  # the loss itself: weighted_dpo
+
+
+def trackers(settings: dict) -> list[str] | str:
+    """train.report_to as TRL takes it: the user's trackers (wandb, mlflow, tensorboard, ...), or none.
+    DVCLive is not among them: the stage adds its own callback, writing into the iteration's directory."""
+    named = [name.strip() for name in settings.get("report_to", "").split(",") if name.strip()]
+    return named or "none"
+
+
+def curves_callback(directory: Path, resume: bool):
+    """DVCLive, DVC's own logger, for the training curves (loss, the DPO terms TRL logs, reward accuracy,
+    the learning rate) in `directory` (the node's plots output). Offline: no DVC experiment is saved, no
+    dvc.yaml is touched, and DVC Studio is never contacted."""
+    os.environ["DVC_STUDIO_OFFLINE"] = "true"
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    class FilesOnly(Live):
+        """DVCLive writing its files and nothing else. Its DVC integration is skipped: the stage's node
+        declares the directory, and no experiment is saved. dvclive 3.49 also reads the git revision
+        before it checks for a commit, so in a project with `git init` and no commit yet it raised
+        SCMError and the stage failed (measured)."""
+
+        def _init_dvc(self):
+            self._dvc_file = self._init_dvc_file()
+
+    return DVCLiveCallback(live=FilesOnly(dir=str(directory), resume=resume, save_dvc_exp=False, dvcyaml=None,
+                                          report=None, monitor_system=False))
 
 
 def precision_flags(settings: dict, on_gpu: bool) -> dict:
@@ -78,7 +106,8 @@ def lora_config(settings: dict, revision: str | None):
                       task_type="CAUSAL_LM", revision=revision)
 
 
-def train(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, revision: str | None = None) -> dict:
+def train(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, revision: str | None = None,
+          curves: str | Path | None = None, run_name: str | None = None) -> dict:
     """Train on pairs and save the model (with LoRA: the adapter) to out; with no pairs the model is
     saved unchanged. Returns the figures the stage prints; processes is the world size training saw."""
     from datasets import Dataset
@@ -91,10 +120,16 @@ def train(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, re
     # The training arguments exist before the model loads, so that a DeepSpeed ZeRO-3 config can
     # partition the weights as they load (transformers does so only once they exist).
     config = training_config(settings, str(scratch))
+    if run_name:
+        config.run_name = run_name  # the iteration as the trackers' run name (RUN-itK)
     model, tokenizer = models.load(model_ref, revision, for_training=True)
+    if curves is not None and is_main_process():
+        Path(curves).mkdir(parents=True, exist_ok=True)  # the node's plots output exists even without training
     if not pairs:
         if is_main_process():
             models.save(model, tokenizer, out)
+            if curves is not None:
+                (Path(curves) / "metrics.json").write_text('{"pairs": 0}\n')
         return {"pairs": 0, "steps": 0, "processes": int(os.environ.get("WORLD_SIZE", 1))}
     peft_config = lora_config(settings, revision) if settings["lora_r"] else None
     if settings["loss"] == "sft":
@@ -108,6 +143,8 @@ def train(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, re
     trainer.add_callback(_progress_callback())
     with trainer.accelerator.main_process_first():  # the main process removes cut-short checkpoints first
         resume = last_complete_checkpoint(scratch)
+    if curves is not None and trainer.accelerator.is_main_process:
+        trainer.add_callback(curves_callback(Path(curves), resume=resume is not None))
     with writing(f"a training checkpoint in {scratch}", where=scratch):
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     # Every process calls save_model (DeepSpeed and FSDP gather the weights); only the main one writes.
@@ -211,10 +248,12 @@ def _trainer(model, tokenizer, dataset, config, alpha: float, peft_config=None):
 
 
 def main(argv=None) -> None:
-    args = iteration_stage_args(__doc__, argv, "model", "pairs", "out")
+    parser = iteration_stage_parser(__doc__, "model", "pairs", "out")
+    parser.add_argument("--curves", help="DVCLive's directory for the training curves (the node's plots output)")
+    args = parser.parse_args(argv)
     run = read_section(args.params, args.run)
     figures = train(run[f"it{args.iteration}"]["train"], read_jsonl(args.pairs), args.model, args.out,
-                    revision_for(run, args.model))
+                    revision_for(run, args.model), curves=args.curves, run_name=f"{args.run}-it{args.iteration}")
     if is_main_process():
         print("train: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
 
@@ -244,6 +283,9 @@ SETTINGS = {
     "save_steps": Setting(int, 50, "checkpoint cadence inside the stage, for resume after a crash"),
     "gradient_checkpointing": Setting(bool, False, "true trades ~30% speed for much less activation memory"),
     "seed": Setting(int, 0, "training seed"),
+    "report_to": Setting(str, "", "trackers TRL reports to besides DVCLive, comma-separated: wandb, mlflow, "
+                         "tensorboard (each needs its package; the run name is RUN-itK); '' = none",
+                         omit_default=True),
     # Several processes (one per GPU) through `accelerate launch`; batch_size is per process, so the
     # global batch is batch_size * grad_accum * processes.
     "processes": Setting(int, 1, "training processes, one per GPU (accelerate launch when > 1)",
@@ -290,10 +332,19 @@ def node(ctx: Context) -> dict:
     model = ctx.outputs["model"]
     from_base = ctx.settings["train"].get("from", "previous") == "base"
     start, start_is_dep = (ctx.base, ctx.base_is_dep) if from_base else (ctx.policy, ctx.policy_is_dep)
-    cmd = ctx.command(STAGE, model=start, pairs=ctx.inputs["pairs"], out=model)
-    return ctx.node(STAGE, cmd=cmd.replace("python", launcher(ctx.settings["train"]), 1),
+    curves = ctx.outputs["train_curves"]
+    cmd = ctx.command(STAGE, model=start, pairs=ctx.inputs["pairs"], out=model, curves=curves)
+    node = ctx.node(STAGE, cmd=cmd.replace("python", launcher(ctx.settings["train"]), 1),
                     deps=[ctx.inputs["pairs"]] + ([start] if start_is_dep else []),
                     params=[ctx.section("train")] + ctx.revision_keys(start), outs=[model])
+    node["plots"] = [{curves: {"cache": False}}]  # DVCLive's training curves (dvc plots show)
+    return node
+
+
+@declaration
+def plot(ctx: Context) -> dict:
+    """The iteration's training curves as a top-level DVC plot: every series DVCLive wrote, by step."""
+    return {f"{ctx.outputs['train_curves']}/plots/metrics": {"x": "step", "title": f"{ctx.run} iteration {ctx.k}: training"}}
 
 
 @declaration
@@ -309,7 +360,8 @@ def check(settings: dict, problems, top: dict) -> None:
                      "train.loss: sft")
 
 
-STAGE = Stage("train", SETTINGS, node=node, reads=("pairs",), writes={"model": "model"}, check=check,
+STAGE = Stage("train", SETTINGS, node=node, reads=("pairs",), writes={"model": "model", "train_curves": "train_curves"},
+              check=check, plot=plot,
               adapter=lambda settings: settings["train"]["lora_r"] > 0)
 
 
