@@ -16,7 +16,7 @@ A greedy method (temperature 0) decodes each prompt once: its k samples are that
 
 from __future__ import annotations
 
-import math
+import statistics
 from collections import defaultdict
 
 from selfimprove import data as data_sources
@@ -93,14 +93,12 @@ def scores_of(reward_settings: dict, items: list[tuple]) -> list:
 
 def _mean(values) -> float:
     values = list(values)
-    return sum(values) / len(values) if values else 0.0
+    return statistics.fmean(values) if values else 0.0
 
 
 def _sd(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = _mean(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    """The sample standard deviation (n - 1); 0 for fewer than two values."""
+    return statistics.stdev(values) if len(values) >= 2 else 0.0
 
 
 def main(argv=None) -> None:

@@ -46,7 +46,7 @@ def rows(seed: int, size: int, split: str, data: dict) -> list[dict]:
 def bootstrap_examples(seed: int, count: int, settings: dict) -> list[tuple[str, str]]:
     """Half tinyarith's solving examples (settings digits, direct_fraction), half the sums task's, shuffled."""
     half = count // 2
-    variety = {"favourite_share": settings.get("favourite_share", FAVOURITE_SHARE), "invalid_fraction": 0.1}
+    variety = {"favourite_share": FAVOURITE_SHARE, "invalid_fraction": 0.1}
     examples = (tinyarith.bootstrap_examples(seed, count - half, settings["digits"], settings["direct_fraction"])
                 + sums.bootstrap_examples(seed, half, variety))
     random.Random(f"mixed-bootstrap:{seed}").shuffle(examples)
