@@ -184,6 +184,39 @@ def test_the_openai_backend_and_the_judge_client_on_a_real_vllm_server(server, e
     assert judge.complete(PROMPTS[:2], 1, 0.0, 1.0, 8) == expected[:2]
 
 
+def test_an_exported_lora_iteration_is_served_by_vllm_serve(chat_model, tmp_path):
+    """`selfimprove export` merges a LoRA adapter into a plain directory; vLLM's server loads it and
+    decodes greedily what the hf backend decodes from the same directory."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from selfimprove import models
+    from selfimprove.backends.serve import Servers
+    from selfimprove.export import export
+
+    base, tokenizer = models.load(chat_model, for_training=True)
+    adapted = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM", target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:  # a large update, so the merged model decodes differently from its base
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    adapted.save_pretrained(tmp_path / "adapter")
+    tokenizer.save_pretrained(tmp_path / "adapter")
+    export(str(tmp_path / "adapter"), tmp_path / "served")
+    assert not (tmp_path / "served/adapter_config.json").exists()
+    expected = HFBackend(str(tmp_path / "served")).sample(PROMPTS, 1, 0.0, 1.0, 8, 8, seed=0)
+    assert expected != HFBackend(chat_model).sample(PROMPTS, 1, 0.0, 1.0, 8, 8, seed=0)  # the adapter was merged
+    servers = Servers(SERVE, ["http://127.0.0.1:{port}/v1"], str(tmp_path / "served"), tmp_path / "logs", 900)
+    try:
+        endpoint = servers.start()[0]
+        served = open_backend({"backend": "openai", "openai": {"endpoints": [endpoint]}}, str(tmp_path / "served"))
+        assert served.sample(PROMPTS, 1, 0.0, 1.0, 8, 8, seed=0) == expected
+    finally:
+        servers.stop()
+
+
 SERVED_LOOP = LOOP.replace("backend: vllm\nvllm: {gpu_memory_utilization: 0.1, max_model_len: 128}\n",
                            "backend: openai\nopenai: {endpoints: ['http://127.0.0.1:{port}/v1'], serve: %r}\n" % SERVE)
 
