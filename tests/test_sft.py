@@ -322,12 +322,15 @@ def test_the_reward_model_s_training_pairs_put_a_right_response_over_a_wrong_one
     spec = importlib.util.spec_from_file_location("train_reward_model", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    rows = module.pairs("train", 400, 0)
-    worked = 0
+    rows = module.pairs("train", 2000, 0)
+    worked_right = worked_wrong = 0
     for row in rows:
         question = row["chosen"].split("=")[0] + "="
         truth = str(sum(map(int, question[:-1].split("+"))))
         assert row["rejected"].startswith(question)
         assert extract_final(row["chosen"]) == truth and extract_final(row["rejected"]) != truth
-        worked += " r" in row["rejected"]
-    assert 150 < worked < 250  # half the wrong responses are worked solutions of a nearby problem
+        worked_right += " r" in row["chosen"]
+        worked_wrong += " r" in row["rejected"]
+    # The formats as in the seed's own samples: right answers mostly worked, wrong ones mostly direct
+    # guesses (a few worked solutions of a nearby problem).
+    assert 0.74 < worked_right / len(rows) < 0.82 and 0.005 < worked_wrong / len(rows) < 0.04

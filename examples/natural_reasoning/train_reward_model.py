@@ -1,18 +1,22 @@
 """Bootstrap a reward model for the NaturalReasoning miniature locally, with TRL's RewardTrainer: a small
 Llama sequence classifier on the embedded task's character vocabulary, trained on pairs from the train
-split of (question + a right response) over (question + a wrong one), each written as the model writes
-them: direct (` #### 785`) or worked digit by digit. A wrong worked response is the worked solution of
-a nearby problem (one operand digit moved by one), so its steps disagree with the question's digits; a
-wrong direct one is off by an amount a tiny solver gets wrong. A classifier this small can check steps
-against the question far more easily than it can add, so it is an imperfect external reward, as reward
-models are. No downloads.
+split of (question + a right response) over (question + a wrong one), written as the seed model writes
+them in its own samples: right answers mostly worked digit by digit, wrong ones mostly direct guesses
+(` #### 785`, off by an amount a tiny solver gets wrong), a few the worked solution of a nearby problem
+(one operand digit moved by one). No downloads.
 
     python examples/natural_reasoning/train_reward_model.py [OUT] [--init DIR | --init none]
         # OUT: default runs/reward-models/tiny-arith-rm; DIR: default runs/builtin/tiny-arith-judge
 
 As reward models usually are, it starts from a language model's weights (`--init`, the loop's seed model
 once a run has built it; its tokenizer too) with a new one-logit score head; `--init none` starts from
-random weights (measured: at chance, loss 0.693, after 200 steps of 750).
+random weights.
+
+What it learns is what tells right from wrong in such samples, mostly the format: measured on 1,000
+validation pairs, 88.1% pairwise accuracy, but 49.0% on the pairs whose two answers are both direct (it
+cannot add). It is an imperfect external reward, as reward models are. With the formats balanced between
+right and wrong answers (so that only checking the sum could tell them apart), it stayed at chance
+(loss 0.693) from random weights and from the seed's: checking is more than it learns here.
 
 Prints its pairwise accuracy and its agreement (score above 0 read as "right") on the validation split.
 """
@@ -28,7 +32,11 @@ from selfimprove import tinyarith
 from selfimprove.stages.bootstrap import build_tokenizer
 from selfimprove.tasks.arith_evaluator import nearby_problem, wrong_answer
 
-PAIRS, EPOCHS, LR, SEED = 16000, 3, 1e-3, 0
+PAIRS, EPOCHS, LR, SEED = 6400, 1, 1e-3, 0  # 100 steps: the loss is flat after 20 (measured)
+# How often a right and a wrong response is worked out step by step, as in the seed model's own samples
+# (builtin:tiny-arith-judge at T 0.7: 29% of samples write steps and are right 95% of the time, the
+# direct guesses 11%), so the classifier learns from the kind of pairs it will score.
+WORKED_GIVEN_RIGHT, WORKED_GIVEN_WRONG = 0.78, 0.02
 
 
 def pairs(split: str, count: int, seed: int) -> list[dict]:
@@ -36,8 +44,8 @@ def pairs(split: str, count: int, seed: int) -> list[dict]:
     rows = []
     for record in tinyarith.problems(seed=seed, count=count, digits=3, split=split):
         a, b = map(int, record["question"][:-1].split("+"))
-        right = tinyarith.worked_solution(a, b) if rng.random() < 0.5 else tinyarith.direct_solution(a, b)
-        if rng.random() < 0.5:
+        right = tinyarith.worked_solution(a, b) if rng.random() < WORKED_GIVEN_RIGHT else tinyarith.direct_solution(a, b)
+        if rng.random() < WORKED_GIVEN_WRONG:
             wrong = tinyarith.worked_solution(*nearby_problem(rng, a, b))
         else:
             wrong = f" #### {wrong_answer(rng, a + b)}"
@@ -96,6 +104,16 @@ def check(out: Path) -> None:
     agreement = (sum(c > 0 for c in chosen) + sum(r <= 0 for r in rejected)) / (2 * len(rows))
     print(f"{out}: pairwise accuracy {accuracy:.3f}, agreement (score > 0 = right) {agreement:.3f} "
           f"on {len(rows)} validation pairs")
+    # What it checks beyond the format: pairs in which both responses are written the same way.
+    for label, worked in (("both direct", False), ("both worked", True)):
+        same = [c > r for row, c, r in zip(rows, chosen, rejected)
+                if _worked(row["chosen"]) == worked and _worked(row["rejected"]) == worked]
+        if same:
+            print(f"  {label}: pairwise accuracy {sum(same) / len(same):.3f} on {len(same)} pairs")
+
+
+def _worked(text: str) -> bool:
+    return ";" in text
 
 
 if __name__ == "__main__":
