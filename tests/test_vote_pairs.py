@@ -107,3 +107,29 @@ def test_semi_supervised_uses_gold_pairs_for_the_labelled_share_only():
     assert len(gold) + len(votes) == 200 and all(p["chosen"] == "#### 7" for p in votes)
     again, _ = build_pairs(records, settings(rule="semi_supervised", labelled_fraction=0.25))
     assert [p["source"] for p in again] == [p["source"] for p in pairs]  # the labelled set is fixed
+
+
+def test_irpo_pairs_script_sorts_rejected_answers_by_their_mistake(tmp_path):
+    """examples/scpo-vs-irpo/irpo_pairs.py: the kinds of rejected response behind IRPO's third iteration
+    (README, "ScPO vs IRPO"), on the task's own formats, and its per-iteration figures."""
+    import importlib.util
+    import json
+
+    from selfimprove.tinyarith import direct_solution, worked_solution
+
+    path = Path(__file__).resolve().parent.parent / "examples/scpo-vs-irpo/irpo_pairs.py"
+    spec = importlib.util.spec_from_file_location("irpo_pairs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    question = "156+953="
+    assert module.kind(question, direct_solution(150, 953)) == "direct"
+    assert module.kind(question, worked_solution(156, 853)) == "wrong step"  # the tail copies a wrong running sum
+    assert module.kind(question, " 6+3=9 r9; 5+5=10 r09; 1+9+1=11 r1109; #### 1108") == "wrong copy"
+    assert module.kind(question, " 6+3=9 r9; 5+5=10 r09; 1+9+1=11 r1109; ##11109") == "other"
+    right = worked_solution(156, 953)
+    rows = [{"id": 0, "prompt": question, "chosen": right, "rejected": r}
+            for r in (direct_solution(150, 953), worked_solution(156, 853), worked_solution(156, 853))]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figures = module.iteration_figures(tmp_path / "pairs.jsonl")
+    assert figures["pairs"] == 3 and figures["questions"] == 1 and figures["distinct_rejected"] == 2
+    assert figures["rejected direct"] == 1 / 3 and figures["rejected wrong step"] == 2 / 3
