@@ -71,6 +71,7 @@ BUILTIN_MODELS = {
     "tiny-arith": "selfimprove.stages.bootstrap:TINY_ARITH",
     "tiny-arith-judge": "selfimprove.stages.bootstrap:TINY_ARITH_JUDGE",
     "tiny-arith-evaluator": "selfimprove.stages.bootstrap:TINY_ARITH_EVALUATOR",  # Self-Taught Evaluator
+    "tiny-arith-metajudge": "selfimprove.stages.bootstrap:TINY_ARITH_METAJUDGE",  # Meta-Rewarding, stepwise meta-judge
     "smollm2-135m": "selfimprove.stages.convert:SMOLLM2",
     "tiny-sums": "selfimprove.tasks.sums:TINY_SUMS",
     "tiny-mixed": "selfimprove.tasks.mixed:TINY_MIXED",  # Adaptive Decoding

@@ -22,6 +22,16 @@ and, as a meta-judge, to say which of two judgements of an answer is right:
     completion:    " 7+8=15 r5; 4+3+1=8 r85; 84 vs 85: 8=8, 4/5. Winner: B"
 Writing the comparison digit by digit is what makes the score follow the model's own check: with only
 "84 vs 85. Score: N" a 0.9M-parameter judge stayed at chance (issue 4's measurements).
+
+That meta completion asks for an exclusive-or in one token (A wins when A's score is 5 exactly when the
+check finds the answer right), and the tiny model never learnt it: it says `B` whatever it is shown
+(README). `builtin:tiny-arith-metajudge` is trained on meta_format "compare" instead, which writes the
+steps out, each one local: its own score (as a judgement ends), A's score copied from the prompt, the
+two compared the way the check compares digits, and the winner read off that mark:
+    completion:    " 7+8=15 r5; 4+3+1=8 r85; 84 vs 85: 8=8, 4/5. Score: 1 A:5 1/5 Winner: B"
+Measured: the mark and the winner then follow the written scores every time, but the model does not learn
+to copy A's score from the prompt (it writes `A:5` whatever the prompt says), so the verdict is still at
+chance; what the prompt's scores say is what neither format gets the 0.8M-parameter model to read.
 """
 
 from __future__ import annotations
@@ -97,12 +107,14 @@ def _split_of(a: int, b: int) -> str:
 
 
 def bootstrap_examples(seed: int, count: int, digits: int, direct_fraction: float,
-                       judge_fraction: float = 0.0, meta_fraction: float = 0.0) -> list[tuple[str, str]]:
+                       judge_fraction: float = 0.0, meta_fraction: float = 0.0,
+                       meta_format: str = "winner") -> list[tuple[str, str]]:
     """(prompt, completion) pairs for pretraining the tiny model on the train partition; shares
     judge_fraction and meta_fraction of them are judge and meta-judge examples (the judging variant)."""
     rng = random.Random(f"bootstrap:{seed}:{digits}")
     judging = iter([(p, c) for p, c, _ in judge_examples(seed, int(count * judge_fraction) + 1, digits)])
-    meta = iter(meta_examples(seed, int(count * meta_fraction) + 1, digits) if meta_fraction else [])
+    meta = iter(meta_examples(seed, int(count * meta_fraction) + 1, digits, meta_format=meta_format)
+                if meta_fraction else [])
     examples = []
     while len(examples) < count:
         draw = rng.random() if judge_fraction or meta_fraction else 1.0
@@ -141,10 +153,18 @@ def judgement(a: int, b: int, candidate: str) -> str:
     return f"{checked} Score: {score}"
 
 
-def meta_judgement(a: int, b: int, candidate: str, score_a: int, score_b: int) -> str:
-    """The meta-judge's completion: the same check as a judgement, then the judgement whose score is right."""
+META_FORMATS = ("winner", "compare")  # the meta completion: the winner right after the check, or reached by steps
+
+
+def meta_judgement(a: int, b: int, candidate: str, score_a: int, score_b: int, meta_format: str = "winner") -> str:
+    """The meta-judge's completion: the same check as a judgement, then the judgement whose score is right.
+    Format "compare" first writes its own score and compares A's with it (`1/5`: differ, `5=5`: agree),
+    so the winner is read off the mark just written: A when they agree."""
     checked, score = check(a, b, candidate)
-    return f"{checked} Winner: {'A' if score_a == score else 'B'}"
+    winner = "A" if score_a == score else "B"
+    if meta_format == "compare":
+        return f"{checked} Score: {score} A:{score_a} {score}{'=' if score == score_a else '/'}{score_a} Winner: {winner}"
+    return f"{checked} Winner: {winner}"
 
 
 def candidate_answer(rng: random.Random, truth: int) -> str:
@@ -168,16 +188,17 @@ def _labelled_candidates(tag: str, seed: int, count: int, digits: int, split: st
         yield rng, a, b, candidate_answer(rng, a + b)
 
 
-def meta_examples(seed: int, count: int, digits: int, split: str = "train") -> list[tuple[str, str]]:
+def meta_examples(seed: int, count: int, digits: int, split: str = "train",
+                  meta_format: str = "winner") -> list[tuple[str, str]]:
     """(meta prompt, completion) pairs: one judgement scores the candidate rightly, the other wrongly, in
-    a random order."""
+    a random order (so A and B win equally often, and the winner follows the check, not the position)."""
     examples = []
     for rng, a, b, candidate in _labelled_candidates("meta", seed, count, digits, split):
         right = check(a, b, candidate)[1]
         wrong = WRONG_SCORE if right == RIGHT_SCORE else RIGHT_SCORE
         score_a, score_b = (right, wrong) if rng.random() < 0.5 else (wrong, right)
         prompt = META_TEMPLATE.format(question=question(a, b), response=candidate, score_a=score_a, score_b=score_b)
-        examples.append((prompt, meta_judgement(a, b, candidate, score_a, score_b)))
+        examples.append((prompt, meta_judgement(a, b, candidate, score_a, score_b, meta_format)))
     return examples
 
 
@@ -198,7 +219,7 @@ def _task_rows(seed: int, size: int, split: str, data: dict) -> list[dict]:
 
 def _task_examples(seed: int, count: int, settings: dict) -> list[tuple[str, str]]:
     return bootstrap_examples(seed, count, settings["digits"], settings["direct_fraction"], settings["judge_fraction"],
-                              settings["meta_fraction"])
+                              settings["meta_fraction"], settings.get("meta_format", "winner"))
 
 
 TASK = Task("arith", _task_chars, _task_rows, _task_examples)

@@ -36,11 +36,11 @@ def build_tokenizer(chars: list[str] = tinyarith.CHARS):
                                    pad_token=tinyarith.SPECIAL["pad"], unk_token="<unk>", padding_side="left")
 
 
-def build_model(tokenizer, layers: int):
+def build_model(tokenizer, layers: int, positions: int = 128):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=positions,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
     return LlamaForCausalLM(config)
@@ -70,7 +70,7 @@ def train_tiny_arith(settings: dict, out: str | Path) -> dict:
     torch.manual_seed(settings["seed"])
     task = resolve("builtin task", settings.get("task", "arith"))
     tokenizer = build_tokenizer(task.chars(settings) if callable(task.chars) else task.chars)
-    model = build_model(tokenizer, settings["layers"])
+    model = build_model(tokenizer, settings["layers"], settings.get("positions", 128))
     steps, batch_size = settings["steps"], settings["batch_size"]
     examples = task.bootstrap_examples(settings["seed"], steps * batch_size, settings)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.01)
@@ -116,6 +116,11 @@ SETTINGS = {
     "judge_fraction": Setting(float, 0.0, "share of judge examples (builtin:tiny-arith-judge sets it)"),
     "meta_fraction": Setting(float, 0.0, "share of meta-judge examples (idem)"),
     "seed": Setting(int, 0, "seed of the examples and the initial weights"),
+    "meta_format": Setting(str, "winner", "meta-judge completions: winner (named right after the check) or compare "
+                           "(own score, A's score, their comparison, then the winner; selfimprove.tinyarith)",
+                           choices=tinyarith.META_FORMATS, omit_default=True),
+    "positions": Setting(int, 128, "longest sequence, in characters (the compare meta format needs more)",
+                         omit_default=True),
 }
 
 
@@ -129,6 +134,17 @@ TINY_ARITH = Builtin("tiny-arith", __name__, {}, plugins=_task)
 # and a tenth on meta-judging (README).
 TINY_ARITH_JUDGE = Builtin("tiny-arith-judge", __name__, {"judge_fraction": 0.5, "meta_fraction": 0.1, "layers": 4,
                                                           "steps": 1000}, plugins=_task)
+# An attempt at Meta-Rewarding's seed with a meta-judge that discriminates: tiny-arith-judge's meta-judge
+# answers `B` whatever it is shown (README). This one writes its meta-judgements by steps (meta_format
+# compare, longer, hence 160 positions) and has three times the meta examples, taken from the solving and
+# judging shares (the check is the same in judge and meta examples, so 75% of the examples teach it).
+# Measured (issue 16, item 5): its position bias is gone (first position wins 39-51% in the loop) and its
+# judge is better (69.6% agreement), but it writes `A:5` whatever A's score is, so its verdicts are at
+# chance (50% on held-out meta examples in both orders), and with a quarter of solving examples its greedy
+# solver starts at 0.6%.
+TINY_ARITH_METAJUDGE = Builtin("tiny-arith-metajudge", __name__,
+                               {**TINY_ARITH_JUDGE.settings, "judge_fraction": 0.45, "meta_fraction": 0.3,
+                                "meta_format": "compare", "positions": 160}, plugins=_task)
 # The Self-Taught Evaluator's seed in miniature: the judging variant's mixture, plus a few pairwise
 # judgements and modified instructions (selfimprove.tasks.arith_evaluator).
 TINY_ARITH_EVALUATOR = Builtin("tiny-arith-evaluator", __name__, {**TINY_ARITH_JUDGE.settings, "task": "arith-evaluator"},
