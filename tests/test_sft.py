@@ -334,3 +334,24 @@ def test_the_reward_model_s_training_pairs_put_a_right_response_over_a_wrong_one
     # The formats as in the seed's own samples: right answers mostly worked, wrong ones mostly direct
     # guesses (a few worked solutions of a nearby problem).
     assert 0.74 < worked_right / len(rows) < 0.82 and 0.005 < worked_wrong / len(rows) < 0.04
+
+
+def test_a_bsm_merge_prefill_is_written_for_the_model_and_kept_in_the_verdict(tmp_path):
+    """A model that never writes `[[A]]` on its own names the response after a prefilled `[[`."""
+    from selfimprove.stages.bsm import bsm
+
+    def reply(prompt, j):
+        judged = bsm_judge(biased=False)(prompt, j)
+        if "Weigh them" in prompt:  # the merge step: only the letter and the closing brackets, after the prefill
+            assert prompt.endswith("[[")
+            return judged[2:]
+        return judged
+
+    pairs = [{"id": 0, "question": "Q?", "first": "the right one", "second": "the wrong one", "label": "first"}]
+    examples, figures = bsm(bsm_settings(prefill="[["), pairs, "unused", tmp_path / "pairs.jsonl",
+                            backend=ChainBackend(reply))
+    assert figures["bsm_unparsed"] == 0 and figures["bsm_kept"] == 1
+    assert [e["completion"] for e in examples] == ["[[A]]", "[[B]]"]
+    _, unprefilled = bsm(bsm_settings(), pairs, "unused", tmp_path / "u.jsonl",
+                         backend=ChainBackend(lambda prompt, j: "A]]" if "Weigh them" in prompt else reply(prompt, j)))
+    assert unprefilled["bsm_unparsed"] == 1 and unprefilled["bsm_examples"] == 0

@@ -76,7 +76,10 @@ def judge_orders(backend, settings: dict, orders: list[dict], seed: int, on_batc
                                                response_b=o["response_b"],
                                                evaluations="\n\n".join(f"{c}: {e.strip()}" for c, e in zip(cs, es)))
                      for o, cs, es in zip(orders, listed, evaluations)]
-    merged = draw(merge_prompts, settings["max_new_tokens"], 2)
+    # The verdict's opening may be written for the model (prefill, e.g. "[["): a small model then only
+    # has to name A or B; the merge text keeps it, so the verdict is parsed as written.
+    prefill = settings["prefill"]
+    merged = [prefill + m for m in draw([p + prefill for p in merge_prompts], settings["max_new_tokens"], 2)]
     if on_batch:
         on_batch(len(orders))
     return [{**o, "criteria": cs, "evaluations": es, "merge": m,
@@ -194,6 +197,8 @@ SETTINGS = {
                                check=lambda v: "{question}" in v, fix="must contain {question}"),
     "branches": Setting(int, 5, "criteria solved per order, at most", check=lambda v: v >= 1, fix="must be >= 1"),
     "verdict_pattern": pairwise.verdict_setting(),
+    "prefill": Setting(str, "", "text the merge step's verdict starts with, written for the model (e.g. '[[' for a "
+                       "small model that never writes the format on its own)"),
     "system1_template": pairwise.template_setting("bsm-system1", "bsm-system1, eval-plan", "the distilled judge's "
                                                   "prompt: {question} {response_a} {response_b}"),
     "system1_prompt_template": Setting(str, "{question}", "wraps the distilled judge's prompt (a chat format)",
