@@ -3,6 +3,8 @@ how many pairs the K cycled pairs per question made of them, and what kind of mi
 responses are. Reads a finished run's pairs; computes nothing new.
 
     python examples/scpo-vs-irpo/irpo_pairs.py PROJECT RUN      # e.g. examples/scpo-vs-irpo/runs/seed0 irpo
+    python examples/scpo-vs-irpo/irpo_pairs.py --greedy MODEL   # an iteration's greedy answers on 1,000
+                                                                # validation problems, by the same kinds
 
 Kinds of rejected response (the embedded task's formats, selfimprove.tinyarith):
 - direct:           a guessed sum (` #### 785`), no steps;
@@ -57,7 +59,22 @@ def main(project: Path, run: str) -> None:
         print(f"| {k} | " + " | ".join(cells) + " |")
 
 
+def greedy_kinds(model: str, count: int = 1000) -> Counter:
+    """What a model's greedy answers to validation problems are: right, or which kind of mistake."""
+    from selfimprove import tinyarith
+    from selfimprove.backends.hf import HFBackend
+
+    records = tinyarith.problems(seed=0, count=count, digits=3, split="validation")
+    prompts = [r["question"] for r in records]
+    answers = [texts[0] for texts in HFBackend(model).sample(prompts, 1, 0.0, 1.0, 56, 256, seed=0)]
+    return Counter("right" if a.split("####")[-1].strip() == r["answer"] else kind(p, a)
+                   for p, a, r in zip(prompts, answers, records))
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--greedy":
+        print(dict(greedy_kinds(sys.argv[2])))
+        sys.exit()
     if len(sys.argv) != 3:
         sys.exit(__doc__.splitlines()[4].strip())
     main(Path(sys.argv[1]), sys.argv[2])
