@@ -210,7 +210,7 @@ def disk(args, root: Path, reference: Path) -> None:
     with open(log, "a") as output:
         code = start(project, output=output, env=env).wait()
     said = [line for line in log.read_text()[offset:].splitlines() if line.strip()]
-    from selfimprove import dvclock
+    from selfimprove.pipeline import dvclock
 
     damage = dvclock.check(project / "dvc.lock")
     print(f"[disk] lock: exit {code}; dvc.lock afterwards: {damage or 'whole'}")
@@ -243,7 +243,7 @@ def concurrent(args, root: Path, reference: Path, other_reference: Path) -> None
     later = start(project, "other.yaml" if 1 in refused else "loop.yaml").wait()
     import yaml
 
-    from selfimprove import dvclock
+    from selfimprove.pipeline import dvclock
 
     whole = all(isinstance(yaml.safe_load((project / name).read_text()), dict) for name in ("params.yaml", "dvc.yaml"))
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True)

@@ -62,9 +62,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2, help="alternate the two this many times; best of each")
     args = parser.parse_args()
-    from selfimprove import tinyarith
-    from selfimprove.untrained import save_untrained
-    from selfimprove.registry import stage_defaults
+    from selfimprove.tasks import tinyarith
+    from selfimprove.stages.untrained import save_untrained
+    from selfimprove.core.registry import stage_defaults
 
     with tempfile.TemporaryDirectory() as tmp:
         model_ref = args.model or save_untrained(Path(tmp) / "model", layers=2)

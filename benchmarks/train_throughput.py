@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from selfimprove.registry import stage_defaults
-from selfimprove.untrained import save_untrained
+from selfimprove.core.registry import stage_defaults
+from selfimprove.stages.untrained import save_untrained
 
 
 def synthetic_pairs(count: int, seed: int = 0) -> list[dict]:

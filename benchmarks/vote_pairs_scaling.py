@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from selfimprove.registry import stage_defaults
+from selfimprove.core.registry import stage_defaults
 from selfimprove.stages import pairs, vote
 from selfimprove.stages._io import read_jsonl, write_json, write_jsonl
 

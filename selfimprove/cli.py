@@ -39,7 +39,7 @@ class _Group(click.Group):
     the traceback only with SELFIMPROVE_DEBUG=1."""
 
     def invoke(self, ctx):
-        from selfimprove.errors import UserError
+        from selfimprove.core.errors import UserError
 
         try:
             return super().invoke(ctx)
@@ -69,7 +69,7 @@ def main() -> None:
               "(RUN@best: its best iteration).")
 def run(loop_file: str, overrides: tuple[str, ...], start_from: str | None) -> None:
     """Run a loop to its last iteration; run it again after a crash to resume."""
-    from selfimprove import runner
+    from selfimprove.pipeline import runner
 
     sys.exit(runner.run(loop_file, list(overrides), start_from, Path.cwd(), _console()))
 
@@ -80,8 +80,9 @@ def run(loop_file: str, overrides: tuple[str, ...], start_from: str | None) -> N
 def compile_(loop_file: str, overrides: tuple[str, ...]) -> None:
     """Write the loop's stages into dvc.yaml and params.yaml without running them
     (then `dvc repro`, `dvc dag` and `dvc status` work on it natively)."""
-    from selfimprove import compiler, results, runner
-    from selfimprove.loopfile import load_loop
+    from selfimprove.pipeline import compiler, runner
+    from selfimprove import results
+    from selfimprove.loop.loopfile import load_loop
 
     loop = load_loop(loop_file, list(overrides))
     if loop.start_from:
@@ -95,8 +96,8 @@ def compile_(loop_file: str, overrides: tuple[str, ...]) -> None:
 @click.argument("loop_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate(loop_files: tuple[str, ...]) -> None:
     """Check loop files; print every problem with file:line and how to fix it."""
-    from selfimprove.loopfile import load_loop
-    from selfimprove.errors import UserError
+    from selfimprove.loop.loopfile import load_loop
+    from selfimprove.core.errors import UserError
 
     problems = []
     for path in loop_files:
@@ -115,8 +116,8 @@ def stages_(name: str | None) -> None:
     """List the stage library, or one stage's settings (from the stages' own declarations)."""
     from rich.table import Table
 
-    from selfimprove.errors import UserError
-    from selfimprove.registry import UnknownName, resolve, stages
+    from selfimprove.core.errors import UserError
+    from selfimprove.core.registry import UnknownName, resolve, stages
 
     if name is None:
         table = Table(title="stages")
@@ -146,7 +147,7 @@ def status() -> None:
     """Show every stage of every compiled run: done, stale or pending."""
     from rich.table import Table
 
-    from selfimprove.results import stage_status
+    from selfimprove.pipeline.status import stage_status
 
     rows = stage_status(Path.cwd())
     table = Table(title="stages")
@@ -162,7 +163,7 @@ def status() -> None:
 
     for run in sorted({row["run"] for row in rows}):
         record = Path.cwd() / "runs" / run / "stop.json"
-        if record.is_file():  # a stop rule ended the run (selfimprove.stop); later iterations are not compiled
+        if record.is_file():  # a stop rule ended the run (selfimprove.loop.stop); later iterations are not compiled
             _console().print(f"[yellow]{run}: {json.loads(record.read_text())['stopped']}[/yellow]", highlight=False)
 
 
@@ -220,7 +221,7 @@ def diff(a: str, b: str, as_json: bool) -> None:
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="The image file (default: RUN.png).")
 def plot(references: tuple[str, ...], metrics: tuple[str, ...], out: str | None) -> None:
     """Draw metric curves across iterations for one or several runs, with 95% intervals for rates."""
-    from selfimprove import plot as plotting
+    from selfimprove.results import plot as plotting
 
     target = Path(out or f"{references[0].split('@')[0]}.png")
     plotting.plot(Path.cwd(), list(references), list(metrics), target)
@@ -233,7 +234,7 @@ def plot(references: tuple[str, ...], metrics: tuple[str, ...], out: str | None)
 def export(reference: str, directory: str) -> None:
     """Write an iteration's model (RUN@K, RUN@best, RUN) as a plain model directory for serving:
     adapters merged; a temperature head goes in DIRECTORY/temperature_head beside its model."""
-    from selfimprove import export as exporting
+    from selfimprove.results import export as exporting
     from selfimprove import results
 
     name, _ = results.resolve(Path.cwd(), reference)

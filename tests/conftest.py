@@ -18,7 +18,7 @@ FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm"
 def tiny_model(tmp_path_factory) -> str:
     """A 1-layer tiny-arith model with random weights (built in about a second): real tokenizer and
     transformers model, meaningless texts; enough to compare backends on the same weights."""
-    from selfimprove.untrained import save_untrained
+    from selfimprove.stages.untrained import save_untrained
 
     return save_untrained(tmp_path_factory.mktemp("tiny") / "model", layers=1)
 

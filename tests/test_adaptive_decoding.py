@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove import temperature_head
-from selfimprove.errors import UserError
-from selfimprove.rules.latent import best_vs_worst_latent
+from selfimprove.models import temperature_head
+from selfimprove.core.errors import UserError
+from selfimprove.scoring.rules.latent import best_vs_worst_latent
 from selfimprove.tasks import mixed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ def one_hot_head(directory, model, index: int, level: str = "sequence", temperat
 def test_a_head_that_always_picks_zero_decodes_exactly_as_greedy_generate(tiny_model, tmp_path, level):
     from selfimprove import models
     from selfimprove.backends.hf import HFBackend
-    from selfimprove.sampling import sample
+    from selfimprove.backends.sampling import sample
 
     directory = one_hot_head(tmp_path / "head", tiny_model, 0, level)
     prompts = ["12+34=", "5+6=", "123+456="]  # different lengths: left padding and positions matter
@@ -219,8 +219,8 @@ def test_generate_records_the_heads_temperature_with_each_sample(tiny_model, tmp
 
 
 def test_the_loop_file_validates_and_chains_the_head_and_its_model():
-    from selfimprove import compiler
-    from selfimprove.loopfile import load_loop
+    from selfimprove.pipeline import compiler
+    from selfimprove.loop.loopfile import load_loop
 
     loop = load_loop(str(ROOT / "loops/adaptive_decoding.yaml"))
     document, _ = compiler.compile_loop(loop, ROOT)
@@ -233,7 +233,7 @@ def test_the_loop_file_validates_and_chains_the_head_and_its_model():
 
 
 def test_validate_refuses_a_head_with_the_vllm_backend(tmp_path):
-    from selfimprove.loopfile import load_loop
+    from selfimprove.loop.loopfile import load_loop
 
     text = (ROOT / "loops/adaptive_decoding.yaml").read_text()
     (tmp_path / "loop.yaml").write_text(text + "backend: vllm\n")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from selfimprove.answers import extract_final, same_answer
+from selfimprove.tasks.answers import extract_final, same_answer
 
 
 @pytest.mark.parametrize("text, expected", [

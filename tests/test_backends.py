@@ -16,7 +16,7 @@ import pytest
 from selfimprove.backends import open_backend
 from selfimprove.backends.hf import HFBackend
 from selfimprove.backends.vllm_workers import contiguous_slices, device_groups
-from selfimprove.errors import UserError
+from selfimprove.core.errors import UserError
 
 PROMPTS = ["12+34=", "5+6=", "987+654=", "40+2=", "7+70="]
 
@@ -223,7 +223,7 @@ if __name__ == "__main__":
 @pytest.fixture(scope="module")
 def wide_model(tmp_path_factory) -> str:
     """Random weights over 44 tokens: more next tokens than the 20 most likely."""
-    from selfimprove.untrained import save_untrained
+    from selfimprove.stages.untrained import save_untrained
 
     return save_untrained(tmp_path_factory.mktemp("wide") / "model", layers=1, chars=list("0123456789abcdefghijklmnopqrstuvwxyz+=#; "))
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from selfimprove.errors import UserError
-from selfimprove.loopfile import load_loop
+from selfimprove.core.errors import UserError
+from selfimprove.loop.loopfile import load_loop
 
 VALID = """\
 name: t

@@ -22,9 +22,9 @@ iterations: 3
 @pytest.fixture
 def project(tmp_path, monkeypatch, tiny_model):
     """A compiled run whose accuracy rises and then collapses, as Self-Rewarding's did (README)."""
-    from selfimprove import compiler
-    from selfimprove.loopfile import load_loop
-    from selfimprove.runner import ensure_dvc
+    from selfimprove.pipeline import compiler
+    from selfimprove.loop.loopfile import load_loop
+    from selfimprove.pipeline.runner import ensure_dvc
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "loop.yaml").write_text(LOOP.replace("MODEL", tiny_model))
@@ -46,8 +46,8 @@ def test_run_at_best_is_the_iteration_with_the_best_headline_metric(project):
 
 
 def test_the_loop_file_chooses_the_metric_and_its_direction(project, tiny_model):
-    from selfimprove import compiler
-    from selfimprove.loopfile import load_loop
+    from selfimprove.pipeline import compiler
+    from selfimprove.loop.loopfile import load_loop
     from selfimprove.results import best_iteration
 
     (project / "loop.yaml").write_text(LOOP.replace("MODEL", tiny_model) + "best: {metric: mean_length, better: lower}\n")
@@ -58,8 +58,8 @@ def test_the_loop_file_chooses_the_metric_and_its_direction(project, tiny_model)
 
 
 def test_a_bad_best_section_is_one_line_naming_the_file_and_key(tmp_path, tiny_model):
-    from selfimprove.errors import UserError
-    from selfimprove.loopfile import load_loop
+    from selfimprove.core.errors import UserError
+    from selfimprove.loop.loopfile import load_loop
 
     path = tmp_path / "loop.yaml"
     path.write_text(LOOP.replace("MODEL", tiny_model) + "best: {metric: accuracy, better: sideways}\n")
@@ -126,7 +126,8 @@ def test_export_merges_a_lora_adapter(project, tiny_model):
 
 
 def test_export_of_a_temperature_head_keeps_the_head_beside_its_model(project, tiny_model):
-    from selfimprove import models, temperature_head
+    from selfimprove import models
+    from selfimprove.models import temperature_head
     from selfimprove.stages import head as head_stage
 
     head_stage.attach({"temperatures": "0,1", "level": "sequence", "width": 4, "layers": 2, "seed": 0}, tiny_model,

@@ -48,8 +48,8 @@ def test_bsm_criteria_are_the_listed_lines():
 
 
 def test_a_bsm_loop_is_checked_at_validate(tmp_path):
-    from selfimprove.errors import UserError
-    from selfimprove.loopfile import load_loop
+    from selfimprove.core.errors import UserError
+    from selfimprove.loop.loopfile import load_loop
 
     loop = ("name: b\nmodel: builtin:tiny-arith\ndata: {prompts: builtin:arith/train, eval: builtin:arith/test}\n"
             "pipeline: [bsm, train, evaluate]\nstages:\n  train: {loss: sft}\n")

@@ -64,7 +64,7 @@ def _copy_package(target: Path) -> Path:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A compiled project whose every stage is committed (stand-in outputs): dvc status is clean."""
-    from selfimprove.runner import ensure_dvc
+    from selfimprove.pipeline.runner import ensure_dvc
 
     root = tmp_path_factory.mktemp("project")
     (root / "loop.yaml").write_text(LOOP)

@@ -50,9 +50,9 @@ def test_run_with_a_missing_loop_file_is_one_line(tmp_path):
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """A project with a compiled 2-iteration loop and metrics as the stages would have written them."""
-    from selfimprove import compiler
-    from selfimprove.loopfile import load_loop
-    from selfimprove.runner import ensure_dvc
+    from selfimprove.pipeline import compiler
+    from selfimprove.loop.loopfile import load_loop
+    from selfimprove.pipeline.runner import ensure_dvc
 
     text = (ROOT / "loops/scpo.yaml").read_text().replace("iterations: 3", "iterations: 2")
     (tmp_path / "loop.yaml").write_text("".join(line for line in text.splitlines(keepends=True)
@@ -112,7 +112,7 @@ def test_metrics_lists_every_iteration(workspace):
 
 
 def test_status_shows_every_stage_pending_before_anything_ran(workspace):
-    from selfimprove.results import stage_status
+    from selfimprove.pipeline.status import stage_status
 
     rows = stage_status(workspace)
     assert len(rows) == 1 + 1 + 2 * 5 + 1  # bootstrap, base evaluation, 2 iterations, report
@@ -125,7 +125,7 @@ def test_dead_and_zombie_holders_are_cleared_from_dvcs_lock(tmp_path):
     import os
     import time
 
-    from selfimprove.runner import clear_dead_dvc_locks
+    from selfimprove.pipeline.runner import clear_dead_dvc_locks
 
     zombie = subprocess.Popen(["true"])  # exits at once; not waited for, so it stays a zombie
     time.sleep(0.3)

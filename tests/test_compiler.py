@@ -4,8 +4,8 @@ from pathlib import Path
 
 import yaml
 
-from selfimprove import compiler
-from selfimprove.loopfile import load_loop
+from selfimprove.pipeline import compiler
+from selfimprove.loop.loopfile import load_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,19 +54,19 @@ def test_recompiling_replaces_only_this_runs_stages(tmp_path):
 
 
 def test_code_fingerprints_follow_imports_including_lazy_ones():
-    from selfimprove.fingerprint import imported_modules
+    from selfimprove.pipeline.fingerprint import imported_modules
 
     train = imported_modules("selfimprove.stages.train")
-    assert "selfimprove.weighted_dpo" in train  # imported inside a function of stages/train.py
-    assert "selfimprove.sampling" not in train  # training does not sample: editing it keeps train cached
-    assert "selfimprove.answers" in imported_modules("selfimprove.stages.vote")
+    assert "selfimprove.models.weighted_dpo" in train  # imported inside a function of stages/train.py
+    assert "selfimprove.backends.sampling" not in train  # training does not sample: editing it keeps train cached
+    assert "selfimprove.tasks.answers" in imported_modules("selfimprove.stages.vote")
     # Modules that only declare or name things are not code of any stage.
-    assert not {"selfimprove.registry", "selfimprove.stage", "selfimprove.validation"} & train
+    assert not {"selfimprove.core.registry", "selfimprove.core.stage", "selfimprove.core.validation"} & train
     document, params = compiler.compile_loop(load_loop(ROOT / "loops/scpo.yaml"), ROOT)
     generate = document["stages"]["scpo-it1-generate"]["params"]
     assert {"code.stages-generate", "code.backends-hf"} <= set(generate)  # the backend the loop uses
-    assert "code.rules-votes" in document["stages"]["scpo-it1-pairs"]["params"]  # the rule the loop uses
-    assert set(params["code"]) >= {"stages-generate", "backends-hf", "rules-votes", "stages-bootstrap", "tinyarith"}
+    assert "code.scoring-rules-votes" in document["stages"]["scpo-it1-pairs"]["params"]  # the rule the loop uses
+    assert set(params["code"]) >= {"stages-generate", "backends-hf", "scoring-rules-votes", "stages-bootstrap", "tasks-tinyarith"}
 
 
 def test_judge_loops_judge_instead_of_voting_and_track_the_judge(tmp_path):

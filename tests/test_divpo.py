@@ -6,8 +6,8 @@ from collections import defaultdict
 
 import pytest
 
-from selfimprove.errors import UserError
-from selfimprove.rules import divpo as rule
+from selfimprove.core.errors import UserError
+from selfimprove.scoring.rules import divpo as rule
 from selfimprove.tasks import SPLITS, sums
 
 

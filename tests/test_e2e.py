@@ -55,7 +55,7 @@ def new_project(root: Path, name: str) -> Path:
     in GSM8K's format (worked solution ending in '#### N') as JSONL, through the `datasets` code path."""
     from datasets import Dataset
 
-    from selfimprove import tinyarith
+    from selfimprove.tasks import tinyarith
 
     project = root / name
     project.mkdir()

@@ -5,10 +5,10 @@ one test reads real probabilities from an untrained tiny model to check the toke
 
 import pytest
 
-from selfimprove import judging
+from selfimprove.scoring import judging
 from selfimprove.backends.hf import HFBackend, continuation_tokens
-from selfimprove.errors import UserError
-from selfimprove.registry import stage_defaults
+from selfimprove.core.errors import UserError
+from selfimprove.core.registry import stage_defaults
 from selfimprove.stages.evaluate import length_stats, win_rate
 from selfimprove.stages.judge import judge
 
@@ -107,8 +107,8 @@ def test_length_stats():
 def test_choice_probabilities_from_a_real_model_follow_the_tokenisation_seam(tmp_path):
     from transformers import AutoTokenizer
 
-    from selfimprove import tinyarith
-    from selfimprove.untrained import save_untrained
+    from selfimprove.tasks import tinyarith
+    from selfimprove.stages.untrained import save_untrained
 
     tokenizer = AutoTokenizer.from_pretrained(save_untrained(tmp_path / "m", layers=1, chars=tinyarith.JUDGE_CHARS))
     context, token = continuation_tokens(tokenizer, "12+3=15 judge:Score: ", ["5"])[0]
@@ -166,7 +166,7 @@ def test_metajudge_in_expected_mode_takes_the_likelier_letter(tmp_path):
 
 
 def test_loop_file_checks_of_judge_modes(tmp_path):
-    from selfimprove.loopfile import load_loop
+    from selfimprove.loop.loopfile import load_loop
 
     loop = tmp_path / "loop.yaml"
     loop.write_text("name: t\nmodel: builtin:tiny-arith-judge\n"
@@ -183,8 +183,8 @@ def test_loop_file_checks_of_judge_modes(tmp_path):
 def test_win_rate_compiles_to_outputs_and_a_fixed_judge(tmp_path):
     from pathlib import Path
 
-    from selfimprove import compiler
-    from selfimprove.loopfile import load_loop
+    from selfimprove.pipeline import compiler
+    from selfimprove.loop.loopfile import load_loop
 
     root = Path(__file__).resolve().parent.parent
     document, _ = compiler.compile_loop(load_loop(root / "examples/smollm2/self_rewarding.yaml"), root)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selfimprove import dvclock
-from selfimprove.errors import DiskFull, UserError, is_disk_full, writing
-from selfimprove.shards import run_in_shards, scratch_dir
+from selfimprove.pipeline import dvclock
+from selfimprove.core.errors import DiskFull, UserError, is_disk_full, writing
+from selfimprove.stages.shards import run_in_shards, scratch_dir
 from selfimprove.stages import _io
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ def test_a_shard_cut_short_by_a_full_disk_is_never_reused(tmp_path, monkeypatch)
             written.append(Path(path).name)
             real(path, records)
 
-        patch.setattr("selfimprove.shards.write_jsonl", fill_up_at_shard_2)
+        patch.setattr("selfimprove.stages.shards.write_jsonl", fill_up_at_shard_2)
         with pytest.raises(DiskFull):
             run_in_shards("test", list(range(10)), 2, out, "key", work)
     assert sorted(p.name for p in (scratch_dir(out) / "key").iterdir()) == ["shard-00000.jsonl", "shard-00001.jsonl"]
@@ -211,7 +211,7 @@ def cli(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_compile_is_refused_in_one_line_while_a_loop_runs_in_the_project(tmp_path):
-    from selfimprove.runner import workspace_lock
+    from selfimprove.pipeline.runner import workspace_lock
 
     (tmp_path / "loop.yaml").write_text(LOOP)
     with workspace_lock(tmp_path, "selfimprove run other.yaml"):
@@ -235,8 +235,8 @@ def test_a_damaged_compiled_file_is_named_with_its_line_and_the_way_out(tmp_path
 
 
 def test_compiled_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    from selfimprove import compiler
-    from selfimprove.loopfile import load_loop
+    from selfimprove.pipeline import compiler
+    from selfimprove.loop.loopfile import load_loop
 
     (tmp_path / "loop.yaml").write_text(LOOP)
     loop = load_loop(str(tmp_path / "loop.yaml"))
@@ -253,7 +253,7 @@ def test_compiled_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
 
 
 def test_the_runner_reports_a_stage_error_line_or_dvc_s_own_full_disk_alone():
-    from selfimprove.runner import Repro
+    from selfimprove.pipeline.runner import Repro
 
     repro = Repro.__new__(Repro)
     repro.tail = ["Running stage 'f-it1-generate':", "> python -m selfimprove.stages.generate ...",
@@ -270,7 +270,7 @@ def test_the_runner_reports_a_stage_error_line_or_dvc_s_own_full_disk_alone():
 def test_a_dvc_rwlock_cut_short_by_a_kill_is_cleared(tmp_path):
     """DVC writes .dvc/tmp/rwlock in place; a SIGKILL mid-write left it empty and DVC then refused every
     command ("JSON structure is corrupted"), measured by benchmarks/chaos.py."""
-    from selfimprove.runner import clear_dead_dvc_locks
+    from selfimprove.pipeline.runner import clear_dead_dvc_locks
 
     rwlock = tmp_path / ".dvc" / "tmp" / "rwlock"
     rwlock.parent.mkdir(parents=True)

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from selfimprove.backends.hf import HFBackend
-from selfimprove.registry import stage_defaults
+from selfimprove.core.registry import stage_defaults
 from selfimprove.stages.generate import generate
 from selfimprove.stages._io import read_jsonl
 from selfimprove.stages.reward import reward

@@ -4,12 +4,13 @@ import random
 
 import pytest
 
-from selfimprove import judging, tinyarith
-from selfimprove.registry import stage_defaults
-from selfimprove.errors import UserError
+from selfimprove.scoring import judging
+from selfimprove.tasks import tinyarith
+from selfimprove.core.registry import stage_defaults
+from selfimprove.core.errors import UserError
 from selfimprove.stages.evaluate import thinking
 from selfimprove.stages.judge import judge
-from selfimprove.rules.scored import judged_pair
+from selfimprove.scoring.rules.scored import judged_pair
 from selfimprove.stages.pairs import build_pairs
 
 JUDGE = stage_defaults("judge")

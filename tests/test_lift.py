@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.lengths import PAPER_TEMPLATE, instructed, unwrap, word_count
+from selfimprove.scoring.lengths import PAPER_TEMPLATE, instructed, unwrap, word_count
 from selfimprove.stages.lift import SETTINGS, length_instructed, lift
 
 DEFAULTS = {key: setting.default for key, setting in SETTINGS.items()}
@@ -90,9 +90,9 @@ def test_the_evaluation_counts_a_broken_limit_as_a_wrong_answer():
 
 
 def test_lift_reads_a_user_s_preference_file_when_the_pipeline_starts_with_it(tmp_path):
-    from selfimprove.compiler import compile_loop
-    from selfimprove.errors import UserError
-    from selfimprove.loopfile import load_loop
+    from selfimprove.pipeline.compiler import compile_loop
+    from selfimprove.core.errors import UserError
+    from selfimprove.loop.loopfile import load_loop
 
     root = Path(__file__).resolve().parent.parent
     loop = tmp_path / "loop.yaml"

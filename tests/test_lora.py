@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from selfimprove import models
-from selfimprove.registry import stage_defaults
+from selfimprove.core.registry import stage_defaults
 from selfimprove.stages.train import train
 
 PAIRS = [{"prompt": f"{a}+{a}=", "chosen": f" #### {2 * a}", "rejected": f" #### {2 * a + 1}"} for a in range(10, 22)]
@@ -25,7 +25,7 @@ def lora_settings(**changes) -> dict:
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """base -> it1 (LoRA on base) -> it2 (LoRA on it1 merged)."""
-    from selfimprove.untrained import save_untrained
+    from selfimprove.stages.untrained import save_untrained
 
     root = tmp_path_factory.mktemp("lora")
     save_untrained(root / "base")
@@ -47,7 +47,7 @@ def test_each_iteration_stores_a_small_adapter_based_on_the_previous_iterations_
 
 
 def test_the_chain_loads_to_three_different_models_and_generates(chain):
-    from selfimprove.sampling import sample
+    from selfimprove.backends.sampling import sample
 
     base, it1, it2 = (weights(chain / name) for name in ("base", "it1", "it2"))
     assert base.keys() == it1.keys() == it2.keys()  # merged: plain weights, no adapter modules left

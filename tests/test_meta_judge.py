@@ -4,8 +4,9 @@ builtin:tiny-arith-judge's examples left exactly as they were (they seed the lan
 import hashlib
 import json
 
-from selfimprove import judging, tinyarith
-from selfimprove.registry import resolve
+from selfimprove.scoring import judging
+from selfimprove.tasks import tinyarith
+from selfimprove.core.registry import resolve
 from selfimprove.stages import bootstrap
 
 WINNER = r"Winner:\s*([AB])"  # metajudge.winner_pattern's default

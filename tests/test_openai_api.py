@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.loopfile import load_loop, resolved_params
-from selfimprove.errors import UserError
-from selfimprove.openai_api import Endpoint
-from selfimprove.registry import stage_defaults
+from selfimprove.loop.loopfile import load_loop, resolved_params
+from selfimprove.core.errors import UserError
+from selfimprove.backends.openai_client import Endpoint
+from selfimprove.core.registry import stage_defaults
 from selfimprove.stages.judge import judge
 
 KEY = "sk-test-0123456789-secret"

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from selfimprove.backends.seeds import sample_seed
-from selfimprove.loopfile import load_loop, resolved_params
-from selfimprove.errors import UserError
+from selfimprove.loop.loopfile import load_loop, resolved_params
+from selfimprove.core.errors import UserError
 from selfimprove.stages import generate
 
 KEY = "sk-gen-9876543210-secret"
@@ -39,7 +39,7 @@ def run_generate(params: Path) -> None:
 
 def expected_bodies() -> list[dict]:
     """Every request of the stage: one per prompt and sample, seeded per shard (generate) and sample."""
-    from selfimprove import data as data_sources
+    from selfimprove.tasks import data as data_sources
 
     run = yaml.safe_load(yaml.safe_dump(resolved_params(load_loop(ROOT / "loops/scpo.yaml", ["data.prompts_size=6"]))))
     records = data_sources.load_records(run["data"]["prompts"], run["data"], 6, need_answers=False)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove import compiler, registry
-from selfimprove.errors import UserError
-from selfimprove.loopfile import load_loop
+from selfimprove.pipeline import compiler
+from selfimprove.core import registry
+from selfimprove.core.errors import UserError
+from selfimprove.loop.loopfile import load_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted(ROOT.glob("loops/*.yaml")) + sorted(ROOT.glob("examples/**/*.yaml"))
@@ -38,7 +39,7 @@ def test_every_shipped_loop_and_example_compiles(path):
 
 def test_the_compiler_and_the_loader_name_no_stage():
     stage_names = set(registry.STAGES)
-    for module in ("compiler.py", "loopfile.py", "runner.py"):
+    for module in ("pipeline/compiler.py", "loop/loopfile.py", "pipeline/runner.py", "pipeline/status.py"):
         tree = ast.parse((ROOT / "selfimprove" / module).read_text())
         named = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and node.value in stage_names}
         assert not named, f"selfimprove/{module} names the stages {named}"
@@ -89,7 +90,7 @@ def test_a_stage_added_to_the_registry_compiles_with_nothing_else_changed(tmp_pa
     """A new stage is its own module plus one registry line: here a filter of samples between generate
     and vote, declared the way the shipped stages are."""
     (tmp_path / "dedupe_stage.py").write_text('''
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 
 SETTINGS = {"keep": Setting(int, 4, "samples kept per prompt", check=lambda v: v >= 1, fix="must be >= 1")}
 

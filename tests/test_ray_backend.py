@@ -8,7 +8,7 @@ import pytest
 
 from selfimprove.backends import open_backend
 from selfimprove.backends.seeds import sample_seed
-from selfimprove.errors import UserError
+from selfimprove.core.errors import UserError
 
 FAKE_RAY = Path(__file__).resolve().parent / "fake_ray"
 

@@ -6,9 +6,9 @@ import json
 import pytest
 import yaml
 
-from selfimprove import rewards
-from selfimprove.errors import UserError
-from selfimprove.stage import Context
+from selfimprove.scoring import rewards
+from selfimprove.core.errors import UserError
+from selfimprove.core.stage import Context
 from selfimprove.stages.reward import STAGE, check, main, reward
 
 REWARD = STAGE.defaults()

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selfimprove import tinyarith
-from selfimprove.errors import UserError
-from selfimprove.selfrip import PromptTokenizer, dedupe, fewshot_prompt, parse_new_prompt, pick_examples, rouge_l
-from selfimprove.stage import Context
-from selfimprove import selfrip
+from selfimprove.tasks import tinyarith
+from selfimprove.core.errors import UserError
+from selfimprove.stages.selfrip import PromptTokenizer, dedupe, fewshot_prompt, parse_new_prompt, pick_examples, rouge_l
+from selfimprove.core.stage import Context
+from selfimprove.stages import selfrip
 from selfimprove.stages import filter as rip
 from selfimprove.stages import synthesize
 from selfimprove.tasks import noisy_arith
@@ -279,8 +279,8 @@ def test_synthesize_refuses_to_write_no_prompts(tmp_path, monkeypatch):
 
 
 def test_self_rip_compiles_generate_reading_the_new_prompts(tmp_path):
-    from selfimprove import compiler
-    from selfimprove.loopfile import load_loop
+    from selfimprove.pipeline import compiler
+    from selfimprove.loop.loopfile import load_loop
 
     rip_loop = Path(__file__).resolve().parent.parent / "loops/rip.yaml"
     pipeline = "pipeline=[synthesize, generate, judge, pairs, filter, train, evaluate]"

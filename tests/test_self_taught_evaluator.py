@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove import pairwise, tinyarith
-from selfimprove.rules.judgements import judgement_dpo, judgement_sft
+from selfimprove.scoring import pairwise
+from selfimprove.tasks import tinyarith
+from selfimprove.scoring.rules.judgements import judgement_dpo, judgement_sft
 from selfimprove.stages import judge_eval, pairjudge, perturb
 from selfimprove.tasks import arith_evaluator
 
@@ -178,7 +179,7 @@ def test_pairjudge_judges_both_orders_and_reports_a_position_biased_judge(tmp_pa
 
 
 def test_pairjudge_fails_in_one_line_quoting_the_judge_when_verdicts_do_not_parse(tmp_path):
-    from selfimprove.errors import UserError
+    from selfimprove.core.errors import UserError
 
     with pytest.raises(UserError, match=r"pairjudge: 100% of 36 judgements have no verdict .* wrote e.g. 'Winner: A'"):
         pairjudge.pair_judge(PAIRJUDGE, contrast(6), "unused", tmp_path / "j.jsonl",
@@ -226,7 +227,7 @@ def test_pairwise_accuracy_counts_both_orders_and_the_majority_of_sampled_verdic
 
 
 def test_the_labelled_pair_file_is_checked_line_by_line(tmp_path):
-    from selfimprove.errors import UserError
+    from selfimprove.core.errors import UserError
 
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n{"prompt": "2+2=", "chosen": 4}\n')
@@ -249,8 +250,8 @@ def test_the_shipped_pair_sets_are_labelled_rightly_and_disjoint_from_training()
 
 
 def test_the_loop_compiles_with_judge_eval_as_its_only_evaluation(tmp_path):
-    from selfimprove.compiler import compile_loop
-    from selfimprove.loopfile import load_loop
+    from selfimprove.pipeline.compiler import compile_loop
+    from selfimprove.loop.loopfile import load_loop
 
     document, params = compile_loop(load_loop(str(ROOT / "loops/self_taught_evaluator.yaml")), tmp_path)
     stages = document["stages"]
@@ -267,16 +268,16 @@ def test_the_loop_compiles_with_judge_eval_as_its_only_evaluation(tmp_path):
 
 
 def test_other_loops_still_evaluate_the_base_model(tmp_path):
-    from selfimprove.compiler import compile_loop
-    from selfimprove.loopfile import load_loop
+    from selfimprove.pipeline.compiler import compile_loop
+    from selfimprove.loop.loopfile import load_loop
 
     document, _ = compile_loop(load_loop(str(ROOT / "loops/scpo.yaml")), tmp_path)
     assert [name for name in document["stages"] if "-it0-" in name] == ["scpo-it0-evaluate"]
 
 
 def test_judge_eval_without_a_pair_set_and_judgement_sft_with_dpo_are_refused_at_validate(tmp_path):
-    from selfimprove.errors import UserError
-    from selfimprove.loopfile import load_loop
+    from selfimprove.core.errors import UserError
+    from selfimprove.loop.loopfile import load_loop
 
     text = (ROOT / "loops/self_taught_evaluator.yaml").read_text()
     path = tmp_path / "loop.yaml"

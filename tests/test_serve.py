@@ -11,8 +11,8 @@ import pytest
 
 from selfimprove.backends import open_backend
 from selfimprove.backends.seeds import sample_seed
-from selfimprove.errors import UserError
-from selfimprove.loopfile import load_loop
+from selfimprove.core.errors import UserError
+from selfimprove.loop.loopfile import load_loop
 
 SERVER = Path(__file__).resolve().parent / "servers" / "fake_openai_server.py"
 
@@ -71,7 +71,7 @@ def test_the_launch_command_is_tracked_and_port_placeholders_need_it(tmp_path):
     loop_file = Path(__file__).resolve().parent.parent / "loops/scpo.yaml"
     serve = "vllm serve {model} --port {port} --seed 0"
     loop = load_loop(loop_file, ["backend=openai", f"openai.serve={serve}", "openai.endpoints=http://127.0.0.1:{port}/v1"])
-    from selfimprove import compiler
+    from selfimprove.pipeline import compiler
 
     nodes = compiler.compile_loop(loop, tmp_path)[0]["stages"]
     assert "scpo.openai.serve" in nodes["scpo-it1-generate"]["params"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.rules.sft import best_of_n, has_steps, system2
+from selfimprove.scoring.rules.sft import best_of_n, has_steps, system2
 
 WORKED = " 7+8=15 r5; 4+3+1=8 r85; #### {}"
 
@@ -124,7 +124,7 @@ def test_sft_training_learns_the_completions_with_the_loss_on_them_only(tiny_mod
 
 
 def test_sft_reads_a_preference_pair_s_chosen_and_names_a_row_with_neither():
-    from selfimprove.errors import UserError
+    from selfimprove.core.errors import UserError
     from selfimprove.stages.train import sft_rows
 
     assert sft_rows([{"prompt": "p", "chosen": "a", "rejected": "b"}]) == [{"prompt": "p", "completion": "a"}]
@@ -143,8 +143,8 @@ stages:
 
 
 def test_train_from_base_trains_the_loop_s_model_every_iteration(tmp_path):
-    from selfimprove.compiler import compile_loop
-    from selfimprove.loopfile import load_loop
+    from selfimprove.pipeline.compiler import compile_loop
+    from selfimprove.loop.loopfile import load_loop
 
     (tmp_path / "loop.yaml").write_text(LOOP)
     document, params = compile_loop(load_loop(str(tmp_path / "loop.yaml")), tmp_path)
@@ -160,8 +160,8 @@ def test_train_from_base_trains_the_loop_s_model_every_iteration(tmp_path):
 
 
 def test_a_preference_loss_on_sft_examples_is_refused_at_validate(tmp_path):
-    from selfimprove.errors import UserError
-    from selfimprove.loopfile import load_loop
+    from selfimprove.core.errors import UserError
+    from selfimprove.loop.loopfile import load_loop
 
     path = tmp_path / "loop.yaml"
     path.write_text(LOOP.replace("  train: {from: base}\n", "  pairs: {rule: system2}\n  train: {loss: dpo}\n"))
@@ -170,8 +170,8 @@ def test_a_preference_loss_on_sft_examples_is_refused_at_validate(tmp_path):
 
 
 def test_the_system2_loop_compiles_to_generate_vote_pairs_train_evaluate(tmp_path):
-    from selfimprove.compiler import compile_loop
-    from selfimprove.loopfile import load_loop
+    from selfimprove.pipeline.compiler import compile_loop
+    from selfimprove.loop.loopfile import load_loop
 
     root = Path(__file__).resolve().parent.parent
     document, _ = compile_loop(load_loop(str(root / "loops/system2_distillation.yaml")), tmp_path)
@@ -229,7 +229,7 @@ def test_system2_attention_answers_from_the_rewrite_alone(tmp_path):
 
 
 def test_a_step_template_with_the_wrong_placeholders_is_one_line(tmp_path):
-    from selfimprove.errors import UserError
+    from selfimprove.core.errors import UserError
     from selfimprove.stages.system2 import load_steps
 
     bad = tmp_path / "step2.txt"
@@ -240,8 +240,8 @@ def test_a_step_template_with_the_wrong_placeholders_is_one_line(tmp_path):
 
 
 def test_a_system2_pipeline_loop_compiles_with_its_templates_as_code(tmp_path):
-    from selfimprove.compiler import compile_loop
-    from selfimprove.loopfile import load_loop
+    from selfimprove.pipeline.compiler import compile_loop
+    from selfimprove.loop.loopfile import load_loop
 
     (tmp_path / "loop.yaml").write_text(
         "name: s\nmodel: builtin:tiny-arith\ndata: {prompts: builtin:arith/train, eval: builtin:arith/test}\n"
@@ -258,7 +258,7 @@ def test_a_system2_pipeline_loop_compiles_with_its_templates_as_code(tmp_path):
 def test_the_reward_model_s_training_pairs_put_a_right_response_over_a_wrong_one():
     import importlib.util
 
-    from selfimprove.answers import extract_final
+    from selfimprove.tasks.answers import extract_final
 
     path = Path(__file__).resolve().parent.parent / "examples/natural_reasoning/train_reward_model.py"
     spec = importlib.util.spec_from_file_location("train_reward_model", path)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selfimprove import stop
-from selfimprove.errors import UserError
+from selfimprove.loop import stop
+from selfimprove.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 # README, "Self-Rewarding, Meta-Rewarding and TPO, in miniature": greedy accuracy per iteration, and the
@@ -67,7 +67,7 @@ def test_patience_length_and_budget_rules():
     ("{metric: accuracy, drop: 0.05}", r"stop: expected a list of rules"),
 ])
 def test_a_bad_rule_is_one_line_naming_the_file_line_and_key(tmp_path, rule, message):
-    from selfimprove.loopfile import load_loop
+    from selfimprove.loop.loopfile import load_loop
 
     path = tmp_path / "loop.yaml"
     path.write_text((ROOT / "loops/scpo.yaml").read_text() + f"stop: {rule}\n")

@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from selfimprove.stages.train import launcher as train_launcher
-from selfimprove.registry import stage_defaults
-from selfimprove.untrained import save_untrained
+from selfimprove.core.registry import stage_defaults
+from selfimprove.stages.untrained import save_untrained
 
 
 def test_two_cpu_processes_train_one_model_that_the_next_stage_loads(tmp_path):
@@ -44,7 +44,7 @@ def test_two_cpu_processes_train_one_model_that_the_next_stage_loads(tmp_path):
     from safetensors.torch import load_file
 
     from selfimprove import models
-    from selfimprove.sampling import sample
+    from selfimprove.backends.sampling import sample
 
     base, trained = (load_file(tmp_path / name / "model.safetensors") for name in ("base", "model"))
     assert any(not torch.equal(base[k], trained[k]) for k in base)

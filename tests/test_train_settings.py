@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selfimprove import compiler, loopfile
-from selfimprove.loopfile import load_loop
-from selfimprove.errors import UserError
+from selfimprove.pipeline import compiler
+from selfimprove.loop import loopfile
+from selfimprove.loop.loopfile import load_loop
+from selfimprove.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOP = """\

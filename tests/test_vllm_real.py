@@ -33,7 +33,7 @@ if not _real_vllm():
 
 from selfimprove.backends import open_backend  # noqa: E402
 from selfimprove.backends.hf import HFBackend  # noqa: E402
-from selfimprove.errors import UserError  # noqa: E402
+from selfimprove.core.errors import UserError  # noqa: E402
 from test_backends import PROMPTS, shifted_repeats  # noqa: E402
 
 # A small share of CPU memory (the default 0.9 fails beside anything else on 24 GiB); float32 weights
@@ -46,7 +46,7 @@ def chat_model(tmp_path_factory) -> str:
     """The tiny architecture with random weights and a Llama-style chat template (it writes the BOS)."""
     from transformers import AutoTokenizer
 
-    from selfimprove.untrained import save_untrained
+    from selfimprove.stages.untrained import save_untrained
 
     directory = save_untrained(tmp_path_factory.mktemp("real") / "model", layers=1)
     tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -168,7 +168,7 @@ def server(chat_model, tmp_path_factory):
 
 
 def test_the_openai_backend_and_the_judge_client_on_a_real_vllm_server(server, engine, chat_model):
-    from selfimprove.openai_api import Endpoint
+    from selfimprove.backends.openai_client import Endpoint
 
     offline = engine.sample(PROMPTS, 1, 0.0, 1.0, 8, 8, seed=0)
     completions = open_backend({"backend": "openai", "openai": {"endpoints": [server]}}, chat_model)
@@ -192,7 +192,7 @@ def test_an_exported_lora_iteration_is_served_by_vllm_serve(chat_model, tmp_path
 
     from selfimprove import models
     from selfimprove.backends.serve import Servers
-    from selfimprove.export import export
+    from selfimprove.results.export import export
 
     base, tokenizer = models.load(chat_model, for_training=True)
     adapted = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM", target_modules=[

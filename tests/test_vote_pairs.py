@@ -3,8 +3,8 @@
 import random
 from pathlib import Path
 
-from selfimprove.registry import stage_defaults
-from selfimprove.rules.votes import gold_pairs, scpo_pair
+from selfimprove.core.registry import stage_defaults
+from selfimprove.scoring.rules.votes import gold_pairs, scpo_pair
 from selfimprove.stages.pairs import build_pairs
 from selfimprove.stages.vote import vote
 
@@ -71,7 +71,7 @@ def test_extra_samples_never_vote_but_supply_the_rejected_answer():
 
 
 def test_tau_schedule_from_the_loop_file_reaches_the_pairs(tmp_path):
-    from selfimprove.loopfile import load_loop
+    from selfimprove.loop.loopfile import load_loop
 
     loop = load_loop(ROOT / "loops/scpo.yaml")
     taus = [loop.per_iteration[k]["pairs"]["min_votes"] for k in (1, 2, 3)]
@@ -115,7 +115,7 @@ def test_irpo_pairs_script_sorts_rejected_answers_by_their_mistake(tmp_path):
     import importlib.util
     import json
 
-    from selfimprove.tinyarith import direct_solution, worked_solution
+    from selfimprove.tasks.tinyarith import direct_solution, worked_solution
 
     path = Path(__file__).resolve().parent.parent / "examples/scpo-vs-irpo/irpo_pairs.py"
     spec = importlib.util.spec_from_file_location("irpo_pairs", path)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from selfimprove.weighted_dpo import weighted_dpo_nll_loss
+from selfimprove.models.weighted_dpo import weighted_dpo_nll_loss
 
 
 def test_loss_matches_a_hand_computation():
@@ -34,13 +34,13 @@ def test_zero_weight_pairs_contribute_nothing_and_alpha_zero_is_plain_dpo():
 
 def test_trainer_carries_weights_to_the_loss(tmp_path):
     """Zero-weight pairs leave the model untouched; the same pairs at weight 1 move it."""
-    from selfimprove.untrained import save_untrained
+    from selfimprove.stages.untrained import save_untrained
     from selfimprove.stages.train import train
 
     save_untrained(tmp_path / "base")
     pairs = [{"prompt": f"{a}+{a}=", "chosen": f" #### {2 * a}", "rejected": f" #### {2 * a + 1}", "weight": 0.0}
              for a in range(10, 18)]
-    from selfimprove.registry import stage_defaults
+    from selfimprove.core.registry import stage_defaults
 
     settings = stage_defaults("train")
     settings.update(lr=1e-2, batch_size=4, max_length=32, save_steps=100)

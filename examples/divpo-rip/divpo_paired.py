@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from selfimprove import data as data_sources
+from selfimprove.tasks import data as data_sources
 from selfimprove.backends import open_backend
 from selfimprove.tasks import sums
 

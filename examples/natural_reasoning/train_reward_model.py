@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from selfimprove import tinyarith
+from selfimprove.tasks import tinyarith
 from selfimprove.stages.bootstrap import build_tokenizer
 from selfimprove.tasks.arith_evaluator import nearby_problem, wrong_answer
 
@@ -94,7 +94,7 @@ def build(out: Path, init: str | None) -> None:
 
 
 def check(out: Path) -> None:
-    from selfimprove.rewards import model_scores
+    from selfimprove.scoring.rewards import model_scores
 
     rows = pairs("validation", 1000, SEED + 1)
     settings = {"model": str(out), "revision": "", "chat_template": False, "batch_size": 256, "seed": 0}

@@ -6,7 +6,7 @@ responses are. Reads a finished run's pairs; computes nothing new.
     python examples/scpo-vs-irpo/irpo_pairs.py --greedy MODEL   # an iteration's greedy answers on 1,000
                                                                 # validation problems, by the same kinds
 
-Kinds of rejected response (the embedded task's formats, selfimprove.tinyarith):
+Kinds of rejected response (the embedded task's formats, selfimprove.tasks.tinyarith):
 - direct:           a guessed sum (` #### 785`), no steps;
 - wrong step:       worked steps with a mistake in some column, whose final answer copies the running
                     result the steps reached (the tail is right given the steps);
@@ -61,7 +61,7 @@ def main(project: Path, run: str) -> None:
 
 def greedy_kinds(model: str, count: int = 1000) -> Counter:
     """What a model's greedy answers to validation problems are: right, or which kind of mistake."""
-    from selfimprove import tinyarith
+    from selfimprove.tasks import tinyarith
     from selfimprove.backends.hf import HFBackend
 
     records = tinyarith.problems(seed=0, count=count, digits=3, split="validation")

@@ -14,7 +14,7 @@ import json
 import random
 from pathlib import Path
 
-from selfimprove import tinyarith
+from selfimprove.tasks import tinyarith
 from selfimprove.tasks.arith_evaluator import wrong_answer
 
 HERE = Path(__file__).resolve().parent

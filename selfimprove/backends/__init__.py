@@ -22,13 +22,13 @@ from pathlib import Path
 
 
 def open_backend(run: dict, model_ref: str, revision: str | None = None, scratch: str | Path | None = None):
-    """The backend the loop names (run["backend"], default hf; selfimprove.registry.BACKENDS) for the
+    """The backend the loop names (run["backend"], default hf; selfimprove.core.registry.BACKENDS) for the
     model at model_ref, with its section (run["vllm"] / run["openai"]) over the backend's defaults.
-    scratch is the stage's scratch area (selfimprove.shards), where the OpenAI backend keeps its response
+    scratch is the stage's scratch area (selfimprove.stages.shards), where the OpenAI backend keeps its response
     cache and vLLM a LoRA adapter's merged model. Models load on first use, so a stage whose shards are
     all reused from an interrupted run never loads one."""
-    from selfimprove.errors import UserError
-    from selfimprove.registry import UnknownName, resolve
+    from selfimprove.core.errors import UserError
+    from selfimprove.core.registry import UnknownName, resolve
 
     name = run.get("backend", "hf")
     try:
@@ -47,7 +47,7 @@ def open_backend(run: dict, model_ref: str, revision: str | None = None, scratch
 
 def chat_prompts(tokenizer, prompts: list[str]) -> list[str]:
     """Each prompt as the single user turn of the tokenizer's chat template, ready for the reply."""
-    from selfimprove.errors import UserError
+    from selfimprove.core.errors import UserError
 
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("chat_template: the model's tokenizer has no chat template; set chat_template: false "

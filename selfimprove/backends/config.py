@@ -7,8 +7,8 @@ from __future__ import annotations
 import copy
 import re
 
-from selfimprove.registry import BACKENDS, resolve, suggestion
-from selfimprove.validation import Problems, check_section, check_values, defaults
+from selfimprove.core.registry import BACKENDS, resolve, suggestion
+from selfimprove.core.validation import Problems, check_section, check_values, defaults
 
 
 def check_backend(raw: dict, problems: Problems) -> tuple[str, bool, dict]:

@@ -1,6 +1,6 @@
-"""The transformers backend: the model loaded in this process, batched `generate` (selfimprove.sampling)
+"""The transformers backend: the model loaded in this process, batched `generate` (selfimprove.backends.sampling)
 and next-token probabilities from one forward pass. A model reference with a temperature head
-(selfimprove.temperature_head) decodes with the temperatures its head picks."""
+(selfimprove.models.temperature_head) decodes with the temperatures its head picks."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ class HFBackend:
 
     def _load(self):
         if self._model is None:
-            from selfimprove import models, temperature_head
+            from selfimprove import models
+            from selfimprove.models import temperature_head
 
             self._model, self._tokenizer = models.load(self.model_ref, self.revision)
             if temperature_head.is_head(self.model_ref):
@@ -30,8 +31,8 @@ class HFBackend:
 
     @property
     def temperature_head(self):
-        """The model's temperature head config (selfimprove.temperature_head.HeadConfig), or None."""
-        from selfimprove import temperature_head
+        """The model's temperature head config (selfimprove.models.temperature_head.HeadConfig), or None."""
+        from selfimprove.models import temperature_head
 
         return temperature_head.read_config(self.model_ref) if temperature_head.is_head(self.model_ref) else None
 
@@ -39,7 +40,7 @@ class HFBackend:
                                  batch_size: int, seed: int, pick: str = "sample", on_batch=None):
         """With a temperature head: (n completions per prompt, the temperature of each: one number at
         sequence level, one per generated token at token level). pick: sample the head or take its argmax."""
-        from selfimprove import temperature_head
+        from selfimprove.models import temperature_head
 
         model, tokenizer = self._load()
         head, config = self._head
@@ -52,7 +53,7 @@ class HFBackend:
 
     def sample(self, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
                batch_size: int, seed: int, on_batch=None) -> list[list[str]]:
-        from selfimprove.sampling import sample
+        from selfimprove.backends.sampling import sample
 
         model, tokenizer = self._load()
         if self._head is not None:  # the head picks the temperature; `temperature` is not used

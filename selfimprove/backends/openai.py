@@ -5,7 +5,7 @@ one or several `vllm serve runs/scpo/it1/model` processes.
     openai: {endpoints: [http://gpu1:8000/v1, http://gpu2:8000/v1], api_key_env: MY_KEY}
 
 One request per sample (n = 1, with its own seed), so requests spread evenly over the servers and every
-completed sample is cached on its own (selfimprove.openai_api.ResponseCache, in the stage's scratch
+completed sample is cached on its own (selfimprove.backends.openai_client.ResponseCache, in the stage's scratch
 area): after a crash or a Ctrl-C the rerun sends only what never came back. Without a chat template the
 raw prompt goes to /completions, exactly the text the hf and vllm backends see; with
 `chat_template: true` it goes to /chat/completions as the user's message and the server applies the
@@ -18,9 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfimprove.backends.seeds import sample_seed
-from selfimprove.errors import UserError
-from selfimprove.openai_api import Endpoint, ResponseCache
-from selfimprove.stage import Setting
+from selfimprove.core.errors import UserError
+from selfimprove.backends.openai_client import Endpoint, ResponseCache
+from selfimprove.core.stage import Setting
 
 SETTINGS = {  # the loop file's openai: section (any OpenAI-compatible server, `vllm serve`)
     "endpoints": Setting(list, [], "base URLs; requests go to the least busy, e.g. [http://gpu1:8000/v1, "

@@ -15,8 +15,8 @@ judge.mode expected needs backend hf or vllm.
 from __future__ import annotations
 
 from selfimprove.backends.seeds import sample_seed
-from selfimprove.errors import UserError
-from selfimprove.stage import Setting
+from selfimprove.core.errors import UserError
+from selfimprove.core.stage import Setting
 
 SETTINGS = {  # the loop file's ray: section
     "address": Setting(str, "", "the cluster to join (auto: the running one; ray://host:10001); \"\": start one on this "

@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from selfimprove.errors import UserError
+from selfimprove.core.errors import UserError
 
 POLL_SECONDS = 1.0
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from selfimprove.backends.hf import continuation_tokens
 from selfimprove.backends.seeds import sample_seed
-from selfimprove.errors import UserError
-from selfimprove.stage import Setting
+from selfimprove.core.errors import UserError
+from selfimprove.core.stage import Setting
 
 # Older vLLM (no logprob_token_ids): its default engine limit on returned logprobs (max_logprobs); asking
 # for more fails, and a choice outside the 20 most likely next tokens gets probability 0.
@@ -166,7 +166,7 @@ class VLLMBackend:
         if self._workers is None:
             from selfimprove.backends.vllm_workers import WorkerPool
 
-            self._workers = WorkerPool(self._weights(), self.revision, self.settings, self.chat_template)
+            self._workers = WorkerPool(type(self), self._weights(), self.revision, self.settings, self.chat_template)
         return self._workers
 
     def _weights(self) -> str:
@@ -239,9 +239,3 @@ def release_gpu_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def visible_devices(count: int) -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (all `count` when unset)."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return [d.strip() for d in listed.split(",") if d.strip()] if listed else [str(i) for i in range(count)]

@@ -13,7 +13,7 @@ import atexit
 import multiprocessing
 import os
 
-from selfimprove.errors import UserError
+from selfimprove.core.errors import UserError
 
 CHUNKS_PER_WORKER = 4  # more chunks balance better; each costs a round trip and a smaller vLLM batch
 
@@ -38,10 +38,15 @@ def device_groups(visible: list[str], copies: int, per_copy: int) -> list[str]:
     return [",".join(visible[rank * per_copy:(rank + 1) * per_copy]) for rank in range(copies)]
 
 
-class WorkerPool:
-    def __init__(self, model_ref: str, revision: str | None, settings: dict, chat_template: bool):
-        from selfimprove.backends.vllm import visible_devices
+def visible_devices(count: int) -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (all `count` when unset)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [d.strip() for d in listed.split(",") if d.strip()] if listed else [str(i) for i in range(count)]
 
+
+class WorkerPool:
+    def __init__(self, backend_class, model_ref: str, revision: str | None, settings: dict, chat_template: bool):
+        # backend_class: what each worker runs (VLLMBackend, passed in: the backend imports this module)
         copies, per_copy = settings["data_parallel_size"], settings["tensor_parallel_size"]
         context = multiprocessing.get_context("spawn")
         single = {**settings, "data_parallel_size": 1}
@@ -50,8 +55,8 @@ class WorkerPool:
         for devices, port in zip(device_groups(visible_devices(copies * per_copy), copies, per_copy), ports):
             parent, child = context.Pipe()
             # Not a daemon: vLLM starts its own processes for tensor parallelism, which daemons may not.
-            process = context.Process(target=_serve, args=(child, devices, port, model_ref, revision, single,
-                                                           chat_template))
+            process = context.Process(target=_serve, args=(child, backend_class, devices, port, model_ref, revision,
+                                                           single, chat_template))
             process.start()
             child.close()
             self.pipes.append(parent)
@@ -121,15 +126,13 @@ def port_ranges(copies: int, spacing: int = 64) -> list[int]:
     return [base + spacing * rank for rank in range(copies)]
 
 
-def _serve(pipe, devices: str, port: int, model_ref: str, revision: str | None, settings: dict,
+def _serve(pipe, backend_class, devices: str, port: int, model_ref: str, revision: str | None, settings: dict,
            chat_template: bool) -> None:
     """A worker's life: restrict it to its GPUs and its ports, then answer calls until told to stop
     (None) or the parent goes away (the pipe closes)."""
     os.environ["CUDA_VISIBLE_DEVICES"] = devices
     os.environ["VLLM_PORT"] = str(port)
-    from selfimprove.backends.vllm import VLLMBackend
-
-    backend = VLLMBackend(model_ref, revision, settings, chat_template)
+    backend = backend_class(model_ref, revision, settings, chat_template)
     methods = {"sample": backend.sample_requests, "choice_probs": backend.choice_probs_here}
     try:
         while True:

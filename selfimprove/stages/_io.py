@@ -12,7 +12,7 @@ from typing import Iterable
 
 import yaml
 
-from selfimprove.errors import DiskFull, is_disk_full, writing
+from selfimprove.core.errors import DiskFull, is_disk_full, writing
 
 
 def iteration_stage_parser(doc: str, *paths: str) -> argparse.ArgumentParser:
@@ -92,7 +92,7 @@ def stage_main(main) -> None:
     line, not a traceback, and a non-zero exit that `selfimprove run` reports with the stage's name."""
     import sys
 
-    from selfimprove.errors import UserError
+    from selfimprove.core.errors import UserError
 
     try:
         main()

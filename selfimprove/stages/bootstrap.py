@@ -1,5 +1,5 @@
 """Build `builtin:tiny-arith` (or its judging variant) from scratch: a character tokenizer and a small
-Llama model trained on the mixed direct/worked arithmetic of `selfimprove.tinyarith`, plus judge
+Llama model trained on the mixed direct/worked arithmetic of `selfimprove.tasks.tinyarith`, plus judge
 examples when bootstrap.judge_fraction > 0. No downloads.
 
     python -m selfimprove.stages.bootstrap --params params.yaml --section builtin.tiny-arith \
@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from selfimprove import tinyarith
-from selfimprove.errors import writing
-from selfimprove.progress import Progress
-from selfimprove.registry import BUILTIN_TASKS, resolve
-from selfimprove.stage import Builtin, Setting, declaration
+from selfimprove.tasks import tinyarith
+from selfimprove.core.errors import writing
+from selfimprove.stages.progress import Progress
+from selfimprove.core.registry import BUILTIN_TASKS, resolve
+from selfimprove.core.stage import Builtin, Setting, declaration
 from selfimprove.stages._io import builtin_stage_args, stage_main
 
 
@@ -105,7 +105,7 @@ def main(argv=None) -> None:
 
 
 SETTINGS = {
-    "task": Setting(str, "arith", "the builtin task the model learns (selfimprove.registry.BUILTIN_TASKS)",
+    "task": Setting(str, "arith", "the builtin task the model learns (selfimprove.core.registry.BUILTIN_TASKS)",
                     choices=tuple(BUILTIN_TASKS), omit_default=True),
     "steps": Setting(int, 1500, "training steps"),
     "batch_size": Setting(int, 32, "examples per step"),
@@ -117,7 +117,7 @@ SETTINGS = {
     "meta_fraction": Setting(float, 0.0, "share of meta-judge examples (idem)"),
     "seed": Setting(int, 0, "seed of the examples and the initial weights"),
     "meta_format": Setting(str, "winner", "meta-judge completions: winner (named right after the check) or compare "
-                           "(own score, A's score, their comparison, then the winner; selfimprove.tinyarith)",
+                           "(own score, A's score, their comparison, then the winner; selfimprove.tasks.tinyarith)",
                            choices=tinyarith.META_FORMATS, omit_default=True),
     "positions": Setting(int, 128, "longest sequence, in characters (the compare meta format needs more)",
                          omit_default=True),

@@ -19,12 +19,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from selfimprove import pairwise
+from selfimprove.scoring import pairwise
 from selfimprove.backends import open_backend
-from selfimprove.judging import PROMPTS_DIR
+from selfimprove.scoring.judging import PROMPTS_DIR
 from selfimprove.models import model_identity
-from selfimprove.shards import discard, fingerprint, run_in_shards, scratch_dir
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.stages.shards import discard, fingerprint, run_in_shards, scratch_dir
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import (iteration_stage_parser, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
 
@@ -42,7 +42,7 @@ def step_file(value: str) -> Path:
 
 def step_templates(settings: dict) -> dict[str, str]:
     """Each step's template, checked for its placeholders, in the chat format."""
-    from selfimprove.judging import load_template
+    from selfimprove.scoring.judging import load_template
 
     return {step: pairwise.wrap(load_template(str(step_file(settings[f"{step}_template"])), placeholders),
                                 settings["prompt_template"])

@@ -15,8 +15,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from selfimprove.errors import UserError, writing
-from selfimprove.stage import Builtin
+from selfimprove.core.errors import UserError, writing
+from selfimprove.core.stage import Builtin
 from selfimprove.stages._io import builtin_stage_args, stage_main
 
 

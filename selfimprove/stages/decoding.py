@@ -19,12 +19,13 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from selfimprove import data as data_sources
-from selfimprove import rewards, temperature_head
+from selfimprove.tasks import data as data_sources
+from selfimprove.scoring import rewards
+from selfimprove.models import temperature_head
 from selfimprove.backends import open_backend
-from selfimprove.progress import Progress
-from selfimprove.stage import Context, Setting, Stage, declaration
-from selfimprove.stages import reward as reward_stage
+from selfimprove.stages.progress import Progress
+from selfimprove.core.stage import Context, Setting, Stage, declaration
+from selfimprove.core.registry import resolve, stage_defaults
 from selfimprove.stages._io import iteration_stage_args, read_section, revision_for, stage_main, write_json
 
 
@@ -108,7 +109,7 @@ def main(argv=None) -> None:
     records = data_sources.load_records(data["eval"], data, data["eval_size"], need_answers=False)
     records = [{**r, "kind": r.get("kind")} for r in records]
     prompts = [data["prompt_template"].format(question=r["question"]) for r in records]
-    reward_settings = stages.get("reward") or {k: s.default for k, s in reward_stage.SETTINGS.items()}
+    reward_settings = stages.get("reward") or stage_defaults("reward")
     revision = revision_for(run, args.model)
     backend = open_backend(run, args.model, revision)
     figures = decode_and_score(stages["decoding"], reward_settings, records, prompts, backend)
@@ -148,7 +149,7 @@ def files(ctx: Context) -> list[tuple[str, str]]:
 STAGE = Stage("decoding", SETTINGS, node=node, files=files, settings_of=("reward",), base_iteration=True,
               writes={"decoding_stats": "decoding.json"},
               included=lambda settings: False,  # only where a loop's pipeline names it
-              plugins=lambda ctx: [("backend", ctx.backend)] + reward_stage.plugins(ctx)
+              plugins=lambda ctx: [("backend", ctx.backend)] + resolve("stage", "reward").plugins(ctx)
               + data_sources.task_plugins(ctx.data["eval"]),
               curves=("decoding_score",))
 

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from selfimprove.backends import open_backend
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
 

@@ -13,16 +13,16 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from selfimprove import data as data_sources
-from selfimprove import judging
+from selfimprove.tasks import data as data_sources
+from selfimprove.scoring import judging
 from selfimprove.backends import open_backend
-from selfimprove.answers import extract_final, has_steps, same_answer
-from selfimprove.lengths import PAPER_TEMPLATE, instructed, word_count
-from selfimprove.progress import Progress
-from selfimprove.shards import discard, scratch_dir
-from selfimprove.stage import Context, Setting, Stage, declaration
-from selfimprove.judging import template_setting
-from selfimprove.stages.judge import greedy_scores, winner_probabilities
+from selfimprove.tasks.answers import extract_final, has_steps, same_answer
+from selfimprove.scoring.lengths import PAPER_TEMPLATE, instructed, word_count
+from selfimprove.stages.progress import Progress
+from selfimprove.stages.shards import discard, scratch_dir
+from selfimprove.core.stage import Context, Setting, Stage, declaration
+from selfimprove.scoring.judging import template_setting
+from selfimprove.scoring.judge_scores import greedy_scores, winner_probabilities
 from selfimprove.stages._io import (iteration_stage_parser, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 
-from selfimprove.errors import UserError
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.core.errors import UserError
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, stage_main, write_json, write_jsonl
 
 OFF = -1  # a percentile setting of -1 switches its rule off

@@ -3,7 +3,7 @@
     python -m selfimprove.stages.generate --params params.yaml --section scpo.it1 \
         --model runs/builtin/tiny-arith --out runs/scpo/it1/samples.jsonl --stats runs/scpo/it1/generate.json
 
-Resumable inside the stage (selfimprove.shards): prompts are processed in shards named by a fingerprint
+Resumable inside the stage (selfimprove.stages.shards): prompts are processed in shards named by a fingerprint
 of the settings, prompts, template and model, so a rerun after a crash reuses every complete shard and
 a changed setting or model never reuses a stale one. The stats file holds the stage's figures: samples,
 seconds, and the tokens, requests and cost the backend reports (the OpenAI backend).
@@ -14,12 +14,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from selfimprove import data as data_sources
+from selfimprove.tasks import data as data_sources
 from selfimprove.backends import open_backend, usage_figures
-from selfimprove.errors import UserError
+from selfimprove.core.errors import UserError
 from selfimprove.models import model_identity
-from selfimprove.shards import discard, fingerprint, run_in_shards, scratch_dir
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.stages.shards import discard, fingerprint, run_in_shards, scratch_dir
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import (iteration_stage_parser, read_jsonl, read_section, revision_for, stage_main, write_json,
                                     write_jsonl)
 
@@ -64,7 +64,7 @@ def _sample_shard(backend, shard: list[dict], settings: dict, template: str, ind
     if settings["extra_n"]:
         extras, extra_temperatures = draw(settings["extra_n"], settings["extra_temperature"], seed + 1)
     rows = [{"id": r["id"], "prompt": p, "question": r["question"], "gold": r["answer"], "solution": r.get("solution"),
-             "sample": j, "extra": j >= len(main), "completion": c, **prompt_fields(r),
+             "sample": j, "extra": j >= len(main), "completion": c, **data_sources.prompt_fields(r),
              **({"temperature": t} if head is not None else {})}
             for r, p, main, extra, temps in zip(shard, prompts, completions, extras,
                                                  [a + b for a, b in zip(temperatures, extra_temperatures)])
@@ -77,15 +77,6 @@ def _sample_shard(backend, shard: list[dict], settings: dict, template: str, ind
                                  settings["batch_size"])
         rows = [{**row, "logprob": value} for row, value in zip(rows, found)]
     return rows
-
-
-def prompt_fields(record: dict) -> dict:
-    """What a data source knows of a prompt beyond question and answer (the RIP miniature's `bad`),
-    carried to the samples, scores and pairs as prompt_<field> for their statistics."""
-    return {f"prompt_{key}": value for key, value in record.items() if key not in STANDARD_FIELDS}
-
-
-STANDARD_FIELDS = ("id", "question", "answer", "solution")
 
 
 def generation_stats(records: list[dict], out: str | Path, backend, seconds: float) -> dict:

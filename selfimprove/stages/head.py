@@ -7,7 +7,7 @@ the iteration samples with and LPO trains.
 A policy without a head (the loop's model) gets a fresh one, uniform over the temperatures (its last
 layer starts at zero), reading the model's last hidden state. A policy with one (the previous
 iteration's LPO output) keeps it: the head's files are copied, and settings that disagree with the head
-it has fail in one line. The output is a head directory (selfimprove.temperature_head): a few kilobytes
+it has fail in one line. The output is a head directory (selfimprove.models.temperature_head): a few kilobytes
 beside a language model that is never copied or changed.
 """
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from selfimprove import temperature_head
-from selfimprove.errors import UserError
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.models import temperature_head
+from selfimprove.core.errors import UserError
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_args, read_section, revision_for, stage_main
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfimprove import pairwise
+from selfimprove.scoring import pairwise
 from selfimprove.backends import open_backend
-from selfimprove.progress import Progress
-from selfimprove.shards import scratch_dir
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.stages.progress import Progress
+from selfimprove.stages.shards import scratch_dir
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_parser, read_section, revision_for, stage_main, write_json
 
 SHARED = ("template", "prompt_template", "response_marker", "verdict_pattern", "prefill", "max_new_tokens")
@@ -96,9 +96,9 @@ def main(argv=None) -> None:
 
 
 def _pairjudge_defaults() -> dict:
-    from selfimprove.stages import pairjudge
+    from selfimprove.core.registry import stage_defaults
 
-    return {key: setting.default for key, setting in pairjudge.SETTINGS.items()}
+    return stage_defaults("pairjudge")
 
 
 SETTINGS = {

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import random
 
-from selfimprove.lengths import PAPER_TEMPLATE, instructed, word_count
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.scoring.lengths import PAPER_TEMPLATE, instructed, word_count
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_parser, read_jsonl, read_section, stage_main, write_json, write_jsonl
 
 
@@ -98,7 +98,7 @@ def node(ctx: Context) -> dict:
 @declaration
 def check(settings: dict, problems, top: dict) -> None:
     """Something must give lift its pairs: an earlier stage of the pipeline, or a file."""
-    from selfimprove.registry import resolve
+    from selfimprove.core.registry import resolve
 
     pipeline = top.get("pipeline") or []
     before = pipeline[:pipeline.index("lift")] if "lift" in pipeline else []

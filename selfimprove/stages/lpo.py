@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from selfimprove import temperature_head
-from selfimprove.errors import UserError
-from selfimprove.progress import Progress
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.models import temperature_head
+from selfimprove.core.errors import UserError
+from selfimprove.stages.progress import Progress
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, stage_main, write_json
 
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from selfimprove import judging
+from selfimprove.scoring import judging
 from selfimprove.backends import open_backend
-from selfimprove.stage import Context, Setting, Stage, declaration
-from selfimprove.judging import one_group, template_setting
-from selfimprove.stages.judge import winner_probabilities
+from selfimprove.core.stage import Context, Setting, Stage, declaration
+from selfimprove.scoring.judging import one_group, template_setting
+from selfimprove.scoring.judge_scores import winner_probabilities
 from selfimprove.models import model_identity
-from selfimprove.shards import discard, fingerprint, run_in_shards
+from selfimprove.stages.shards import discard, fingerprint, run_in_shards
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
 
@@ -232,7 +232,7 @@ STAGE = Stage("metajudge", SETTINGS, node=node, reads=("scores",),
 
 @declaration
 def judged(settings: dict) -> bool:
-    from selfimprove.rules import needs
+    from selfimprove.scoring.rules import needs
 
     return needs(settings) == "scores"
 

@@ -1,7 +1,7 @@
 """Judge synthetic pairs in both orders (Self-Taught Evaluator, Wang et al. 2024): the current judge (the
 policy, or a model directory) is shown each contrast pair as A/B and as B/A and samples n judgements
 per order, each ending in a verdict. Every judgement is kept with its verdict and the verdict the
-construction makes right; the judgement rules (selfimprove.rules.judgements) turn them into training
+construction makes right; the judgement rules (selfimprove.scoring.rules.judgements) turn them into training
 data. Health figures go to the stats file: parse failures, agreement with the construction, position
 consistency, how often the first position wins. Resumable in shards.
 
@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfimprove import pairwise
+from selfimprove.scoring import pairwise
 from selfimprove.backends import open_backend
-from selfimprove.errors import UserError
+from selfimprove.core.errors import UserError
 from selfimprove.models import model_identity
-from selfimprove.shards import discard, fingerprint, run_in_shards, scratch_dir
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.stages.shards import discard, fingerprint, run_in_shards, scratch_dir
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
 

@@ -1,4 +1,4 @@
-"""Build preference pairs from a scorer's records with the loop's pair rule (selfimprove.rules): votes
+"""Build preference pairs from a scorer's records with the loop's pair rule (selfimprove.scoring.rules): votes
 (ScPO's vote rule, IRPO's gold rule, the semi-supervised mix) or scores (Self-Rewarding's best vs worst,
 TPO's length-controlled score, Meta-Rewarding's band). Meta-Rewarding's judge pairs, where the
 iteration's pipeline has a metajudge stage, are trained on with the actor pairs.
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import random
 
-from selfimprove.registry import PAIR_RULES, resolve
-from selfimprove.rules import needs, rule_of
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.core.registry import PAIR_RULES, resolve
+from selfimprove.scoring.rules import needs, rule_of
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_parser, read_jsonl, read_section, stage_main, write_json, write_jsonl
 
 
@@ -40,7 +40,7 @@ def main(argv=None) -> None:
 
 
 SETTINGS = {
-    "rule": Setting(str, "most_vs_least_voted", "how pairs are made: a rule of selfimprove.registry.PAIR_RULES "
+    "rule": Setting(str, "most_vs_least_voted", "how pairs are made: a rule of selfimprove.core.registry.PAIR_RULES "
                     "(most_vs_least_voted is ScPO, gold IRPO, best_vs_worst Self-Rewarding)", choices=tuple(PAIR_RULES)),
     "min_votes": Setting(float, 0.5, "tau as a fraction of n: keep a prompt if its top answer has >= tau*n votes",
                          check=lambda v: 0 <= v <= 1, fix="is a fraction of n; use a value in [0, 1], e.g. 0.5"),

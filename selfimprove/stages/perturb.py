@@ -21,13 +21,13 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from selfimprove import pairwise
-from selfimprove.answers import extract_final, same_answer
+from selfimprove.scoring import pairwise
+from selfimprove.tasks.answers import extract_final, same_answer
 from selfimprove.backends import open_backend
-from selfimprove.judging import one_group
+from selfimprove.scoring.judging import one_group
 from selfimprove.models import model_identity
-from selfimprove.shards import discard, fingerprint, run_in_shards, scratch_dir
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.stages.shards import discard, fingerprint, run_in_shards, scratch_dir
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from selfimprove.stage import Context, Stage, declaration
+from selfimprove.core.stage import Context, Stage, declaration
 from selfimprove.stages._io import iteration_stage_parser, stage_main, write_json
 
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from selfimprove import judging, rewards
-from selfimprove.answers import extract_final, same_answer
-from selfimprove.errors import UserError
-from selfimprove.registry import REWARD_RULES
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.scoring import judging, rewards
+from selfimprove.tasks.answers import extract_final, same_answer
+from selfimprove.core.errors import UserError
+from selfimprove.core.registry import REWARD_RULES
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, stage_main, write_json, write_jsonl
 
 

@@ -7,17 +7,17 @@
 Each candidate is one sample of a few-shot prompt made of `fewshot` examples drawn at random from the
 examples file (RIP's kept pairs, or any JSONL of prompts), seeded per candidate. Candidates whose
 ROUGE-L against an example or an earlier survivor reaches `duplicate_threshold` are dropped
-(selfimprove.selfrip). The survivors are the prompts of the generate stage after this one, so the
+(selfimprove.stages.selfrip). The survivors are the prompts of the generate stage after this one, so the
 iteration's judge, pairs and filter stages score and filter them again, as in the paper.
 """
 
 from __future__ import annotations
 
 from selfimprove.backends import open_backend
-from selfimprove.errors import UserError
-from selfimprove.selfrip import dedupe, fewshot_prompt, parse_new_prompt, pick_examples
-from selfimprove.shards import scratch_dir
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.core.errors import UserError
+from selfimprove.stages.selfrip import dedupe, fewshot_prompt, parse_new_prompt, pick_examples
+from selfimprove.stages.shards import scratch_dir
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main, write_json,
                                     write_jsonl)
 
@@ -101,7 +101,7 @@ def node(ctx: Context) -> dict:
 
 STAGE = Stage("synthesize", SETTINGS, node=node, writes={"prompts": "prompts.jsonl", "synthesize_stats": "synthesize.json"},
               included=lambda settings: False, check=check,  # only where a loop's pipeline names it
-              plugins=lambda ctx: [("backend", ctx.backend), ("module", "selfimprove.selfrip")])
+              plugins=lambda ctx: [("backend", ctx.backend), ("module", "selfimprove.stages.selfrip")])
 
 
 if __name__ == "__main__":

@@ -25,16 +25,15 @@ import re
 import time
 from pathlib import Path
 
-from selfimprove import data as data_sources
+from selfimprove.tasks import data as data_sources
 from selfimprove.backends import open_backend, usage_figures
-from selfimprove.errors import UserError
-from selfimprove.judging import PROMPTS_DIR
+from selfimprove.core.errors import UserError
+from selfimprove.scoring.judging import PROMPTS_DIR
 from selfimprove.models import model_identity
-from selfimprove.shards import discard, fingerprint, run_in_shards, scratch_dir
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.stages.shards import discard, fingerprint, run_in_shards, scratch_dir
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import (iteration_stage_parser, read_section, revision_for, stage_main, write_json,
                                     write_jsonl)
-from selfimprove.stages.generate import prompt_fields
 
 TEMPLATES = {"cot": "cot.txt", "rar-rephrase": "rar_rephrase.txt", "rar-respond": "rar_respond.txt",
              "s2a-rewrite": "s2a_rewrite.txt", "s2a-answer": "s2a_answer.txt"}
@@ -99,7 +98,7 @@ def system2(settings: dict, records: list[dict], model_ref: str, out: str | Path
                               on_done)
         return [{"id": r["id"], "prompt": system1_template.format(question=r["question"]), "question": r["question"],
                  "gold": r["answer"], "solution": r.get("solution"), "sample": j, "extra": False,
-                 "completion": chain["output"], "system2_steps": chain["steps"], **prompt_fields(r)}
+                 "completion": chain["output"], "system2_steps": chain["steps"], **data_sources.prompt_fields(r)}
                 for r, per_question in zip(shard, chains) for j, chain in enumerate(per_question)]
 
     key = fingerprint(settings, templates, records, system1_template, model_identity(model_ref, revision))

@@ -23,9 +23,9 @@ import os
 import shutil
 from pathlib import Path
 
-from selfimprove.errors import UserError, writing
+from selfimprove.core.errors import UserError, writing
 from selfimprove.models import model_identity
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_parser, read_jsonl, read_section, revision_for, stage_main
 
 
@@ -190,7 +190,7 @@ def _progress_callback():
     them take the same steps)."""
     from transformers import TrainerCallback
 
-    from selfimprove.progress import Progress
+    from selfimprove.stages.progress import Progress
 
     class StepProgress(TrainerCallback):
         progress = None
@@ -230,7 +230,7 @@ def _sft_trainer(model, tokenizer, dataset, config, peft_config=None):
 
 
 def _trainer(model, tokenizer, dataset, config, alpha: float, peft_config=None):
-    from selfimprove.weighted_dpo import WeightedDPOTrainer, WeightedPreferenceCollator
+    from selfimprove.models.weighted_dpo import WeightedDPOTrainer, WeightedPreferenceCollator
 
     tokenizer.padding_side = "right"
     collator = WeightedPreferenceCollator(pad_token_id=tokenizer.pad_token_id, max_length=config.max_length,
@@ -351,7 +351,7 @@ def plot(ctx: Context) -> dict:
 def check(settings: dict, problems, top: dict) -> None:
     """A preference loss on SFT examples (a rule that makes one completion per prompt) has nothing to
     reject."""
-    from selfimprove.rules import rule_of
+    from selfimprove.scoring.rules import rule_of
 
     rule = rule_of(settings)
     if getattr(rule, "makes", "pairs") == "sft" and settings["train"]["loss"] != "sft":

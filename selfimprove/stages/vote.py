@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from selfimprove.answers import extract_final
-from selfimprove.rules import needs
-from selfimprove.stage import Context, Setting, Stage, declaration
+from selfimprove.tasks.answers import extract_final
+from selfimprove.scoring.rules import needs
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_args, read_jsonl, read_section, stage_main, write_jsonl
 
 # How a sample's final answer is read; one entry per answer format.

@@ -1,6 +1,6 @@
 """Builtin tasks: synthetic data made in the project, for the builtin models and the miniatures.
 
-A task (registered in selfimprove.registry.BUILTIN_TASKS as "module:TASK") is a `Task`:
+A task (registered in selfimprove.core.registry.BUILTIN_TASKS as "module:TASK") is a `Task`:
 - chars: the character vocabulary of its prompts and completions (the builtin model's tokenizer);
 - rows(seed, size, split, data) -> [{"question", "answer", "solution"}]: the prompts of
   `data.prompts: builtin:<task>/<split>` (split: train, validation or test; disjoint), answer None

@@ -1,6 +1,6 @@
 """The embedded arithmetic task's evaluator variant, behind `builtin:tiny-arith-evaluator`: the miniature
 of the Self-Taught Evaluator's seed model (Wang et al. 2024). It solves and judges like
-`builtin:tiny-arith-judge` (selfimprove.tinyarith) and also learns two formats of that paper:
+`builtin:tiny-arith-judge` (selfimprove.tasks.tinyarith) and also learns two formats of that paper:
 
     pairwise prompt:  "447+338=786 B:785 pair:"
     judgement:        " 7+8=15 r5; 4+3+1=8 r85; 4+3=7 r785; 786 vs 785: 7=7, 8=8, 6/5. [[B]]"
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 
-from selfimprove import tinyarith
+from selfimprove.tasks import tinyarith
 from selfimprove.tasks import Task
 
 PAIRWISE_TEMPLATE = "{question}{response_a} B:{response_b} pair:"

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import random
 
-from selfimprove import tinyarith
-from selfimprove.answers import extract_final, same_answer
-from selfimprove.stage import Builtin
+from selfimprove.tasks import tinyarith
+from selfimprove.tasks.answers import extract_final, same_answer
+from selfimprove.core.stage import Builtin
 from selfimprove.tasks import Task, sums
 
 CHARS = sums.CHARS  # tinyarith's characters, plus those of "sum" and the colon

@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import zlib
 
-from selfimprove import tinyarith
+from selfimprove.tasks import tinyarith
 from selfimprove.tasks import Task
 
 LETTERS = "abcdefghij"  # an operand written in letters: digit d -> LETTERS[d]

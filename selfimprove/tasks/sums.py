@@ -20,8 +20,8 @@ import re
 import zlib
 from collections import Counter
 
-from selfimprove import tinyarith
-from selfimprove.stage import Builtin
+from selfimprove.tasks import tinyarith
+from selfimprove.core.stage import Builtin
 from selfimprove.tasks import Task
 
 CHARS = tinyarith.CHARS + ["s", "u", "m", ":"]  # tiny-arith's, plus the letters of "sum" and the colon

@@ -1,0 +1,196 @@
+"""What a stage declares about itself, next to its code: its settings, what it reads and writes, and how it
+becomes a DVC node in an iteration's context. The loop loader checks settings against these
+declarations and the compiler asks each stage of an iteration's pipeline for its node; neither knows any
+stage by name.
+
+A stage module ends with its declaration, e.g. (selfimprove/stages/vote.py):
+
+    SETTINGS = {"extract": Setting(str, "final_number", "how a sample's final answer is read",
+                                   choices=("final_number",))}
+
+    @declaration
+    def node(ctx: Context) -> dict:
+        return ctx.node("vote", cmd=..., deps=[ctx.inputs["samples"]], outs=[ctx.outputs["votes"]])
+
+    STAGE = Stage("vote", SETTINGS, reads=("samples",), writes={"votes": "votes.jsonl"}, node=node,
+                  included=lambda s: needs(s) == "votes")
+
+The declaration is not part of the stage's code fingerprint (selfimprove.pipeline.fingerprint): its effects reach
+DVC as the node itself and as the params its settings resolve to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+def declaration(function: Callable) -> Callable:
+    """Marks a function that only declares (a DVC node, a settings check): the code fingerprint skips it,
+    so editing a node or a check re-runs nothing by itself (DVC sees a changed node in dvc.yaml)."""
+    function.__selfimprove_declaration__ = True
+    return function
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a stage: its type and default, a one-line help, and its checks.
+
+    file: the value names a file. A user's path becomes a DVC dependency of the stage by construction;
+    `resolve_file` maps a name to the file it stands for (a builtin template to the package's prompt,
+    which counts as code; see selfimprove.pipeline.fingerprint), or to None when no file stands behind it."""
+
+    type: type
+    default: Any
+    help: str = ""
+    choices: tuple = ()
+    check: Callable[[Any], bool] | None = None
+    fix: str = ""  # what the error says after the value when check fails, e.g. "must be >= 1"
+    file: bool = False
+    resolve_file: Callable[[str], Path | None] | None = None
+    # A setting added after projects had run their loops: at its default (what the stage did before the
+    # setting existed) it is left out of params, so upgrading re-runs nothing. Stages read it with .get.
+    omit_default: bool = False
+
+
+@dataclass
+class Stage:
+    """A stage of the stage library.
+
+    reads: artifacts an earlier stage of the iteration must write ("model" is always there: the policy),
+        or a function of the iteration's settings giving them (pairs: what its rule needs).
+    optional_reads: artifacts used when an earlier stage writes them.
+    writes: artifact -> file name inside the iteration's directory ("model" replaces the policy;
+        "metrics" and "<name>_stats" are metrics files, which the run's report collects).
+    node(ctx) -> the DVC stage (cmd, deps, params, outs, metrics).
+    included(settings of the iteration) -> whether a loop without `pipeline:` runs the stage.
+    check(settings of the iteration, problems, path) -> cross-setting problems, added to problems.
+    plugins(ctx) -> the registry entries (kind, name) whose code the stage runs (its backend, its rule);
+        kind "module" names a module of the package outright.
+    files(ctx) -> the (stage, key) file settings it reads; by default all of its
+        own. Each names a project file (a DVC dependency) or a file of the package (code).
+    adapter(settings of the iteration) -> whether the "model" it writes is a LoRA adapter, which needs the
+        chain of models under it to load (the compiler makes that chain a dependency of its readers).
+    settings_of: other stages whose settings it reads where the loop has them (evaluation: the judge's).
+    base_iteration: also runs at iteration 0, on the base model (evaluation).
+    scope: "iteration" (one node per iteration of its pipeline) or "run" (one node per run, last).
+    curves: the metrics it writes that the run's plot shows across iterations (`dvc plots show`).
+    plot(ctx) -> a top-level DVC plot definition {file: {x, y, title}} (a run-scope stage: the report)."""
+
+    name: str
+    settings: dict[str, Setting]
+    node: Callable[["Context"], dict]
+    reads: tuple[str, ...] | Callable[[dict], tuple[str, ...]] = ()
+    optional_reads: tuple[str, ...] = ()
+    writes: dict[str, str] = field(default_factory=dict)
+    included: Callable[[dict], bool] = lambda settings: True
+    check: Callable | None = None
+    plugins: Callable[["Context"], list[tuple[str, str]]] = lambda ctx: []
+    files: Callable[["Context"], list[tuple[str, str]]] | None = None
+    adapter: Callable[[dict], bool] = lambda settings: False
+    settings_of: tuple[str, ...] = ()
+    base_iteration: bool = False
+    scope: str = "iteration"
+    curves: tuple[str, ...] = ()
+    plot: Callable[["Context"], dict] | None = None
+    module: str = ""  # set by the registry: the module whose code the stage runs
+
+    def defaults(self) -> dict:
+        return {key: setting.default for key, setting in self.settings.items()}
+
+    def tracked(self, values: dict) -> dict:
+        return tracked_values(self.settings, values)
+
+    def required(self, settings: dict) -> tuple[str, ...]:
+        return tuple(self.reads(settings) if callable(self.reads) else self.reads)
+
+
+def tracked_values(settings: dict[str, Setting], values: dict) -> dict:
+    """The values params record: all but those an omit_default setting has at its default."""
+    return {key: value for key, value in values.items()
+            if not (key in settings and settings[key].omit_default and value == settings[key].default)}
+
+
+@dataclass
+class Context:
+    """What a stage's node is compiled in: one iteration of one run.
+
+    settings: every stage's resolved settings in this iteration (iteration 0 uses iteration 1's).
+    inputs / outputs: artifact -> path, from the earlier stages of the pipeline / of this stage.
+    policy: the model this iteration starts from; policy_is_dep: whether it is a file DVC hashes.
+    tracked: the stage sections the run's params hold in every iteration (a stage may read another's).
+    backend: the loop's generation backend; backend_keys: its params, tracked by the stages that sample.
+    data_keys(side) / data_file(side): the data params a stage reading data.<side> tracks / its file.
+    code_keys(stage, ctx): the params keys of the code fingerprints the stage's node depends on.
+    file_deps(stage, ctx): the project files the stage's file settings name.
+    project: the project directory (relative paths in settings are relative to it).
+    data: the loop's data section (which builtin task's code a stage reading data runs).
+    metrics: the metrics files of every node compiled so far in the run (the report reads them)."""
+
+    run: str
+    k: int
+    out: str
+    settings: dict[str, dict]
+    policy: str
+    policy_is_dep: bool
+    base: str
+    base_is_dep: bool
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    tracked: tuple[str, ...]
+    backend: str
+    backend_keys: list[str]
+    data_keys: Callable[[str], list[str]]
+    data_file: Callable[[str], list[str]]
+    code_keys: Callable[[Stage, "Context"], list[str]]
+    file_deps: Callable[[Stage, "Context"], list[str]]
+    iterations: int = 0
+    project: Path = Path(".")
+    data: dict = field(default_factory=dict)
+    metrics: list[str] = field(default_factory=list)
+    curves: list[str] = field(default_factory=list)  # what the run's stages declare as curves (the report's plot)
+
+    def section(self, stage: str) -> str:
+        """The params key of a stage's settings in this iteration, e.g. scpo.it2.pairs."""
+        return f"{self.run}.it{self.k}.{stage}"
+
+    def revision_keys(self, model: str) -> list[str]:
+        """The base model's hub revision, tracked by the stages that load it (never later iterations')."""
+        return [f"{self.run}.model_revision"] if model == self.base else []
+
+    def command(self, stage: Stage, **paths: str) -> str:
+        """`python -m <module> --params params.yaml --run R --iteration K --name path ...`."""
+        flags = "".join(f" --{name.replace('_', '-')} {path}" for name, path in paths.items())
+        return f"python -m {stage.module} --params params.yaml --run {self.run} --iteration {self.k}{flags}"
+
+    def node(self, stage: Stage, cmd: str, deps: list[str], params: list[str] = (), outs: list[str] = (),
+             metrics: list[str] = ()) -> dict:
+        """A DVC node: deps are the stage's inputs, plus the files its settings name; params its own
+        section, plus what it asks for, plus its code fingerprints; metrics are small and uncached."""
+        node = {"cmd": cmd,
+                "deps": list(dict.fromkeys(list(deps) + self.file_deps(stage, self))),
+                "params": list(dict.fromkeys(list(params) + self.code_keys(stage, self)))}
+        if outs:
+            node["outs"] = list(outs)
+        if metrics:
+            node["metrics"] = [{path: {"cache": False}} for path in metrics]
+        return node
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A builtin model (`model: builtin:<name>`): built in the project by a builder stage, never
+    downloaded. settings: the builder's settings for it, over its defaults (the bootstrap of the judging
+    variant trains on judge examples; a converted model names its source). plugins(settings): the
+    registry entries whose code the builder runs for it (its task)."""
+
+    name: str
+    builder: str  # the builder stage's module
+    settings: dict
+    checked: bool = True  # whether a loop's `bootstrap:` section applies (bootstrapped, not converted)
+    plugins: Callable[[dict], list[tuple[str, str]]] = lambda settings: []
+
+    @property
+    def directory(self) -> str:
+        return f"runs/builtin/{self.name}"

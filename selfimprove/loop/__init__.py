@@ -1,0 +1,1 @@
+"""The loop file: its YAML, its checks, its stop rules."""

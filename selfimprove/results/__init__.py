@@ -1,0 +1,189 @@
+"""Reading results back: per-iteration metrics, and diffs between iterations or runs.
+
+None of this imports torch: `selfimprove status` and `diff` must stay fast.
+The iteration diff is our own because `dvc metrics diff` compares git revisions, not iterations.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import yaml
+
+from selfimprove.core.errors import UserError
+# An iteration counts as evaluated (RUN without @K names the last one) when it has one of EVALUATED.
+from selfimprove.stages.report import EVALUATED, iteration_figures
+
+# Rates measured on n items: their 95% interval is shown beside them, so a delta can be read as real or noise.
+RATE_DENOMINATORS = {"accuracy": "problems", "maj_at_k": "problems", "thought_rate": "problems",
+                     "judge_agreement": "judge_eval_candidates",
+                     # a pair's two orders are not independent: the interval counts pairs, not judgements
+                     "pairwise_accuracy": "pairwise_pairs", "pairwise_maj_accuracy": "pairwise_pairs",
+                     "pairwise_both_orders_right": "pairwise_pairs"}
+REF_RE = re.compile(r"^(?P<run>[a-z][a-z0-9_-]*)(?:@(?P<k>\d+|best))?$")
+# Shown first, in this order; any other numeric metric follows.
+HEADLINE = ["accuracy", "maj_at_k", "sample_accuracy", "pairwise_accuracy", "pairwise_maj_accuracy",
+            "decoding_score", "decoding_best_fixed_temperature", "score_adaptive", "temperature_adaptive",
+            "pairwise_position_consistency", "judge_agreement", "win_rate_vs_base", "win_position_consistency",
+            "thought_rate", "mean_length", "greedy_correct",
+            "maj_correct", "problems", "parse_failure_rate", "pairs", "dropped_below_tau", "dropped_ties",
+            "mean_weight", "chosen_correct", "rejected_correct", "judge_sample_agreement",
+            "judge_parse_failure_rate", "judge_tie_rate", "judge_mean_score", "judge_score_mass"]
+
+
+def iteration_metrics(project: Path, run: str) -> dict[int, dict]:
+    """{iteration: metrics} from every metrics.json and pairs.json written so far."""
+    base = project / "runs" / run
+    if not base.is_dir():
+        raise UserError(f"no run named {run!r} in {project / 'runs'}; `selfimprove status` lists runs")
+    found: dict[int, dict] = {}
+    for directory in base.glob("it*"):
+        if directory.name[2:].isdigit() and (figures := iteration_figures(directory)):
+            found[int(directory.name[2:])] = figures
+    return dict(sorted(found.items()))
+
+
+def resolve(project: Path, reference: str) -> tuple[str, dict]:
+    """`RUN@K` -> that iteration's metrics; `RUN` -> its last iteration with metrics; `RUN@best` -> the
+    iteration with the best headline metric (see best_iteration)."""
+    match = REF_RE.match(reference)
+    if not match:
+        raise UserError(f"{reference}: expected RUN, RUN@K or RUN@best, e.g. scpo@3")
+    per_iteration = iteration_metrics(project, match["run"])
+    evaluated = [k for k, m in per_iteration.items() if any(key in m for key in EVALUATED) or match["k"] is not None]
+    if match["k"] == "best":
+        k = best_iteration(project, match["run"], per_iteration)["iteration"]
+    elif match["k"] is None:
+        if not evaluated:
+            raise UserError(f"{reference}: no evaluated iteration yet; run the loop first")
+        k = max(evaluated)
+    else:
+        k = int(match["k"])
+        if k not in per_iteration:
+            raise UserError(f"{reference}: iteration {k} has no metrics; available: "
+                            + (", ".join(f"{match['run']}@{i}" for i in per_iteration) or "none"))
+    return f"{match['run']}@{k}", per_iteration[k]
+
+
+def headline(project: Path, run: str, per_iteration: dict[int, dict]) -> tuple[str | None, str]:
+    """(the metric RUN@best picks by, "higher" or "lower"): the loop file's `best:` as compiled into
+    params.yaml, else the first of EVALUATED the run reports (accuracy, pairwise accuracy, the
+    decoding score), higher being better."""
+    params_path = project / "params.yaml"
+    section = ((yaml.safe_load(params_path.read_text()) or {}).get(run) or {}) if params_path.exists() else {}
+    configured = section.get("best") if isinstance(section, dict) else None
+    if isinstance(configured, dict) and configured.get("metric"):
+        return configured["metric"], configured.get("better", "higher")
+    return next((key for key in EVALUATED if any(key in m for m in per_iteration.values())), None), "higher"
+
+
+def best_iteration(project: Path, run: str, per_iteration: dict[int, dict] | None = None) -> dict:
+    """{iteration, metric, value, better} of the run's best iteration by its headline metric (iteration 0,
+    the base model, included; a tie goes to the earlier iteration)."""
+    per_iteration = iteration_metrics(project, run) if per_iteration is None else per_iteration
+    metric, better = headline(project, run, per_iteration)
+    scored = {k: m[metric] for k, m in per_iteration.items() if metric and _numeric(m.get(metric))}
+    if not scored:
+        shown = f"metric {metric!r}" if metric else "headline metric (accuracy, pairwise_accuracy, decoding_score)"
+        raise UserError(f"{run}@best: no iteration of {run} has the {shown} yet; run the loop first, or set "
+                        f"`best: METRIC` in its loop file")
+    target = (max if better == "higher" else min)(scored.values())
+    k = min(i for i in scored if scored[i] == target)
+    return {"iteration": k, "metric": metric, "value": scored[k], "better": better}
+
+
+def resolve_from(project: Path, start_from: str) -> str:
+    """`--from RUN@best` as the RUN@K it stands for now (a compiled loop starts from a fixed iteration)."""
+    run, k = start_from.split("@")
+    return f"{run}@{best_iteration(project, run)['iteration']}" if k == "best" else start_from
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion."""
+    if n == 0:
+        return 0.0, 0.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def interval(metrics: dict, key: str) -> tuple[float, float] | None:
+    """The 95% interval of a rate metric, when its denominator was recorded."""
+    n = metrics.get(RATE_DENOMINATORS.get(key, ""))
+    if not _numeric(metrics.get(key)) or not n:
+        return None
+    return wilson(metrics[key] * n, n)
+
+
+def diff(project: Path, a: str, b: str) -> dict:
+    """Rows of metric, both values, delta, and for rates their 95% intervals and whether those are separated."""
+    name_a, left = resolve(project, a)
+    name_b, right = resolve(project, b)
+    keys = _ordered([k for k in {**left, **right} if _numeric(left.get(k)) or _numeric(right.get(k))])
+    rows = []
+    for key in keys:
+        x, y = left.get(key), right.get(key)
+        delta = y - x if _numeric(x) and _numeric(y) else None
+        row = {"metric": key, "a": x, "b": y, "delta": delta}
+        ci_a, ci_b = interval(left, key), interval(right, key)
+        if ci_a and ci_b:
+            row.update(ci_a=list(ci_a), ci_b=list(ci_b), separated=ci_a[1] < ci_b[0] or ci_b[1] < ci_a[0])
+        rows.append(row)
+    return {"a": name_a, "b": name_b, "metrics": rows}
+
+
+def _numeric(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _ordered(keys: list[str]) -> list[str]:
+    return [k for k in HEADLINE if k in keys] + sorted(k for k in keys if k not in HEADLINE)
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def fmt_delta(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:+.4f}"
+    return f"{value:+d}"
+
+
+def print_metrics(project: Path, run: str, console) -> None:
+    from rich.table import Table
+
+    per_iteration = iteration_metrics(project, run)
+    if not per_iteration:
+        console.print(f"{run}: no metrics yet")
+        return
+    keys = _ordered([k for m in per_iteration.values() for k, v in m.items() if _numeric(v)])
+    keys = list(dict.fromkeys(keys))
+    best = _best_or_none(project, run, per_iteration)
+    caption = (f"best: {run}@{best['iteration']} by {best['metric']} ({best['better']} is better) = "
+               f"{fmt(best['value'])}; {run}@best names it" if best else None)
+    table = Table(title=f"{run}: metrics per iteration (0 = base model)", caption=caption)
+    table.add_column("metric")
+    for k in per_iteration:
+        marked = best is not None and k == best["iteration"]
+        table.add_column(f"{run}@{k}" + (" (best)" if marked else ""), justify="right",
+                         style="bold green" if marked else None)
+    for key in keys:
+        table.add_row(key, *(fmt(m.get(key)) for m in per_iteration.values()))
+    console.print(table)
+
+
+def _best_or_none(project: Path, run: str, per_iteration: dict[int, dict]) -> dict | None:
+    try:
+        return best_iteration(project, run, per_iteration)
+    except UserError:
+        return None  # nothing evaluated yet: no column to mark
