@@ -2,7 +2,7 @@
 
 import pytest
 
-from test_sft import ChainBackend
+from fakes import ScriptedModel
 
 
 def bsm_settings(**change) -> dict:
@@ -13,7 +13,7 @@ def bsm_settings(**change) -> dict:
 
 def bsm_judge(biased: bool):
     """Branch lists two criteria; solve says which answer holds 'right'; merge names it (or always A)."""
-    def reply(prompt, j):
+    def reply(prompt, j, rng):
         if "Write a list of up to five criteria" in prompt:
             return "- correctness\n- clarity\nThat is all."
         if "on one criterion only" in prompt:
@@ -29,14 +29,15 @@ def test_branch_solve_merge_keeps_a_verdict_that_survives_the_swap_as_a_direct_v
     from selfimprove.stages.bsm import bsm
 
     pairs = [{"id": 0, "question": "Q?", "first": "the right one", "second": "the wrong one", "label": "first"}]
-    backend = ChainBackend(bsm_judge(biased=False))
+    backend = ScriptedModel(reply=bsm_judge(biased=False))
     examples, figures = bsm(bsm_settings(), pairs, "unused", tmp_path / "pairs.jsonl", backend=backend)
     assert figures["bsm_kept"] == 1 and figures["bsm_consistency"] == 1.0 and figures["bsm_kept_label_agreement"] == 1.0
     assert [e["completion"] for e in examples] == ["[[A]]", "[[B]]"]  # right one first, then second
     assert examples[0]["prompt"].startswith("Which of the two responses") and "criterion" not in examples[0]["prompt"]
-    solve_prompts = backend.asked[1]
+    solve_prompts = backend.batches[1]
     assert len(solve_prompts) == 4 and sum("clarity" in p for p in solve_prompts) == 2  # 2 criteria x 2 orders
-    _, biased = bsm(bsm_settings(), pairs, "unused", tmp_path / "b.jsonl", backend=ChainBackend(bsm_judge(True)))
+    _, biased = bsm(bsm_settings(), pairs, "unused", tmp_path / "b.jsonl",
+                    backend=ScriptedModel(reply=bsm_judge(True)))
     assert biased["bsm_kept"] == 0 and biased["bsm_examples"] == 0  # [[A]] both ways names two responses
 
 
@@ -69,8 +70,8 @@ def test_a_bsm_merge_prefill_is_written_for_the_model_and_kept_in_the_verdict(tm
     """A model that never writes `[[A]]` on its own names the response after a prefilled `[[`."""
     from selfimprove.stages.bsm import bsm
 
-    def reply(prompt, j):
-        judged = bsm_judge(biased=False)(prompt, j)
+    def reply(prompt, j, rng):
+        judged = bsm_judge(biased=False)(prompt, j, rng)
         if "Weigh them" in prompt:  # the merge step: only the letter and the closing brackets, after the prefill
             assert prompt.endswith("[[")
             return judged[2:]
@@ -78,9 +79,10 @@ def test_a_bsm_merge_prefill_is_written_for_the_model_and_kept_in_the_verdict(tm
 
     pairs = [{"id": 0, "question": "Q?", "first": "the right one", "second": "the wrong one", "label": "first"}]
     examples, figures = bsm(bsm_settings(prefill="[["), pairs, "unused", tmp_path / "pairs.jsonl",
-                            backend=ChainBackend(reply))
+                            backend=ScriptedModel(reply=reply))
     assert figures["bsm_unparsed"] == 0 and figures["bsm_kept"] == 1
     assert [e["completion"] for e in examples] == ["[[A]]", "[[B]]"]
     _, unprefilled = bsm(bsm_settings(), pairs, "unused", tmp_path / "u.jsonl",
-                         backend=ChainBackend(lambda prompt, j: "A]]" if "Weigh them" in prompt else reply(prompt, j)))
+                         backend=ScriptedModel(reply=lambda prompt, j, rng: "A]]" if "Weigh them" in prompt
+                                               else reply(prompt, j, rng)))
     assert unprefilled["bsm_unparsed"] == 1 and unprefilled["bsm_examples"] == 0

@@ -8,24 +8,13 @@ from selfimprove.pipeline import compiler
 from selfimprove.loop.loopfile import load_loop
 from selfimprove.core.registry import stage_defaults
 from selfimprove.scoring.rules.divpo import divpo
-from selfimprove.stages.diversity import PROMPT, judge_diversity, pool_prompt, verdict
+from selfimprove.core import templates
+from selfimprove.stages.diversity import judge_diversity, pool_prompt, verdict
+
+from fakes import ScriptedModel
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = stage_defaults("diversity")
-
-
-class ScriptedJudge:
-    """A backend whose sample() returns the queued verdicts, one per prompt, and records the prompts."""
-
-    def __init__(self, *texts):
-        self.texts, self.prompts = list(texts), []
-
-    def sample(self, prompts, n, temperature, top_p, max_new_tokens, batch_size, seed, on_batch=None):
-        self.prompts += prompts
-        return [[self.texts.pop(0)] for _ in prompts]
-
-    def close(self):
-        pass
 
 
 def record(completions, scores):
@@ -44,8 +33,8 @@ def test_verdicts_parse_to_plus_one_minus_one_and_zero_or_none():
 def test_the_judge_sees_the_numbered_pool_and_divpo_follows_its_verdict():
     pools = [record([" 20+30", " 21+29", " 20+30", " 25+26"], [1.0, 1.0, 1.0, 0.0]),
              record([" 20+30", " 21+29"], [1.0, 0.0])]
-    judge = ScriptedJudge("Most diverse: 2\nLeast diverse: 3", "no idea")
-    judged, stats = judge_diversity(SETTINGS, pools, judge, PROMPT.read_text())
+    judge = ScriptedModel().enqueue(["Most diverse: 2\nLeast diverse: 3", "no idea"])
+    judged, stats = judge_diversity(SETTINGS, pools, judge, templates.load("diversity", ("question", "responses")))
     assert "Response 2:\n 21+29" in judge.prompts[0] and "Request: sum 50:" in judge.prompts[0]
     assert judged[0]["diversity"] == [0.0, 1.0, -1.0, 0.0] and judged[1]["diversity"] is None
     assert stats == {"diversity_prompts": 2, "diversity_unparsed_rate": 0.5}

@@ -9,29 +9,14 @@ from selfimprove.scoring import judging
 from selfimprove.backends.hf import HFBackend, continuation_tokens
 from selfimprove.core.errors import UserError
 from selfimprove.core.registry import stage_defaults
-from selfimprove.stages.evaluate import length_stats, win_rate
+from selfimprove.scoring.judge_metrics import win_rate
+from selfimprove.stages.evaluate import length_stats
 from selfimprove.stages.judge import judge
+
+from fakes import ScriptedModel
 
 JUDGE = stage_defaults("judge")
 EVALUATE = stage_defaults("evaluate")
-
-
-class ScriptedProbabilities:
-    """A backend whose next-token probabilities are queued, one list per prompt, in arrival order."""
-
-    def __init__(self, queue: list[list[float]]):
-        self.queue, self.prompts, self.choices = list(queue), [], None
-
-    def choice_probs(self, prompts, choices, batch_size=64, on_batch=None):
-        self.prompts += prompts
-        self.choices = choices
-        out = [self.queue.pop(0) for _ in prompts]
-        if on_batch:
-            on_batch(len(out))
-        return out
-
-    def close(self):
-        pass
 
 
 def samples(completions, gold="85"):
@@ -48,9 +33,9 @@ def test_expected_score_is_the_renormalised_mean_and_a_low_mass_is_a_failure():
 
 def test_judge_in_expected_mode_scores_by_probabilities_and_reports_the_mass(tmp_path):
     settings = dict(JUDGE, mode="expected", template="tiny-arith", response_marker="####", max_failure_rate=0.5)
-    backend = ScriptedProbabilities([[0, 0.1, 0, 0, 0, 0.9],  # right answer: judged 4.6
-                                     [0, 0.8, 0, 0, 0, 0.2],  # wrong answer: judged 1.8
-                                     [0, 0.01, 0, 0, 0, 0.01]])  # mass 0.02 < 0.1: a failure, not a score
+    backend = ScriptedModel().enqueue_probs([[0, 0.1, 0, 0, 0, 0.9],  # right answer: judged 4.6
+                                            [0, 0.8, 0, 0, 0, 0.2],  # wrong answer: judged 1.8
+                                            [0, 0.01, 0, 0, 0, 0.01]])  # mass 0.02 < 0.1: a failure, not a score
     records, figures = judge(settings, samples([" #### 85", " #### 84", " #### 85"]), "unused-model",
                              tmp_path / "judgements.jsonl", backend=backend)
     assert backend.prompts[0] == "q085 judge:Score: " and backend.choices == ["0", "1", "2", "3", "4", "5"]
@@ -62,7 +47,7 @@ def test_judge_in_expected_mode_scores_by_probabilities_and_reports_the_mass(tmp
 
 def test_expected_judge_with_too_little_mass_fails_the_stage_in_one_line(tmp_path):
     settings = dict(JUDGE, mode="expected", template="tiny-arith", max_failure_rate=0.5)
-    backend = ScriptedProbabilities([[0.01] * 6, [0.01] * 6])
+    backend = ScriptedModel().enqueue_probs([[0.01] * 6, [0.01] * 6])
     with pytest.raises(UserError, match="min_score_mass") as caught:
         judge(settings, samples([" 85", " 84"]), "unused-model", tmp_path / "j.jsonl", backend=backend)
     assert "\n" not in str(caught.value)
@@ -73,7 +58,7 @@ def test_win_rate_averages_both_orders_so_a_pure_position_bias_is_a_draw():
     settings = dict(EVALUATE, win_rate_size=2)
     judge_settings = dict(JUDGE, mode="expected")
     # The judge always prefers the first position 3:1, whoever is there: every order says A.
-    biased = ScriptedProbabilities([[0.6, 0.2]] * 4)
+    biased = ScriptedModel().enqueue_probs([[0.6, 0.2]] * 4)
     figures = win_rate(settings, judge_settings, records, ["ours0", "ours1"], ["base0", "base1"], biased)
     assert figures["win_rate_vs_base"] == pytest.approx(0.5)
     assert figures["win_position_consistency"] == 0.0  # each prompt's two orders disagree
@@ -81,7 +66,7 @@ def test_win_rate_averages_both_orders_so_a_pure_position_bias_is_a_draw():
     assert "ours0" in biased.prompts[0].split("Assistant B")[0] and "base0" in biased.prompts[1].split("Assistant B")[0]
     assert biased.prompts[0].endswith("Winner: ")
     # A judge that prefers our output in both orders: p(ours) = 0.8 then 0.9 on prompt 0; 0.5 / 0.5 on prompt 1.
-    fair = ScriptedProbabilities([[0.8, 0.2], [0.1, 0.9], [0.3, 0.3], [0.2, 0.2]])
+    fair = ScriptedModel().enqueue_probs([[0.8, 0.2], [0.1, 0.9], [0.3, 0.3], [0.2, 0.2]])
     figures = win_rate(settings, judge_settings, records, ["ours0", "ours1"], ["base0", "base1"], fair)
     assert figures["win_rate_vs_base"] == pytest.approx((0.8 + 0.9 + 0.5 + 0.5) / 4)
     assert figures["win_position_consistency"] == 1.0  # prompt 1 is a tie both ways and does not count
@@ -123,26 +108,15 @@ def test_choice_probabilities_from_a_real_model_follow_the_tokenisation_seam(tmp
     assert [p for row in batched for p in row] == pytest.approx([p for row in probs for p in row], abs=1e-5)
 
 
-class ScriptedJudgeAndProbabilities(ScriptedProbabilities):
-    """Writes the queued judgement texts (sample), then answers the score read-out (choice_probs)."""
-
-    def __init__(self, texts: list[str], queue: list[list[float]]):
-        super().__init__(queue)
-        self.texts = list(texts)
-
-    def sample(self, prompts, n, temperature, top_p, max_new_tokens, batch_size, seed, on_batch=None):
-        return [[self.texts.pop(0) for _ in range(n)] for _ in prompts]
-
-
 def test_generate_then_expected_reads_a_score_after_each_written_judgement(tmp_path):
     settings = dict(JUDGE, mode="generate_then_expected", n=2, template="tiny-arith", max_failure_rate=0.5,
                     prompt_template="<user>{question}</user>")
-    backend = ScriptedJudgeAndProbabilities(["looks right", "hmm", "wrong digits", "fine"],
-                                            [[0, 0, 0, 0, 0, 1.0], [0, 0.5, 0, 0, 0, 0.5],
-                                             [0, 1.0, 0, 0, 0, 0], [0, 0, 0, 0.5, 0, 0]])
+    backend = ScriptedModel().enqueue(["looks right", "hmm", "wrong digits", "fine"])
+    backend.enqueue_probs([[0, 0, 0, 0, 0, 1.0], [0, 0.5, 0, 0, 0, 0.5],
+                           [0, 1.0, 0, 0, 0, 0], [0, 0, 0, 0.5, 0, 0]])
     records, figures = judge(settings, samples([" 85", " 84"]), "unused-model", tmp_path / "j.jsonl", backend=backend)
     # The read-out prompt is the wrapped judge prompt, the judgement as written, a newline, the prefill.
-    assert backend.prompts[0] == "<user>q085 judge:</user>looks right\nScore: "
+    assert backend.scored[0] == "<user>q085 judge:</user>looks right\nScore: "
     assert records[0]["judgements"] == [["looks right", "hmm"], ["wrong digits", "fine"]]
     assert records[0]["scores"] == [[5.0, 3.0], [1.0, 3.0]]
     assert records[0]["mean_scores"] == [4.0, 2.0]
@@ -156,7 +130,7 @@ def test_metajudge_in_expected_mode_takes_the_likelier_letter(tmp_path):
               "judgements": [["says five", "says one"]], "scores": [[5.0, 1.0]], "mean_scores": [3.0],
               "correct": [None], "completions": ["r"]}
     settings = stage_defaults("metajudge") | {"mode": "expected"}
-    backend = ScriptedProbabilities([[0.7, 0.2], [0.3, 0.6]])  # prefers "says five" in both orders
+    backend = ScriptedModel().enqueue_probs([[0.7, 0.2], [0.3, 0.6]])  # prefers "says five" in both orders
     pairs, stats = metajudge(settings, dict(JUDGE, template="additive"), [record], "m", tmp_path / "jp.jsonl",
                              backend=backend)
     assert all(p.endswith("Winner: ") for p in backend.prompts)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from selfimprove.pipeline import dvclock
+from selfimprove.core import files  # the one atomic writer: its open is the one a full disk fails
 from selfimprove.core.errors import DiskFull, UserError, is_disk_full, writing
 from selfimprove.stages.shards import run_in_shards, scratch_dir
 from selfimprove.stages import _io
@@ -50,7 +51,7 @@ def full_disk_open(room: int):
 
 def test_a_full_disk_while_writing_jsonl_names_the_file_and_leaves_neither_half_file(tmp_path, monkeypatch):
     target = tmp_path / "samples.jsonl"
-    monkeypatch.setattr(_io, "open", full_disk_open(room=100), raising=False)
+    monkeypatch.setattr(files, "open", full_disk_open(room=100), raising=False)
     with pytest.raises(DiskFull) as caught:
         _io.write_jsonl(target, ({"i": i, "text": "x" * 20} for i in range(50)))
     assert str(target) in str(caught.value) and "no space left on device" in str(caught.value)
@@ -70,7 +71,7 @@ def test_a_shard_cut_short_by_a_full_disk_is_never_reused(tmp_path, monkeypatch)
 
         def fill_up_at_shard_2(path, records):
             if Path(path).name == "shard-00002.jsonl":
-                patch.setattr(_io, "open", full_disk_open(room=10), raising=False)
+                patch.setattr(files, "open", full_disk_open(room=10), raising=False)
             written.append(Path(path).name)
             real(path, records)
 
@@ -244,7 +245,7 @@ def test_compiled_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     before = {name: (tmp_path / name).read_text() for name in ("dvc.yaml", "params.yaml")}
     changed = load_loop(str(tmp_path / "loop.yaml"), ["iterations=2"])
 
-    monkeypatch.setattr(_io, "open", full_disk_open(room=0), raising=False)
+    monkeypatch.setattr(files, "open", full_disk_open(room=0), raising=False)
     with pytest.raises(UserError, match="no space left on device while writing .*dvc.yaml"):
         compiler.write(tmp_path, changed)
     monkeypatch.undo()

@@ -8,26 +8,17 @@ from selfimprove.scoring import judging
 from selfimprove.tasks import tinyarith
 from selfimprove.core.registry import stage_defaults
 from selfimprove.core.errors import UserError
-from selfimprove.stages.evaluate import thinking
+from selfimprove.core import templates
+from selfimprove.scoring import judge_metrics
+from selfimprove.scoring.judge_metrics import thinking
 from selfimprove.stages.judge import judge
 from selfimprove.scoring.rules.scored import judged_pair
 from selfimprove.stages.pairs import build_pairs
 
+from fakes import ScriptedModel
+
 JUDGE = stage_defaults("judge")
 PAIRS = stage_defaults("pairs")
-
-
-class ScriptedJudge:
-    """Returns the queued judgement texts, n per prompt, in the order the prompts arrive; records them."""
-
-    def __init__(self, texts: list[str], n: int):
-        self.queue, self.n, self.prompts = list(texts), n, []
-
-    def __call__(self, prompts, shard_index, on_done):
-        self.prompts += prompts
-        out = [[self.queue.pop(0) for _ in range(self.n)] for _ in prompts]
-        on_done(len(prompts))
-        return out
 
 
 def samples(prompt_id, completions, gold="85"):
@@ -52,12 +43,11 @@ def test_split_response_at_the_last_marker():
 def test_judge_averages_keeps_every_judgement_and_reports_health(tmp_path):
     rows = samples(0, [" #### 85", " #### 84", "no answer"]) + samples(1, [" #### 85", " #### 85"])
     settings = dict(JUDGE, n=2, response_marker="####", template="tiny-arith")
-    scripted = ScriptedJudge(["Score: 5", "Score: 4",  # prompt 0, response 0
-                              "Score: 1", "garbled",  # prompt 0, response 1: one parse failure
-                              "Score: 2", "Score: 2",  # prompt 1, response 0
-                              "Score: 2", "Score: 2"], n=2)  # prompt 1, response 1: a tie with response 0
-    records, figures = judge(settings, rows, "unused-model", tmp_path / "judgements.jsonl",
-                             generate_judgements=scripted)
+    scripted = ScriptedModel().enqueue(["Score: 5", "Score: 4",  # prompt 0, response 0
+                                        "Score: 1", "garbled",  # prompt 0, response 1: one parse failure
+                                        "Score: 2", "Score: 2",  # prompt 1, response 0
+                                        "Score: 2", "Score: 2"])  # prompt 1, response 1: a tie with response 0
+    records, figures = judge(settings, rows, "unused-model", tmp_path / "judgements.jsonl", backend=scripted)
     assert scripted.prompts[0] == "q085 judge:"  # the tiny template: question, then the final answer only
     assert records[0]["mean_scores"] == [4.5, 1.0, None] and records[0]["unsplittable"] == [False, False, True]
     assert records[0]["judgements"][1] == ["Score: 1", "garbled"] and records[0]["scores"][1] == [1, None]
@@ -77,8 +67,8 @@ def test_judge_resumes_from_complete_shards(tmp_path):
     rows = [row for i in range(4) for row in samples(i, [" #### 85", " #### 80"])]
     settings = dict(JUDGE, n=1, response_marker="####", template="tiny-arith", shard_size=4)  # 2 shards of 4 responses
     out = tmp_path / "judgements.jsonl"
-    first = ScriptedJudge(["Score: 5", "Score: 1"] * 4, n=1)
-    expected, _ = judge(settings, rows, "m", out, generate_judgements=first)
+    first = ScriptedModel().enqueue(["Score: 5", "Score: 1"] * 4)
+    expected, _ = judge(settings, rows, "m", out, backend=first)
     # A crash after the first shard: only that shard's file is left in the scratch folder.
     calls = []
 
@@ -86,13 +76,13 @@ def test_judge_resumes_from_complete_shards(tmp_path):
         calls.append(index)
         if index == 1:
             raise KeyboardInterrupt
-        return first(prompts, index, on_done)
+        return first.sample(prompts, 1, 0.0, 1.0, 8, 8, index, on_batch=on_done)
 
-    first.queue = ["Score: 5", "Score: 1"] * 4
+    first.enqueue(["Score: 5", "Score: 1"] * 4)
     with pytest.raises(KeyboardInterrupt):
-        judge(settings, rows, "m", out, generate_judgements=crashing)
-    resumed = ScriptedJudge(["Score: 5", "Score: 1"] * 2, n=1)
-    records, _ = judge(settings, rows, "m", out, generate_judgements=resumed)
+        judge(settings, rows, "m", out, backend=first, generate_judgements=crashing)
+    resumed = ScriptedModel().enqueue(["Score: 5", "Score: 1"] * 2)
+    records, _ = judge(settings, rows, "m", out, backend=resumed)
     assert calls == [0, 1] and len(resumed.prompts) == 4  # shard 0 was reused, shard 1 judged again
     assert records == expected
 
@@ -100,9 +90,9 @@ def test_judge_resumes_from_complete_shards(tmp_path):
 def test_too_many_parse_failures_fail_with_what_the_judge_wrote(tmp_path):
     rows = samples(0, [" #### 85", " #### 84"])
     settings = dict(JUDGE, n=1, max_failure_rate=0.4, template="tiny-arith", response_marker="####")
-    scripted = ScriptedJudge(["The answer seems fine to me", "Score: 1"], n=1)
+    scripted = ScriptedModel().enqueue(["The answer seems fine to me", "Score: 1"])
     with pytest.raises(UserError, match=r"50% of 2 judgements .*limit 40%.*'The answer seems fine to me'"):
-        judge(settings, rows, "m", tmp_path / "j.jsonl", generate_judgements=scripted)
+        judge(settings, rows, "m", tmp_path / "j.jsonl", backend=scripted)
 
 
 def record(means, responses=None, unsplittable=None, correct=None):
@@ -156,8 +146,8 @@ def test_thinking_counts_outputs_that_reason_before_answering():
 
 def test_held_out_candidates_are_half_right_and_the_same_every_time():
     records = [{"question": p["question"], "answer": p["answer"]} for p in tinyarith.problems(0, 400, 3, "validation")]
-    candidates = judging.held_out_candidates(records, 1234)
-    assert candidates == judging.held_out_candidates(records, 1234)
+    candidates = judge_metrics.held_out_candidates(records, 1234)
+    assert candidates == judge_metrics.held_out_candidates(records, 1234)
     share = sum(c["correct"] for c in candidates) / len(candidates)
     assert 0.42 < share < 0.58
     wrong = [c for c, r in zip(candidates, records) if not c["correct"]]
@@ -177,10 +167,10 @@ def test_user_template_must_use_the_placeholders(tmp_path):
     bad = tmp_path / "judge.txt"
     bad.write_text("Rate {answer} from 1 to 5")
     with pytest.raises(UserError, match=r"needs the placeholders \{question\}, \{response\}"):
-        judging.load_template(str(bad))
+        templates.load(str(bad), ("question", "response"))
     good = tmp_path / "good.txt"
     good.write_text("Q: {question}\nA: {response}\nJSON like {{\"score\": 1}}")
-    assert judging.load_template(str(good)).format(question="q", response="r").startswith("Q: q")
+    assert templates.load(str(good), ("question", "response")).format(question="q", response="r").startswith("Q: q")
 
 
 def test_position_weights_discount_wins_in_the_favoured_position():
@@ -201,8 +191,8 @@ def test_elo_orders_judgements_by_weighted_wins():
 
 def test_parse_winner_reads_the_last_verdict_and_refuses_ties():
     pattern = stage_defaults("metajudge")["winner_pattern"]
-    assert judging.parse_winner("A seems fine... Winner: B", pattern) == "B"
-    assert judging.parse_winner("Winner: tie", pattern) is None and judging.parse_winner("", pattern) is None
+    assert judging.parse_verdict("A seems fine... Winner: B", pattern) == "B"
+    assert judging.parse_verdict("Winner: tie", pattern) is None and judging.parse_verdict("", pattern) is None
 
 
 def judged_record(scores, correct=True):

@@ -11,6 +11,8 @@ import pytest
 from selfimprove.scoring.lengths import PAPER_TEMPLATE, instructed, unwrap, word_count
 from selfimprove.stages.lift import SETTINGS, length_instructed, lift
 
+from fakes import ScriptedModel
+
 DEFAULTS = {key: setting.default for key, setting in SETTINGS.items()}
 LONG = " ".join(f"w{i}" for i in range(30))  # 30 words
 SHORT = "A short answer, with punctuation!"  # 5 words
@@ -65,23 +67,13 @@ def test_pairs_of_close_lengths_are_skipped_and_the_originals_kept():
     assert [p["source"] for p in out] == ["lift", "lift"]
 
 
-class ScriptedBackend:
-    """Greedy outputs by prompt: the boundary the evaluation samples through."""
-
-    def __init__(self, outputs: dict[str, str]):
-        self.outputs, self.prompts = outputs, []
-
-    def sample(self, prompts, n, temperature, top_p, max_new_tokens, batch_size, seed, on_batch=None):
-        self.prompts += prompts
-        return [[self.outputs[p]] * n for p in prompts]
-
-
 def test_the_evaluation_counts_a_broken_limit_as_a_wrong_answer():
-    from selfimprove.stages.evaluate import length_instructed as evaluate_under_limit
+    from selfimprove.scoring.lengths import length_instructed as evaluate_under_limit
 
     records = [{"question": "1+1=", "answer": "2"}, {"question": "2+2=", "answer": "4"},
                {"question": "3+3=", "answer": "6"}]
-    backend = ScriptedBackend({"3;1+1=": " #### 2", "3;2+2=": " 2+2=4 r4; #### 4", "3;3+3=": " #### 7"})
+    outputs = {"3;1+1=": " #### 2", "3;2+2=": " 2+2=4 r4; #### 4", "3;3+3=": " #### 7"}
+    backend = ScriptedModel(reply=lambda prompt, j, rng: outputs[prompt])
     settings = {"length_limit": 3, "length_template": "{max_len};{instruction}", "max_new_tokens": 8,
                 "batch_size": 4, "seed": 0}
     figures = evaluate_under_limit(backend, settings, records, "{question}")

@@ -47,12 +47,12 @@ def test_compare_format_writes_its_score_then_the_mark_the_winner_is_read_from()
     # The old format names the same winner without the steps.
     assert tinyarith.meta_judgement(47, 38, "84", 5, 1) == " 7+8=15 r5; 4+3+1=8 r85; 84 vs 85: 8=8, 4/5. Winner: B"
     # The stage's parser reads the winner, not the score before it.
-    assert judging.parse_winner(text, WINNER) == "B"
+    assert judging.parse_verdict(text, WINNER) == "B"
 
 
 def test_the_winner_follows_the_digit_comparison_not_the_position():
     examples = tinyarith.meta_examples(0, 2000, 3, meta_format="compare")
-    winners = [judging.parse_winner(completion, WINNER) for _, completion in examples]
+    winners = [judging.parse_verdict(completion, WINNER) for _, completion in examples]
     assert 0.45 < winners.count("A") / len(winners) < 0.55  # balanced over positions
     cells = set()
     for (prompt, completion), winner in zip(examples, winners):

@@ -21,6 +21,8 @@ from selfimprove.stages import filter as rip
 from selfimprove.stages import synthesize
 from selfimprove.tasks import noisy_arith
 
+from fakes import ScriptedModel
+
 OFF = {"min_rejected_reward_pct": -1, "min_rejected_length_pct": -1, "max_gap_pct": -1, "strict": True}
 
 # Ten pairs with distinct values. Sorted, each metric is an arithmetic run, so p50 sits halfway between
@@ -214,17 +216,6 @@ def test_dedupe_pruning_never_changes_the_answer():
     assert dedupe(candidates, existing)[0] == kept
 
 
-class Scripted:
-    """The model boundary: the completion each few-shot prompt gets, in order (a real model is below)."""
-
-    def __init__(self, completions):
-        self.completions, self.prompts = list(completions), []
-
-    def sample(self, prompts, n, temperature, top_p, max_new_tokens, batch_size, seed, on_batch=None):
-        self.prompts += prompts
-        return [[self.completions.pop(0)] for _ in prompts]
-
-
 def test_synthesize_parses_dedupes_and_counts():
     examples = ["47+38=", "1234+5678="]
     script = ["12+90=\nTask 4: 5+5=",  # kept: the first line, cut at the next item
@@ -233,7 +224,7 @@ def test_synthesize_parses_dedupes_and_counts():
               "1234+9999=",  # kept (0.6 and 0.625, see test_dedupe_near_duplicates_at_0_7)
               "12+91="]  # 0.83 against the new 12+90=
     settings = {**synthesize.STAGE.defaults(), "candidates": 5, "fewshot": 2}
-    backend = Scripted(script)
+    backend = ScriptedModel().enqueue(script)
     kept, stats = synthesize.synthesize(settings, examples, backend)
     assert kept == ["12+90=", "1234+9999="]
     assert stats == {"synthesize_candidates": 5, "synthesize_unparsed": 1, "synthesize_duplicates": 2,
@@ -270,8 +261,7 @@ def test_synthesize_refuses_to_write_no_prompts(tmp_path, monkeypatch):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"s": {"model": "x", "it1": {"synthesize": {**synthesize.STAGE.defaults(),
                                                                                  "candidates": 2}}}}))
-    monkeypatch.setattr(synthesize, "open_backend", lambda *a, **k: type("B", (Scripted,), {"close": lambda self: None})(
-        ["47+39=", ""]))
+    monkeypatch.setattr(synthesize, "open_backend", lambda *a, **k: ScriptedModel().enqueue(["47+39=", ""]))
     with pytest.raises(UserError, match=r"none of 2 candidates is a new prompt \(1 empty, 1 near-duplicates\)"):
         synthesize.main(["--params", str(params), "--run", "s", "--iteration", "1", "--model", "m", "--examples",
                          str(examples), "--out", str(tmp_path / "p.jsonl"), "--stats", str(tmp_path / "s.json")])

@@ -10,32 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.scoring import pairwise
+from selfimprove.scoring import judging, pairwise
 from selfimprove.tasks import tinyarith
 from selfimprove.scoring.rules.judgements import judgement_dpo, judgement_sft
 from selfimprove.stages import judge_eval, pairjudge, perturb
 from selfimprove.tasks import arith_evaluator
 
+from fakes import ScriptedModel
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class ScriptedBackend:
-    """The generation boundary: answers each prompt by a function of the prompt (a judge or a solver
-    whose behaviour the test states), recording what it was asked."""
-
-    def __init__(self, answer):
-        self.answer, self.asked = answer, []
-
-    def sample(self, prompts, n, temperature, top_p, max_new_tokens, batch_size, seed, on_batch=None):
-        self.asked += list(prompts)
-        rng = random.Random(seed)
-        return [[self.answer(p, rng) for _ in range(n)] for p in prompts]
-
-    def close(self):
-        pass
-
-
-def tiny_judge(prompt: str, rng) -> str:
+def tiny_judge(prompt: str, j: int, rng) -> str:
     """The right pairwise judgement of a tiny-arith-pairwise prompt."""
     question, a_part = re.match(r"(\d+\+\d+=)(\d+) B:", prompt).groups()
     x, y = map(int, question[:-1].split("+"))
@@ -45,7 +31,7 @@ def tiny_judge(prompt: str, rng) -> str:
 @pytest.mark.parametrize("text, verdict", [("... [[A]]", "A"), ("[[B]] then [[A]]", "A"), ("[[a]]", None),
                                            ("Winner: A", None), ("[[C]]", None), ("", None)])
 def test_the_verdict_is_the_last_one_stated_and_anything_else_is_a_failure(text, verdict):
-    assert pairwise.parse_verdict(text) == verdict
+    assert judging.parse_verdict(text, pairwise.VERDICT_PATTERN) == verdict
 
 
 def test_majority_and_position_consistency():
@@ -115,17 +101,17 @@ GENERATE = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 56}
 
 
 def test_perturb_pairs_the_self_consistent_response_with_the_answer_to_a_nearby_problem(tmp_path):
-    def model(prompt, rng):
+    def model(prompt, j, rng):
         if prompt.endswith(" modify:"):
             return " 47+39="
         x, y = map(int, prompt[:-1].split("+"))
         return f" #### {x + y}"
 
     rows = samples("47+38=", [" #### 84", " 7+8=15 r5; 4+3+1=8 r85; #### 85", " #### 85"], "85")
-    backend = ScriptedBackend(model)
+    backend = ScriptedModel(reply=model)
     pairs, figures = perturb.perturb(PERTURB, GENERATE, rows, "unused", tmp_path / "contrast.jsonl", "{question}",
                                      backend=backend)
-    assert backend.asked == ["47+38=85 modify:", "47+39="]  # the majority answer is shown, then x' answered
+    assert backend.prompts == ["47+38=85 modify:", "47+39="]  # the majority answer is shown, then x' answered
     assert [(p["good"], p["bad"], p["modified_instruction"]) for p in pairs] == [
         (" 7+8=15 r5; 4+3+1=8 r85; #### 85", " #### 86", "47+39=")]
     assert figures["perturb_good_correct_rate"] == 1.0 and figures["perturb_bad_correct_rate"] == 0.0
@@ -135,7 +121,7 @@ def test_perturb_pairs_the_self_consistent_response_with_the_answer_to_a_nearby_
                                                      (" 47+38=", " #### 86", "same_instruction"),
                                                      (" 38+47=", " #### 85", "same_response")])
 def test_perturb_drops_what_is_not_a_contrast(tmp_path, written, solved, reason):
-    backend = ScriptedBackend(lambda p, rng: written if p.endswith(" modify:") else solved)
+    backend = ScriptedModel(reply=lambda p, j, rng: written if p.endswith(" modify:") else solved)
     pairs, figures = perturb.perturb(PERTURB, GENERATE, samples("47+38=", [" #### 85"], "85"), "unused",
                                      tmp_path / "c.jsonl", "{question}", backend=backend)
     assert pairs == [] and figures[f"perturb_dropped_{reason}"] == 1
@@ -147,9 +133,9 @@ def test_perturb_reads_the_paper_s_format_inline(tmp_path):
     settings = {**PERTURB, "template": "worse-response", "answer": "inline", "response_marker": "",
                 **{k: perturb.SETTINGS[k].default for k in ("instruction_pattern", "response_pattern")}}
     rows = samples("Name a red fruit.", ["Strawberries."], None)
-    backend = ScriptedBackend(lambda p, rng: output)
+    backend = ScriptedModel(reply=lambda p, j, rng: output)
     pairs, _ = perturb.perturb(settings, GENERATE, rows, "unused", tmp_path / "c.jsonl", "{question}", backend=backend)
-    assert "[User Question]\nName a red fruit." in backend.asked[0] and "Strawberries." in backend.asked[0]
+    assert "[User Question]\nName a red fruit." in backend.prompts[0] and "Strawberries." in backend.prompts[0]
     assert [(p["modified_instruction"], p["bad"]) for p in pairs] == [("Name a blue fruit.", "Blueberries.")]
 
 
@@ -168,12 +154,12 @@ def contrast(n: int) -> list[dict]:
 
 def test_pairjudge_judges_both_orders_and_reports_a_position_biased_judge(tmp_path):
     judged, figures = pairjudge.pair_judge(PAIRJUDGE, contrast(6), "unused", tmp_path / "j.jsonl",
-                                           backend=ScriptedBackend(tiny_judge))
+                                           backend=ScriptedModel(reply=tiny_judge))
     assert [o["label"] for o in judged] == ["A", "B"] * 6 and all(len(o["verdicts"]) == 3 for o in judged)
     assert figures["pairjudge_label_agreement"] == 1.0 and figures["pairjudge_position_consistency"] == 1.0
     assert figures["pairjudge_first_position_rate"] == 0.5 and figures["pairjudge_pairs"] == 6
     _, biased = pairjudge.pair_judge(PAIRJUDGE, contrast(6), "unused", tmp_path / "k.jsonl",
-                                     backend=ScriptedBackend(lambda p, rng: "... [[A]]"))
+                                     backend=ScriptedModel(reply=lambda p, j, rng: "... [[A]]"))
     assert biased["pairjudge_label_agreement"] == 0.5 and biased["pairjudge_position_consistency"] == 0.0
     assert biased["pairjudge_first_position_rate"] == 1.0
 
@@ -183,7 +169,7 @@ def test_pairjudge_fails_in_one_line_quoting_the_judge_when_verdicts_do_not_pars
 
     with pytest.raises(UserError, match=r"pairjudge: 100% of 36 judgements have no verdict .* wrote e.g. 'Winner: A'"):
         pairjudge.pair_judge(PAIRJUDGE, contrast(6), "unused", tmp_path / "j.jsonl",
-                             backend=ScriptedBackend(lambda p, rng: "Winner: A"))
+                             backend=ScriptedModel(reply=lambda p, j, rng: "Winner: A"))
 
 
 def order(i: int, label: str, verdicts: list) -> dict:
@@ -194,7 +180,7 @@ def order(i: int, label: str, verdicts: list) -> dict:
 def test_rejection_sampling_keeps_one_right_judgement_and_balances_the_verdicts():
     records = [order(0, "A", ["A", "B", "A"]), order(0, "B", ["B", None, "A"]), order(1, "A", ["A", "A", "A"]),
                order(1, "B", ["A", "A", None]), order(2, "A", ["A", "B", "B"]), order(2, "B", ["A", "A", "A"])]
-    examples, stats = judgement_sft(records, {}, random.Random(0))
+    examples, stats = judgement_sft(records, {"min_correct": 0.0}, random.Random(0))
     # right judgements exist for 0A, 0B, 1A, 2A: three A against one B, so two A are dropped
     assert stats["dropped_no_right_judgement"] == 2 and stats["dropped_balance"] == 2
     assert sorted(e["label"] for e in examples) == ["A", "B"] and stats["kept_verdict_a"] == 1
@@ -206,7 +192,7 @@ def test_rejection_sampling_keeps_one_right_judgement_and_balances_the_verdicts(
 
 def test_judgement_dpo_pairs_a_right_judgement_with_a_wrong_or_unparsed_one():
     records = [order(0, "A", ["A", "B"]), order(0, "B", ["B", None]), order(1, "A", ["A", "A"])]
-    pairs, stats = judgement_dpo(records, {}, random.Random(0))
+    pairs, stats = judgement_dpo(records, {"min_correct": 0.0}, random.Random(0))
     assert stats["dropped_no_wrong_judgement"] == 1 and len(pairs) == 2
     for p in pairs:
         assert p["chosen"].endswith(":" + p["label"]) and not p["rejected"].endswith(":" + p["label"])
@@ -332,7 +318,7 @@ def test_the_loop_runs_end_to_end_through_the_cli_and_reports_pairwise_figures(t
 
 def test_perturb_takes_the_first_try_that_modifies_the_instruction(tmp_path):
     writes = iter([" 47+38=", " 47+48=", " 57+38="])  # the model copies the question once, then modifies it
-    backend = ScriptedBackend(lambda p, rng: next(writes) if p.endswith(" modify:") else " #### 95")
+    backend = ScriptedModel(reply=lambda p, j, rng: next(writes) if p.endswith(" modify:") else " #### 95")
     pairs, figures = perturb.perturb({**PERTURB, "tries": 3}, GENERATE, samples("47+38=", [" #### 85"], "85"),
                                      "unused", tmp_path / "c.jsonl", "{question}", backend=backend)
     assert [p["modified_instruction"] for p in pairs] == ["47+48="] and figures["perturb_dropped_same_instruction"] == 0

@@ -10,7 +10,16 @@ import pytest
 
 from selfimprove.scoring.rules.sft import best_of_n, has_steps, system2
 
+from fakes import ScriptedModel
+
 WORKED = " 7+8=15 r5; 4+3+1=8 r85; #### {}"
+
+
+def rule(**changes) -> dict:
+    """The pairs stage's settings as the stage reads them (every default filled in), with changes."""
+    from selfimprove.core.registry import stage_defaults
+
+    return {**stage_defaults("pairs"), **changes}
 
 
 def vote_record(completions: list[str], gold: str | None = "85", extra: list[bool] | None = None) -> dict:
@@ -30,12 +39,12 @@ def test_steps_are_anything_written_before_the_final_answer(completion, steps):
 def test_system2_votes_over_the_samples_that_reason_and_targets_the_direct_answer():
     # 3 worked samples agree on 85; the 4 direct guesses (a majority of all 7) say 84 and do not vote.
     record = vote_record([WORKED.format(85)] * 3 + [" #### 84"] * 4)
-    examples, stats = system2([record], {"min_votes": 0.5}, random.Random(0))
+    examples, stats = system2([record], rule(min_votes=0.5), random.Random(0))
     assert [e["completion"] for e in examples] == [" #### 85"] and examples[0]["chosen"] == " #### 85"
     assert examples[0]["agreement"] == 1.0 and examples[0]["system2_samples"] == 3
     assert stats["system2_accuracy"] == 1.0 and stats["kept_correct"] == 1 and stats["pairs"] == 1
     # over all samples instead, the direct guesses win
-    examples, _ = system2([record], {"min_votes": 0.5, "steps_only": False}, random.Random(0))
+    examples, _ = system2([record], rule(min_votes=0.5, steps_only=False), random.Random(0))
     assert examples[0]["completion"] == " #### 84"
 
 
@@ -43,16 +52,16 @@ def test_system2_drops_a_question_without_a_clear_majority_or_without_reasoning(
     split = vote_record([WORKED.format(85), WORKED.format(86), " #### 85"])
     weak = vote_record([WORKED.format(85), WORKED.format(85), WORKED.format(86), WORKED.format(87)])
     direct = vote_record([" #### 85"] * 4)
-    examples, stats = system2([split, weak, direct], {"min_votes": 0.6}, random.Random(0))
+    examples, stats = system2([split, weak, direct], rule(min_votes=0.6), random.Random(0))
     assert examples == []
     assert stats["dropped_no_majority"] == 2 and stats["dropped_no_system2_sample"] == 1
-    examples, _ = system2([weak], {"min_votes": 0.5}, random.Random(0))  # 2 of 4 is enough at 0.5
+    examples, _ = system2([weak], rule(min_votes=0.5), random.Random(0))  # 2 of 4 is enough at 0.5
     assert [e["answer"] for e in examples] == ["85"]
 
 
 def test_system2_never_reads_gold_for_its_choice_and_writes_the_answer_format():
     record = vote_record([WORKED.format(84)] * 2, gold="85")
-    examples, stats = system2([record], {"min_votes": 0.5, "answer_format": "The answer is {answer}."},
+    examples, stats = system2([record], rule(min_votes=0.5, answer_format="The answer is {answer}."),
                               random.Random(0))
     assert examples[0]["completion"] == "The answer is 84." and examples[0]["chosen_correct"] is False
     assert stats["system2_accuracy"] == 0.0
@@ -63,8 +72,8 @@ def test_system2_trains_the_plain_prompt_when_the_samples_had_a_reasoning_prompt
 
     rows = [{"id": 0, "prompt": "Q: 2+2? Think step by step.", "question": "2+2?", "gold": "4", "extra": False,
              "completion": "2 and 2 make 4. #### 4"} for _ in range(3)]
-    examples, _ = system2(vote(rows), {"min_votes": 0.5, "system1_template": "Q: {question}\nA:",
-                                       "answer_format": " #### {answer}"}, random.Random(0))
+    examples, _ = system2(vote(rows), rule(min_votes=0.5, system1_template="Q: {question}\nA:",
+                                         answer_format=" #### {answer}"), random.Random(0))
     assert [(e["prompt"], e["completion"]) for e in examples] == [("Q: 2+2?\nA:", " #### 4")]
 
 
@@ -74,15 +83,15 @@ def scored(mean_scores, correct=None) -> dict:
 
 
 def test_best_of_n_keeps_the_highest_scored_response_and_breaks_ties_at_random():
-    examples, stats = best_of_n([scored([1.0, None, 4.0, 2.0], [False, False, True, False])], {}, random.Random(0))
+    examples, stats = best_of_n([scored([1.0, None, 4.0, 2.0], [False, False, True, False])], rule(), random.Random(0))
     assert [e["completion"] for e in examples] == ["c2"] and examples[0]["score"] == 4.0
     assert stats["chosen_correct"] == 1
-    picks = {best_of_n([scored([3.0, 1.0, 3.0])], {}, random.Random(seed))[0][0]["completion"] for seed in range(20)}
+    picks = {best_of_n([scored([3.0, 1.0, 3.0])], rule(), random.Random(seed))[0][0]["completion"] for seed in range(20)}
     assert picks == {"c0", "c2"}
 
 
 def test_best_of_n_drops_prompts_without_scores_or_below_the_floor():
-    examples, stats = best_of_n([scored([None, None]), scored([1.0, 2.0])], {"min_score": 3.0}, random.Random(0))
+    examples, stats = best_of_n([scored([None, None]), scored([1.0, 2.0])], rule(min_score=3.0), random.Random(0))
     assert examples == [] and stats["dropped_no_score"] == 1 and stats["dropped_below_min_score"] == 1
 
 
@@ -179,20 +188,6 @@ def test_the_system2_loop_compiles_to_generate_vote_pairs_train_evaluate(tmp_pat
     assert names == ["generate", "vote", "pairs", "train", "evaluate"]
 
 
-class ChainBackend:
-    """The generation boundary for the System 2 stage: each prompt's reply is a function of it."""
-
-    def __init__(self, reply):
-        self.reply, self.asked = reply, []
-
-    def sample(self, prompts, n, temperature, top_p, max_new_tokens, batch_size, seed, on_batch=None):
-        self.asked.append(list(prompts))
-        return [[self.reply(p, j) for j in range(n)] for p in prompts]
-
-    def close(self):
-        pass
-
-
 S2 = {"step1_template": "rar-rephrase", "step2_template": "rar-respond", "prompt_template": "<u>{question}</u>",
       "n": 2, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 32, "batch_size": 8, "shard_size": 4, "seed": 0}
 
@@ -201,13 +196,13 @@ def test_rephrase_and_respond_feeds_each_rephrasing_to_its_answer_and_writes_sys
     from selfimprove.stages._io import read_jsonl
     from selfimprove.stages.system2 import system2
 
-    def reply(prompt, j):
+    def reply(prompt, j, rng):
         return f"rephrased #{j}" if "rephrase and expand" in prompt else f"answer to [{prompt[-120:]}] #### 7"
 
-    backend = ChainBackend(reply)
+    backend = ScriptedModel(reply=reply)
     records = [{"id": 0, "question": "What is 3+4?", "answer": "7"}]
     system2(S2, records, "unused", tmp_path / "samples.jsonl", "Q: {question}", backend=backend)
-    step1, step2 = backend.asked
+    step1, step2 = backend.batches
     assert len(step1) == 1 and step1[0].startswith("<u>") and "What is 3+4?" in step1[0]
     assert len(step2) == 2 and "rephrased #0" in step2[0] and "rephrased #1" in step2[1]
     assert all("What is 3+4?" in p for p in step2)  # RaR's answer step sees the question too
@@ -220,12 +215,13 @@ def test_rephrase_and_respond_feeds_each_rephrasing_to_its_answer_and_writes_sys
 def test_system2_attention_answers_from_the_rewrite_alone(tmp_path):
     from selfimprove.stages.system2 import system2
 
-    backend = ChainBackend(lambda p, j: "Context: 3 and 4. Question: their sum?" if "unbiased" in p else "#### 7")
+    backend = ScriptedModel(reply=lambda p, j, rng: "Context: 3 and 4. Question: their sum?" if "unbiased" in p
+                            else "#### 7")
     settings = {**S2, "step1_template": "s2a-rewrite", "step2_template": "s2a-answer", "n": 1}
     records = [{"id": 0, "question": "I think it is 9. What is 3+4?", "answer": "7"}]
     system2(settings, records, "unused", tmp_path / "s.jsonl", "{question}", backend=backend)
-    assert "I think it is 9" in backend.asked[0][0] and "I think it is 9" not in backend.asked[1][0]
-    assert "Context: 3 and 4." in backend.asked[1][0]
+    assert "I think it is 9" in backend.batches[0][0] and "I think it is 9" not in backend.batches[1][0]
+    assert "Context: 3 and 4." in backend.batches[1][0]
 
 
 def test_a_step_template_with_the_wrong_placeholders_is_one_line(tmp_path):

@@ -92,5 +92,8 @@ def test_bad_train_settings_are_reported_with_line_key_and_fix(tmp_path, monkeyp
 def test_report_to_passes_the_users_trackers_to_trl_and_none_by_default():
     from selfimprove.stages.train import trackers
 
-    assert trackers({}) == "none" and trackers({"report_to": ""}) == "none"  # nothing phones home by default
+    from selfimprove.core.registry import stage_defaults
+
+    # nothing phones home by default (report_to is omitted from params at its default; read, it is "")
+    assert trackers(stage_defaults("train")) == "none" and trackers({"report_to": ""}) == "none"
     assert trackers({"report_to": "wandb, mlflow"}) == ["wandb", "mlflow"]

@@ -28,9 +28,9 @@ def open_backend(run: dict, model_ref: str, revision: str | None = None, scratch
     cache and vLLM a LoRA adapter's merged model. Models load on first use, so a stage whose shards are
     all reused from an interrupted run never loads one."""
     from selfimprove.core.errors import UserError
-    from selfimprove.core.registry import UnknownName, resolve
+    from selfimprove.core.registry import DEFAULT_BACKEND, UnknownName, resolve
 
-    name = run.get("backend", "hf")
+    name = run.get("backend", DEFAULT_BACKEND)
     try:
         backend = resolve("backend", name)
     except UnknownName as error:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import copy
 import re
 
-from selfimprove.core.registry import BACKENDS, resolve, suggestion
+from selfimprove.core.registry import BACKENDS, DEFAULT_BACKEND, resolve, suggestion
 from selfimprove.core.validation import Problems, check_section, check_values, defaults
 
 
 def check_backend(raw: dict, problems: Problems) -> tuple[str, bool, dict]:
     """(backend, chat_template, the chosen backend's resolved section). Every backend's section is checked
     even when another backend is chosen, so a loop can keep them and switch with the one key."""
-    backend = raw.get("backend", "hf")
+    backend = raw.get("backend", DEFAULT_BACKEND)
     if backend not in BACKENDS:
         problems.add(("backend",), f"{backend!r} is not a backend; {suggestion(backend, BACKENDS)} (e.g. backend: vllm)")
     chat_template = raw.get("chat_template", False)
@@ -54,7 +54,7 @@ def check_key_env(name: str, path: tuple, problems: Problems) -> None:
 def backend_params(loop) -> dict:
     """The backend's entries in params.yaml: none for the default (hf without a chat template), so loops
     that never name a backend compile exactly as before; else backend, chat_template and its section."""
-    if loop.backend == "hf" and not loop.chat_template:
+    if loop.backend == DEFAULT_BACKEND and not loop.chat_template:
         return {}
     params = {"backend": loop.backend, "chat_template": loop.chat_template}
     if loop.backend_settings:

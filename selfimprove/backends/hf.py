@@ -4,6 +4,13 @@ and next-token probabilities from one forward pass. A model reference with a tem
 
 from __future__ import annotations
 
+from selfimprove.core.registry import load
+
+# Decoding with a temperature head, named rather than imported: it counts in the code fingerprint of
+# the stages that read a head's model (Stage.model_code of the stages that write one), not of every
+# stage that samples with this backend.
+TEMPERATURE_HEAD = "selfimprove.models.temperature_head"
+
 
 class HFBackend:
     SETTINGS: dict = {}  # no section: the model runs in this process
@@ -22,33 +29,31 @@ class HFBackend:
     def _load(self):
         if self._model is None:
             from selfimprove import models
-            from selfimprove.models import temperature_head
+            from selfimprove.models.head_files import is_head
 
             self._model, self._tokenizer = models.load(self.model_ref, self.revision)
-            if temperature_head.is_head(self.model_ref):
-                self._head = temperature_head.load(self.model_ref)
+            if is_head(self.model_ref):
+                self._head = load(f"{TEMPERATURE_HEAD}:load")(self.model_ref)
         return self._model, self._tokenizer
 
     @property
     def temperature_head(self):
         """The model's temperature head config (selfimprove.models.temperature_head.HeadConfig), or None."""
-        from selfimprove.models import temperature_head
+        from selfimprove.models.head_files import is_head, read_config
 
-        return temperature_head.read_config(self.model_ref) if temperature_head.is_head(self.model_ref) else None
+        return read_config(self.model_ref) if is_head(self.model_ref) else None
 
     def sample_with_temperatures(self, prompts: list[str], n: int, top_p: float, max_new_tokens: int,
                                  batch_size: int, seed: int, pick: str = "sample", on_batch=None):
         """With a temperature head: (n completions per prompt, the temperature of each: one number at
         sequence level, one per generated token at token level). pick: sample the head or take its argmax."""
-        from selfimprove.models import temperature_head
-
         model, tokenizer = self._load()
         head, config = self._head
         if self.chat_template:
             from selfimprove.backends import chat_prompts
 
             prompts = chat_prompts(tokenizer, prompts)
-        return temperature_head.sample(model, tokenizer, head, config, prompts, n, top_p, max_new_tokens, batch_size,
+        return load(f"{TEMPERATURE_HEAD}:sample")(model, tokenizer, head, config, prompts, n, top_p, max_new_tokens, batch_size,
                                        seed, pick, on_batch=on_batch, add_special_tokens=not self.chat_template)
 
     def sample(self, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,

@@ -21,7 +21,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from selfimprove.core.errors import UserError, writing
+from selfimprove.core.errors import UserError
+from selfimprove.core.files import write_text
 
 RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
 
@@ -149,16 +150,8 @@ class ResponseCache:
         return json.loads(path.read_text())
 
     def put(self, body: dict, payload: dict) -> None:
-        path = self._path(body)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{threading.get_ident()}.tmp")
-        with writing(path):
-            try:
-                tmp.write_text(json.dumps(payload))
-                os.replace(tmp, path)
-            except OSError:
-                tmp.unlink(missing_ok=True)
-                raise
+        # Threads may put the same request at once: each writes a temporary file of its own.
+        write_text(self._path(body), json.dumps(payload), tmp_suffix=f".{threading.get_ident()}.tmp")
 
     def replies(self) -> list[dict]:
         return [json.loads(path.read_text()) for path in sorted(self.folder.glob("*/*.json"))]

@@ -23,7 +23,7 @@ SETTINGS = {  # the loop file's ray: section
                        "machine"),
     "concurrency": Setting(int, 1, "engine replicas (model copies) across the cluster", check=lambda v: v >= 1,
                            fix="must be >= 1"),
-    "batch_size": Setting(int, 64, "rows sent to an engine at a time", check=lambda v: v >= 1, fix="must be >= 1"),
+    "batch_size": Setting.count(64, "rows sent to an engine at a time"),
     "engine_kwargs": Setting(dict, {}, "vLLM engine arguments of each replica, e.g. {tensor_parallel_size: 2, "
                              "gpu_memory_utilization: 0.9, max_model_len: 4096, dtype: bfloat16}"),
     "local_gpus": Setting(int, 0, "GPUs a cluster started here announces (0: those torch sees, at least 1: Ray "

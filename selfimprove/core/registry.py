@@ -65,6 +65,7 @@ BACKENDS = {
     "openai": "selfimprove.backends.openai:OpenAIBackend",
     "ray": "selfimprove.backends.ray:RayBackend",
 }
+DEFAULT_BACKEND = "hf"  # what a loop without `backend:` samples with (and compiles to no backend params)
 
 # Builtin models (`model: builtin:<name>`): built in the project by a builder stage, never downloaded.
 BUILTIN_MODELS = {
@@ -126,6 +127,38 @@ def stages() -> list:
     return [resolve("stage", name) for name in STAGES]
 
 
+def metrics() -> list:
+    """Every metric the stages declare (selfimprove.core.stage.Metric), in the order `selfimprove metrics`
+    shows them: by their `order`, then those without one. A name two stages declare counts once, as the
+    first stage in derived-pipeline order declares it. Read on each call: a registered stage's metrics
+    count at once, with nothing else to edit."""
+    found: dict = {}
+    for stage in stages():
+        for metric in stage.metrics:
+            found.setdefault(metric.name, metric)
+    placed = sorted((m for m in found.values() if m.order is not None), key=lambda m: m.order)
+    return placed + [m for m in found.values() if m.order is None]
+
+
+def metric(key: str, declared: list | None = None):
+    """The declaration a metrics-file key falls under: its exact name first, then a pattern; None if none."""
+    declared = metrics() if declared is None else declared
+    return next((m for m in declared if m.name == key), None) or next((m for m in declared if m.matches(key)), None)
+
+
+def headlines() -> list[str]:
+    """The headline candidates by priority (accuracy, pairwise_accuracy, decoding_score): an iteration
+    that has one was evaluated, and the first one a run reports is the metric its RUN@best picks by."""
+    return [m.name for m in metrics() if m.headline]
+
+
 def stage_defaults(name: str) -> dict:
     """A stage's settings at their defaults (what a loop file that does not mention it gives it)."""
     return resolve("stage", name).defaults()
+
+
+def load(target: str):
+    """The object "module:attribute" names, imported on use: code a stage runs only in some loops, named
+    by string so that it counts in the fingerprint of the stages that declare it (Stage.plugins)."""
+    module, attribute = target.split(":", 1)
+    return getattr(importlib.import_module(module), attribute)

@@ -22,8 +22,9 @@ DVC as the node itself and as the params its settings resolve to.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 
 def declaration(function: Callable) -> Callable:
@@ -50,8 +51,52 @@ class Setting:
     file: bool = False
     resolve_file: Callable[[str], Path | None] | None = None
     # A setting added after projects had run their loops: at its default (what the stage did before the
-    # setting existed) it is left out of params, so upgrading re-runs nothing. Stages read it with .get.
+    # setting existed) it is left out of params, so upgrading re-runs nothing. Reading a section fills it in.
     omit_default: bool = False
+
+    @staticmethod
+    def count(default: int, help: str, least: int = 1, **options) -> "Setting":
+        """An integer of at least `least`: a size, a batch, a number of samples. (A staticmethod, so that a
+        stage module declares one without a new import line, which would change its code fingerprint.)"""
+        return Setting(int, default, help, check=lambda v: v >= least, fix=f"must be >= {least}", **options)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One figure a stage writes into its metrics files, declared with the stage (Stage.metrics): what
+    `selfimprove metrics`, `diff`, `plot`, RUN@best, the stop rules and the run's DVC plot know of it.
+
+    name: the key in the metrics file, or a pattern with * for keys made at run time (judge_score_*).
+    better: "higher" or "lower"; None for a count or a neutral figure.
+    denominator: the metric holding the n of a rate, for its 95% Wilson interval (accuracy: problems).
+    headline: a candidate for the loop kind's headline, the metric RUN@best picks by when the loop file
+        has no `best:`; the first candidate a run reports, by order, is its headline.
+    curve: drawn across iterations in the run's DVC plot (`dvc plots show`).
+    order: its row in `metrics` and `diff`, lower first; None: after every placed metric, by name (as an
+        undeclared figure is). Metrics of equal order keep the stages' and their declarations' order.
+    role: what a stop rule reads it as: "length" (length_factor), "cost" (budget)."""
+
+    name: str
+    better: str | None = None
+    denominator: str | None = None
+    headline: bool = False
+    curve: bool = False
+    help: str = ""
+    order: int | None = None
+    role: str = ""
+
+    def __post_init__(self):
+        if self.better not in ("higher", "lower", None):
+            raise ValueError(f"metric {self.name}: better is higher, lower or None, not {self.better!r}")
+        if self.pattern and (self.headline or self.curve or self.order is not None):
+            raise ValueError(f"metric {self.name}: a pattern names no one figure to rank, plot or pick by")
+
+    @property
+    def pattern(self) -> bool:
+        return "*" in self.name
+
+    def matches(self, key: str) -> bool:
+        return fnmatchcase(key, self.name) if self.pattern else key == self.name
 
 
 @dataclass
@@ -72,10 +117,13 @@ class Stage:
         own. Each names a project file (a DVC dependency) or a file of the package (code).
     adapter(settings of the iteration) -> whether the "model" it writes is a LoRA adapter, which needs the
         chain of models under it to load (the compiler makes that chain a dependency of its readers).
+    model_code: modules of the package that using the "model" it writes runs (a temperature head's
+        decoding): the compiler adds them to the code of every later stage that loads that model.
     settings_of: other stages whose settings it reads where the loop has them (evaluation: the judge's).
     base_iteration: also runs at iteration 0, on the base model (evaluation).
     scope: "iteration" (one node per iteration of its pipeline) or "run" (one node per run, last).
-    curves: the metrics it writes that the run's plot shows across iterations (`dvc plots show`).
+    metrics: the figures it writes (Metric); those marked curve are the run's plot across iterations
+        (`dvc plots show`), in declaration order.
     plot(ctx) -> a top-level DVC plot definition {file: {x, y, title}} (a run-scope stage: the report)."""
 
     name: str
@@ -89,12 +137,21 @@ class Stage:
     plugins: Callable[["Context"], list[tuple[str, str]]] = lambda ctx: []
     files: Callable[["Context"], list[tuple[str, str]]] | None = None
     adapter: Callable[[dict], bool] = lambda settings: False
+    model_code: tuple[str, ...] = ()
     settings_of: tuple[str, ...] = ()
     base_iteration: bool = False
     scope: str = "iteration"
-    curves: tuple[str, ...] = ()
+    metrics: tuple[Metric, ...] = ()
     plot: Callable[["Context"], dict] | None = None
     module: str = ""  # set by the registry: the module whose code the stage runs
+    # Stage.Metric: a stage module declares its metrics without importing Metric, since an import
+    # is code and adding one would change the stage's fingerprint (re-run it).
+    Metric: ClassVar[type] = Metric
+
+    @property
+    def curves(self) -> tuple[str, ...]:
+        """The metrics it declares as curves (the compiler gathers the run's plot from them)."""
+        return tuple(metric.name for metric in self.metrics if metric.curve)
 
     def defaults(self) -> dict:
         return {key: setting.default for key, setting in self.settings.items()}

@@ -24,7 +24,7 @@ from typing import Any
 from selfimprove.tasks import data as data_section
 from selfimprove.backends.config import backend_params, check_backend
 from selfimprove.core.errors import UserError
-from selfimprove.core.registry import BACKENDS, STAGES, UnknownName, resolve, stages, suggestion
+from selfimprove.core.registry import BACKENDS, DEFAULT_BACKEND, STAGES, UnknownName, resolve, stages, suggestion
 from selfimprove.core.stage import tracked_values
 from selfimprove.loop import yamlfile
 from selfimprove.tasks.datafile import check_data_file
@@ -55,7 +55,7 @@ class Loop:
     start_from: str | None
     per_iteration: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
     pipelines: dict[int, list[str]] = field(default_factory=dict)
-    backend: str = "hf"
+    backend: str = DEFAULT_BACKEND
     chat_template: bool = False
     backend_settings: dict[str, Any] = field(default_factory=dict)  # the vllm: or openai: section, resolved
     best: dict[str, str] | None = None  # what RUN@best maximises: {metric, better}; None: the loop kind's headline

@@ -9,18 +9,21 @@ samples had dropped to chance (README, "Self-Rewarding, Meta-Rewarding and TPO, 
       - {metric: judge_sample_agreement, below: 0.6}    # a health figure or any metric under a bound
       - {metric: judge_parse_failure_rate, above: 0.2}  # ... or over one
       - {length_factor: 2.0}                            # mean_length past 2x the base model's
-      - {budget: 20.0}                                  # the run's API cost (every *_cost figure) past 20
+      - {budget: 20.0}                                  # the run's API cost (generate_cost_usd, ...) past 20
 
 Each rule reads the metrics of iterations 0..K (every metrics file of the iteration, as `selfimprove
 metrics` shows them) after iteration K; a rule whose metric an iteration lacks does not fire there.
 The runner (selfimprove.pipeline.runner) reproduces one iteration at a time when a loop has rules and, when one
 fires at K, compiles the loop to K iterations: nothing after K runs, now or on a rerun, until the rules
-or the loop change (a rerun checks the rules again on the same figures).
+or the loop change (a rerun checks the rules again on the same figures). length_factor and budget read
+the figures the stages declare for them (selfimprove.core.stage.Metric, role "length" and "cost").
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from selfimprove.core import registry
 
 KINDS = {  # a rule's deciding key -> what else it needs
     "drop": "metric", "patience": "metric", "below": "metric", "above": "metric",
@@ -67,7 +70,7 @@ def check_rules(value: Any, problems, path: tuple = ("stop",)) -> list[dict]:
                 problems.add(where, f"`{kind}` needs the metric it watches, e.g. {{metric: accuracy, {kind}: {number}}}")
                 continue
         elif "metric" in rule:
-            problems.add(where + ("metric",), f"`{kind}` reads its own figures (mean_length / *_cost); drop `metric`")
+            problems.add(where + ("metric",), f"`{kind}` reads its own figures (mean_length / the API cost); drop `metric`")
             continue
         rules.append(dict(rule))
     return rules
@@ -92,18 +95,26 @@ def _series(per_iteration: dict[int, dict], metric: str, upto: int) -> dict[int,
             if i <= upto and isinstance(m.get(metric), (int, float)) and not isinstance(m.get(metric), bool)}
 
 
+def _roles(role: str) -> list:
+    """The declared metrics a rule reads by their role: the stages name their own length and cost figures."""
+    return [metric for metric in registry.metrics() if metric.role == role]
+
+
 def _fires(rule: dict, per_iteration: dict[int, dict], k: int) -> str | None:
     kind = next(key for key in rule if key in KINDS)
     bound = rule[kind]
     if kind == "length_factor":
-        lengths = _series(per_iteration, "mean_length", k)
-        if k in lengths and 0 in lengths and lengths[0] > 0 and lengths[k] > bound * lengths[0]:
-            return (f"mean_length {lengths[k]:.4g} at iteration {k} is {lengths[k] / lengths[0]:.2f}x the base "
-                    f"model's {lengths[0]:.4g} (limit {bound}x)")
+        for length in _roles("length"):
+            lengths = _series(per_iteration, length.name, k)
+            if k in lengths and 0 in lengths and lengths[0] > 0 and lengths[k] > bound * lengths[0]:
+                return (f"{length.name} {lengths[k]:.4g} at iteration {k} is {lengths[k] / lengths[0]:.2f}x the "
+                        f"base model's {lengths[0]:.4g} (limit {bound}x)")
         return None
     if kind == "budget":
+        costs = _roles("cost")
         spent = sum(value for i, m in per_iteration.items() if i <= k for key, value in m.items()
-                    if key.endswith("_cost") and isinstance(value, (int, float)) and not isinstance(value, bool))
+                    if any(cost.matches(key) for cost in costs)
+                    and isinstance(value, (int, float)) and not isinstance(value, bool))
         return f"the run's API cost so far is {spent:.4g} (budget {bound})" if spent > bound else None
     values = _series(per_iteration, rule["metric"], k)
     if k not in values:

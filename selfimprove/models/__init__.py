@@ -33,20 +33,16 @@ def builtin_dir(model: str) -> str | None:
 
 def load(reference: str, revision: str | None = None, for_training: bool = False):
     """(model, tokenizer) from a local directory, a LoRA iteration's adapter directory (merged into its
-    base in memory), a temperature head's directory (its language model; selfimprove.models.temperature_head)
+    base in memory), a temperature head's directory (its language model; selfimprove.models.head_files)
     or a hub id. Decoder-only models pad on the left for batched generation; training
     code switches padding as TRL needs. A model for training stays on the CPU: the Trainer moves it to
     its process's device (moving it here would put every process's copy on GPU 0 first)."""
     import torch
-    from transformers import AutoTokenizer
 
     under_head = head_base(reference)
     if under_head:
         return load(*under_head, for_training=for_training)
-    kwargs = {} if Path(reference).is_dir() else {"revision": revision}
-    tokenizer = AutoTokenizer.from_pretrained(reference, **kwargs)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(reference, revision)
     tokenizer.padding_side = "left"
     dtype = torch.float32 if not torch.cuda.is_available() else torch.bfloat16
     model = _load_weights(reference, revision, dtype)
@@ -57,6 +53,21 @@ def load(reference: str, revision: str | None = None, for_training: bool = False
     return model, tokenizer
 
 
+def load_tokenizer(reference: str, revision: str | None = None):
+    """The tokenizer alone (a reward model's, or load's): padding with EOS where the model has no pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(reference, **revision_kwargs(reference, revision))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def revision_kwargs(reference: str | Path, revision: str | None) -> dict:
+    """from_pretrained's revision: a hub id is read at its pinned revision; a local directory has none."""
+    return {} if Path(reference).is_dir() else {"revision": revision}
+
+
 def is_adapter(reference: str | Path) -> bool:
     """Whether reference is a LoRA iteration's output: a peft adapter directory, not a whole model."""
     return (Path(reference) / ADAPTER_CONFIG).is_file()
@@ -65,7 +76,7 @@ def is_adapter(reference: str | Path) -> bool:
 def head_base(reference: str | Path) -> tuple[str, str | None] | None:
     """(the language model, its revision) a temperature head's directory reads, or None for any other
     reference. The head itself is read by the hf backend (selfimprove.backends.hf)."""
-    from selfimprove.models.temperature_head import base_model
+    from selfimprove.models.head_files import base_model
 
     return base_model(str(reference))
 
@@ -75,8 +86,7 @@ def _load_weights(reference: str, revision: str | None, dtype):
 
     if is_adapter(reference):
         return _merged_adapter(reference, dtype)
-    kwargs = {} if Path(reference).is_dir() else {"revision": revision}
-    return AutoModelForCausalLM.from_pretrained(reference, dtype=dtype, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(reference, dtype=dtype, **revision_kwargs(reference, revision))
 
 
 def _merged_adapter(directory: str, dtype):

@@ -116,6 +116,7 @@ def compile_stages(loop: Loop, project: Path, compilation: _Compilation | None =
     compilation = compilation or _Compilation(loop, project)
     run, nodes, adapter_bases, metrics, curves = loop.name, {}, {}, [], []
     model, model_is_dep = base_model(loop)
+    model_code: tuple[str, ...] = ()  # what loading the current policy runs, beyond the loader
     base = (model, model_is_dep)
     tracked = tuple(loop.tracked())
     for k in range(0, loop.iterations + 1):
@@ -127,6 +128,8 @@ def compile_stages(loop: Loop, project: Path, compilation: _Compilation | None =
             ctx = _context(compilation, loop, k, settings, model, model_is_dep, base, inputs, tracked, stage,
                            iteration_dir(run, k))
             node = stage.node(ctx)
+            if model_code and model in node["deps"]:
+                node["params"] += [key for key in compilation.record(list(model_code)) if key not in node["params"]]
             nodes[stage_name(run, k, stage.name)] = node
             if stage.plot:
                 plots.append(stage.plot(ctx))
@@ -136,7 +139,7 @@ def compile_stages(loop: Loop, project: Path, compilation: _Compilation | None =
             if "model" in stage.writes:
                 if stage.adapter(settings):  # loading an adapter needs the model it was trained on
                     adapter_bases[ctx.outputs["model"]] = [model] if model_is_dep else []
-                model, model_is_dep = ctx.outputs["model"], True
+                model, model_is_dep, model_code = ctx.outputs["model"], True, stage.model_code
     for stage in stages():
         if stage.scope == "run":
             ctx = _context(compilation, loop, loop.iterations, loop.per_iteration[loop.iterations], model,

@@ -10,11 +10,12 @@ record is always safe: DVC re-runs that stage, or restores its outputs from its 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import yaml
+
+from selfimprove.core import files
 
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml where built in: lock files grow with runs
 RECORD_START = re.compile(r"^  [^\s#][^\n]*:\s*$")  # "  <stage name>:" directly under "stages:"
@@ -58,9 +59,7 @@ def repair(path: Path) -> str | None:
     stages = salvage(path.read_text(encoding="utf-8", errors="replace"))
     if stages:
         text = yaml.safe_dump({"schema": "2.0", "stages": stages}, sort_keys=False, width=120)
-        tmp = path.with_name(path.name + ".selfimprove-tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        files.write_text(path, text, tmp_suffix=".selfimprove-tmp", encoding="utf-8")
     else:
         path.unlink()
     return (f"{path.name} was damaged ({problem}; a full disk or a crash while DVC wrote it): kept the "

@@ -22,6 +22,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from selfimprove.core import files
 from selfimprove.core.errors import UserError
 
 LOCK_FILE = "runs/.selfimprove.lock"
@@ -126,9 +127,8 @@ def clear_dead_dvc_locks(project: Path) -> None:
         "read": {p: kept for p, infos in lock.get("read", {}).items() if (kept := [i for i in infos if alive(i)])},
     }
     if cleaned != lock:
-        tmp = path.with_suffix(".selfimprove-tmp")
-        tmp.write_text(json.dumps(cleaned))
-        os.replace(tmp, path)
+        # A temporary name DVC never uses for its own files in .dvc/tmp.
+        files.write_text(path, json.dumps(cleaned), tmp_suffix=".selfimprove-tmp")
 
 
 class Repro:

@@ -12,25 +12,13 @@ from pathlib import Path
 
 import yaml
 
+from selfimprove.core import registry
 from selfimprove.core.errors import UserError
-# An iteration counts as evaluated (RUN without @K names the last one) when it has one of EVALUATED.
-from selfimprove.stages.report import EVALUATED, iteration_figures
+from selfimprove.stages.report import iteration_figures
 
-# Rates measured on n items: their 95% interval is shown beside them, so a delta can be read as real or noise.
-RATE_DENOMINATORS = {"accuracy": "problems", "maj_at_k": "problems", "thought_rate": "problems",
-                     "judge_agreement": "judge_eval_candidates",
-                     # a pair's two orders are not independent: the interval counts pairs, not judgements
-                     "pairwise_accuracy": "pairwise_pairs", "pairwise_maj_accuracy": "pairwise_pairs",
-                     "pairwise_both_orders_right": "pairwise_pairs"}
+# What each metric is (its row, its interval's denominator, whether it is a headline) is declared by the
+# stage that writes it (selfimprove.core.stage.Metric), read here through the registry.
 REF_RE = re.compile(r"^(?P<run>[a-z][a-z0-9_-]*)(?:@(?P<k>\d+|best))?$")
-# Shown first, in this order; any other numeric metric follows.
-HEADLINE = ["accuracy", "maj_at_k", "sample_accuracy", "pairwise_accuracy", "pairwise_maj_accuracy",
-            "decoding_score", "decoding_best_fixed_temperature", "score_adaptive", "temperature_adaptive",
-            "pairwise_position_consistency", "judge_agreement", "win_rate_vs_base", "win_position_consistency",
-            "thought_rate", "mean_length", "greedy_correct",
-            "maj_correct", "problems", "parse_failure_rate", "pairs", "dropped_below_tau", "dropped_ties",
-            "mean_weight", "chosen_correct", "rejected_correct", "judge_sample_agreement",
-            "judge_parse_failure_rate", "judge_tie_rate", "judge_mean_score", "judge_score_mass"]
 
 
 def iteration_metrics(project: Path, run: str) -> dict[int, dict]:
@@ -52,7 +40,9 @@ def resolve(project: Path, reference: str) -> tuple[str, dict]:
     if not match:
         raise UserError(f"{reference}: expected RUN, RUN@K or RUN@best, e.g. scpo@3")
     per_iteration = iteration_metrics(project, match["run"])
-    evaluated = [k for k, m in per_iteration.items() if any(key in m for key in EVALUATED) or match["k"] is not None]
+    # An iteration counts as evaluated (RUN without @K names the last one) when it has a headline candidate.
+    headlines = registry.headlines()
+    evaluated = [k for k, m in per_iteration.items() if any(key in m for key in headlines) or match["k"] is not None]
     if match["k"] == "best":
         k = best_iteration(project, match["run"], per_iteration)["iteration"]
     elif match["k"] is None:
@@ -69,14 +59,16 @@ def resolve(project: Path, reference: str) -> tuple[str, dict]:
 
 def headline(project: Path, run: str, per_iteration: dict[int, dict]) -> tuple[str | None, str]:
     """(the metric RUN@best picks by, "higher" or "lower"): the loop file's `best:` as compiled into
-    params.yaml, else the first of EVALUATED the run reports (accuracy, pairwise accuracy, the
-    decoding score), higher being better."""
+    params.yaml, else the first headline candidate the stages declare that the run reports (accuracy,
+    pairwise accuracy, the decoding score), better as declared (higher)."""
     params_path = project / "params.yaml"
     section = ((yaml.safe_load(params_path.read_text()) or {}).get(run) or {}) if params_path.exists() else {}
     configured = section.get("best") if isinstance(section, dict) else None
     if isinstance(configured, dict) and configured.get("metric"):
         return configured["metric"], configured.get("better", "higher")
-    return next((key for key in EVALUATED if any(key in m for m in per_iteration.values())), None), "higher"
+    found = next((key for key in registry.headlines() if any(key in m for m in per_iteration.values())), None)
+    declared = registry.metric(found) if found else None
+    return found, (declared.better if declared and declared.better else "higher")
 
 
 def best_iteration(project: Path, run: str, per_iteration: dict[int, dict] | None = None) -> dict:
@@ -86,7 +78,7 @@ def best_iteration(project: Path, run: str, per_iteration: dict[int, dict] | Non
     metric, better = headline(project, run, per_iteration)
     scored = {k: m[metric] for k, m in per_iteration.items() if metric and _numeric(m.get(metric))}
     if not scored:
-        shown = f"metric {metric!r}" if metric else "headline metric (accuracy, pairwise_accuracy, decoding_score)"
+        shown = f"metric {metric!r}" if metric else f"headline metric ({', '.join(registry.headlines())})"
         raise UserError(f"{run}@best: no iteration of {run} has the {shown} yet; run the loop first, or set "
                         f"`best: METRIC` in its loop file")
     target = (max if better == "higher" else min)(scored.values())
@@ -110,9 +102,11 @@ def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
-def interval(metrics: dict, key: str) -> tuple[float, float] | None:
-    """The 95% interval of a rate metric, when its denominator was recorded."""
-    n = metrics.get(RATE_DENOMINATORS.get(key, ""))
+def interval(metrics: dict, key: str, declared: list | None = None) -> tuple[float, float] | None:
+    """The 95% interval of a rate metric (one its stage declares with a denominator: measured on n items,
+    so a delta can be read as real or noise), when its denominator was recorded."""
+    declared = registry.metric(key, declared)
+    n = metrics.get(declared.denominator) if declared and declared.denominator else None
     if not _numeric(metrics.get(key)) or not n:
         return None
     return wilson(metrics[key] * n, n)
@@ -122,13 +116,14 @@ def diff(project: Path, a: str, b: str) -> dict:
     """Rows of metric, both values, delta, and for rates their 95% intervals and whether those are separated."""
     name_a, left = resolve(project, a)
     name_b, right = resolve(project, b)
-    keys = _ordered([k for k in {**left, **right} if _numeric(left.get(k)) or _numeric(right.get(k))])
+    declared = registry.metrics()
+    keys = _ordered([k for k in {**left, **right} if _numeric(left.get(k)) or _numeric(right.get(k))], declared)
     rows = []
     for key in keys:
         x, y = left.get(key), right.get(key)
         delta = y - x if _numeric(x) and _numeric(y) else None
         row = {"metric": key, "a": x, "b": y, "delta": delta}
-        ci_a, ci_b = interval(left, key), interval(right, key)
+        ci_a, ci_b = interval(left, key, declared), interval(right, key, declared)
         if ci_a and ci_b:
             row.update(ci_a=list(ci_a), ci_b=list(ci_b), separated=ci_a[1] < ci_b[0] or ci_b[1] < ci_a[0])
         rows.append(row)
@@ -139,8 +134,11 @@ def _numeric(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _ordered(keys: list[str]) -> list[str]:
-    return [k for k in HEADLINE if k in keys] + sorted(k for k in keys if k not in HEADLINE)
+def _ordered(keys: list[str], declared: list | None = None) -> list[str]:
+    """The metrics the stages place (Metric.order) first, in their order; any other numeric metric follows
+    by name."""
+    placed = [m.name for m in (registry.metrics() if declared is None else declared) if m.order is not None]
+    return [k for k in placed if k in keys] + sorted(k for k in keys if k not in placed)
 
 
 def fmt(value) -> str:

@@ -1,6 +1,6 @@
 """`selfimprove plot RUN[@K] ... [--metric M ...] [-o FILE]`: metric curves across iterations, one panel per
 metric, one line per run, with the 95% Wilson interval of every rate whose denominator was recorded
-(selfimprove.results.RATE_DENOMINATORS) and each run's best iteration marked.
+(its stage's Metric declaration names it) and each run's best iteration marked.
 
 RUN@K draws iterations 0..K of the run; RUN all of them (RUN@best: up to its best). The metrics default
 to the first run's headline (the metric RUN@best picks by) and, where the run has it, maj_at_k.
@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfimprove import results
+from selfimprove.core import registry
 from selfimprove.core.errors import UserError
 
 
@@ -27,8 +28,13 @@ def series(project: Path, reference: str) -> tuple[str, dict[int, dict]]:
 
 
 def default_metrics(project: Path, run: str, per_iteration: dict[int, dict]) -> list[str]:
+    """The headline, then the curves declared beside the first headline candidate that are not candidates
+    themselves (evaluate's maj_at_k): the measure a loop moves and its sampled twin."""
     metric, _ = results.headline(project, run, per_iteration)
-    wanted = [m for m in (metric, "maj_at_k") if m]
+    candidates = registry.headlines()
+    beside = [curve for stage in registry.stages() if candidates and candidates[0] in stage.curves
+              for curve in stage.curves if curve not in candidates]
+    wanted = [m for m in (metric, *beside) if m]
     return [m for m in dict.fromkeys(wanted) if any(m in figures for figures in per_iteration.values())]
 
 

@@ -1,5 +1,5 @@
-"""LLM-as-a-judge building blocks: prompt templates, splitting thought from response, score parsing,
-judge health. Used by the judge stage, by evaluation (the judge's agreement with the truth) and by tests.
+"""LLM-as-a-judge building blocks: wrapping a template, splitting thought from response, score and verdict
+parsing, judge health. Used by the judge stages, by evaluation and by tests (templates: selfimprove.core.templates).
 
 A judgement that does not end in a parseable score is a parse failure and stays one: it is never turned
 into a score, it is counted, and too many of them fail the stage (judge.max_failure_rate).
@@ -7,57 +7,13 @@ into a score, it is counted, and too many of them fail the stage (judge.max_fail
 
 from __future__ import annotations
 
-import random
 import re
 from collections import Counter
-from pathlib import Path
 
-from selfimprove.tasks import tinyarith
-from selfimprove.tasks.answers import normalize_number, same_answer
 from selfimprove.core.errors import UserError
-from selfimprove.core.stage import Setting, declaration
+from selfimprove.core.stage import declaration
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
-# Named templates: files shipped in selfimprove/prompts/, except the tiny model's, which its bootstrap
-# is trained on and so lives beside the task generator.
-TEMPLATE_FILES = {"additive": "judge_additive.txt", "pairwise": "judge_pairwise.txt", "meta": "meta_judge.txt",
-                  "thought-generic": "thought_generic.txt", "thought-specific": "thought_specific.txt"}
-IN_CODE_TEMPLATES = {"tiny-arith": tinyarith.JUDGE_TEMPLATE, "tiny-arith-meta": tinyarith.META_TEMPLATE}
-# A meta-judge template shows the two judgements whole, or (the tiny model's) only their scores.
 META_PLACEHOLDERS = [("question", "response", "judgement_a", "judgement_b"), ("question", "response", "score_a", "score_b")]
-
-
-def template_path(name: str) -> Path | None:
-    """The file behind a template reference (a name or a path), or None for an in-code tiny template."""
-    if name in IN_CODE_TEMPLATES:
-        return None
-    if name in TEMPLATE_FILES:
-        return PROMPTS_DIR / TEMPLATE_FILES[name]
-    return Path(name)
-
-
-def load_template(name: str, placeholders: tuple[str, ...] = ("question", "response"),
-                  alternatives: list[tuple[str, ...]] | None = None) -> str:
-    """A template's text; a user file must exist and use the placeholders (or one of the alternative
-    sets), and nothing else in braces."""
-    if name in IN_CODE_TEMPLATES:
-        return IN_CODE_TEMPLATES[name]
-    path = template_path(name)
-    if not path.is_file():
-        raise UserError(f"{name}: no such template file; use one of {', '.join([*IN_CODE_TEMPLATES, *TEMPLATE_FILES])} "
-                        "or a path to a text file")
-    text = path.read_text()
-    found = set(re.findall(r"(?<!\{)\{(\w+)\}(?!\})", text))
-    for option in alternatives or []:
-        if found == set(option):
-            return text
-    placeholders = (alternatives or [placeholders])[0]
-    missing, unknown = set(placeholders) - found, found - set(placeholders)
-    if missing or unknown:
-        raise UserError(f"{path}: a template needs the placeholders {', '.join('{' + p + '}' for p in placeholders)}"
-                        + (f"; {', '.join('{' + u + '}' for u in sorted(unknown))} is not one (write {{{{ }}}} for a "
-                           "literal brace)" if unknown else ""))
-    return text
 
 
 def wrap(template: str, judge_settings: dict) -> str:
@@ -155,25 +111,18 @@ def check_failure_rate(records: list[dict], figures: dict, limit: float, pattern
                     "Fix the template, or raise judge.max_new_tokens if the judgements are cut short")
 
 
-def held_out_candidates(records: list[dict], seed: int) -> list[dict]:
-    """Candidate answers to judge for the agreement metric: for each labelled numeric problem, the right
-    answer half the time, else one off by a small amount. Seeded, so every iteration judges the same."""
-    rng = random.Random(f"judge-eval:{seed}")
-    candidates = []
-    for record in records:
-        truth = normalize_number(record["answer"] or "")
-        if truth is None or "." in truth:
-            continue
-        candidate = tinyarith.candidate_answer(rng, int(truth))
-        candidates.append({"question": record["question"], "response": candidate,
-                           "correct": same_answer(candidate, record["answer"])})
-    return candidates
+WINNER_PATTERN = r"(?i)Winner:\s*(A|B|tie)\b"  # a comparison's verdict line (the win rate's template)
 
 
-def parse_winner(text: str, pattern: str) -> str | None:
-    """'A' or 'B' from the last verdict a comparison states; None for a tie, a refusal or no verdict."""
-    matches = re.findall(pattern, text)
-    return matches[-1].upper() if matches and matches[-1].upper() in ("A", "B") else None
+def parse_verdict(text: str, pattern: str, ties: bool = False) -> str | None:
+    """'A' or 'B' from the last verdict a comparison states ('tie' too where ties count); None for a
+    refusal or no verdict, which callers count as a parse failure. pattern: one group capturing the verdict."""
+    found = [m.upper() for m in re.findall(pattern, text)]
+    if not found:
+        return None
+    if found[-1] in ("A", "B"):
+        return found[-1]
+    return "tie" if ties and found[-1] == "TIE" else None
 
 
 def position_weights(battles: list[dict]) -> tuple[float, float]:
@@ -227,12 +176,6 @@ def carried(rows: list[dict]) -> dict:
 
 
 @declaration
-def _is_template(name: str) -> bool:
-    path = template_path(name)
-    return path is None or path.is_file()
-
-
-@declaration
 def one_group(pattern: str) -> bool:
     import re
 
@@ -240,11 +183,3 @@ def one_group(pattern: str) -> bool:
         return re.compile(pattern).groups == 1
     except re.error:
         return False
-
-
-@declaration
-def template_setting(default: str, names: str, help: str) -> Setting:
-    """A prompt template: a builtin's name (a prompt of the package, or one written in code) or a user's
-    text file, which becomes a DVC dependency of the stages that read it."""
-    return Setting(str, default, help, check=_is_template, file=True, resolve_file=template_path,
-                   fix=f"is not a template: use {names} or a path to a text file")

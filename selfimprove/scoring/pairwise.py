@@ -4,46 +4,23 @@ so a judge that favours a position is seen doing so (position consistency) and c
 Used by the perturb and pairjudge stages (synthetic pairs and their judgements), the judgement rules
 (selfimprove.scoring.rules.judgements) and judge_eval (pairwise accuracy on a labelled pair set).
 
-Templates: the paper's prompts are files of the package (selfimprove/prompts/), the tiny model's are
-written in code beside the task it was bootstrapped on (selfimprove.tasks.arith_evaluator); a user's
-text file works wherever a name does.
+Templates come from selfimprove.core.templates: the paper's prompts are files of the package, the tiny
+model's are written in code beside its task; a user's text file works wherever a name does.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
 from selfimprove.scoring import judging
 from selfimprove.core.errors import UserError
 from selfimprove.core.stage import Setting, declaration
-from selfimprove.tasks import arith_evaluator
 
-TEMPLATE_FILES = {"eval-plan": "judge_eval_plan.txt", "worse-response": "worse_response.txt",
-                  "bsm-system1": "system2/bsm_system1.txt"}
-IN_CODE_TEMPLATES = {"tiny-arith-pairwise": arith_evaluator.PAIRWISE_TEMPLATE,
-                     "tiny-arith-perturb": arith_evaluator.PERTURB_TEMPLATE}
 PAIRWISE_PLACEHOLDERS = ("question", "response_a", "response_b")
 PERTURB_PLACEHOLDERS = ("question", "response")
 VERDICT_PATTERN = r"\[\[(A|B)\]\]"
-
-
-def template_path(name: str) -> Path | None:
-    """The file behind a template name or path; None for a template written in code."""
-    if name in IN_CODE_TEMPLATES:
-        return None
-    if name in TEMPLATE_FILES:
-        return judging.PROMPTS_DIR / TEMPLATE_FILES[name]
-    return Path(name)
-
-
-def load_template(name: str, placeholders: tuple[str, ...]) -> str:
-    """A template's text, checked for exactly its placeholders (judging.load_template's rules)."""
-    if name in IN_CODE_TEMPLATES:
-        return IN_CODE_TEMPLATES[name]
-    return judging.load_template(str(template_path(name)), placeholders)
 
 
 def read_pairs(path: str, size: int = 0, setting: str = "pairs_file") -> list[dict]:
@@ -82,12 +59,6 @@ def view(text: str, marker: str) -> str | None:
     empty), None when the marker is missing."""
     split = judging.split_response(text, marker)
     return split[1] if split else None
-
-
-def parse_verdict(text: str, pattern: str = VERDICT_PATTERN) -> str | None:
-    """'A' or 'B' from the last verdict the judgement states; None for no verdict (a parse failure)."""
-    found = [m.upper() for m in re.findall(pattern, text)]
-    return found[-1] if found and found[-1] in ("A", "B") else None
 
 
 def both_orders(question: str, good: str, bad: str, template: str) -> list[dict]:
@@ -136,20 +107,6 @@ def judges_pairs(settings: dict) -> bool:
     from selfimprove.scoring.rules import needs
 
     return needs(settings) == "judgements"
-
-
-@declaration
-def _is_template(name: str) -> bool:
-    path = template_path(name)
-    return path is None or path.is_file()
-
-
-@declaration
-def template_setting(default: str, names: str, help: str) -> Setting:
-    """A prompt template: a name (the paper's prompt, the tiny model's) or a user's text file, which
-    becomes a DVC dependency of the stages that read it."""
-    return Setting(str, default, help, check=_is_template, file=True, resolve_file=template_path,
-                   fix=f"is not a template: use {names} or a path to a text file")
 
 
 @declaration

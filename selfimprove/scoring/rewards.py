@@ -160,20 +160,21 @@ def model_scores(settings: dict, questions: list[str], responses: list[str]) -> 
     the same alone or in a batch (rotary ones, Llama, are indifferent), and the classifier reads the last
     non-pad position, which it finds by config.pad_token_id (set here: many reward checkpoints lack it)."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
+
+    from selfimprove.models import load_tokenizer, revision_kwargs
 
     torch.manual_seed(settings["seed"])
     reference = settings["model"]
     if not reference:
         raise UserError("reward.source model needs a reward model; set reward.model to a directory or a hub id")
-    kwargs = {} if Path(reference).is_dir() else {"revision": settings["revision"] or None}
-    tokenizer = AutoTokenizer.from_pretrained(reference, **kwargs)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    revision = settings["revision"] or None
+    tokenizer = load_tokenizer(reference, revision)
     tokenizer.padding_side, tokenizer.truncation_side = "right", "left"  # a cut keeps the response's end
     cuda = torch.cuda.is_available()
     model, info = AutoModelForSequenceClassification.from_pretrained(
-        reference, dtype=torch.bfloat16 if cuda else torch.float32, output_loading_info=True, **kwargs)
+        reference, dtype=torch.bfloat16 if cuda else torch.float32, output_loading_info=True,
+        **revision_kwargs(reference, revision))
     head = [key for key in info.get("missing_keys", []) if key.split(".")[0] in ("score", "classifier")]
     if head:
         raise UserError(f"reward.model {reference}: not a reward model, its classification head ({head[0]}) is not "

@@ -4,15 +4,17 @@ and the one-line error for a full disk."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import os
-from contextlib import contextmanager
+import re
 from pathlib import Path
 from typing import Iterable
 
 import yaml
 
-from selfimprove.core.errors import DiskFull, is_disk_full, writing
+from selfimprove.core.errors import DiskFull, is_disk_full
+from selfimprove.core.files import atomic_file  # re-exported: the stages' one atomic writer
+from selfimprove.core.registry import BUILTIN_MODELS, STAGES, resolve
 
 
 def iteration_stage_parser(doc: str, *paths: str) -> argparse.ArgumentParser:
@@ -45,12 +47,50 @@ def revision_for(run: dict, model: str) -> str | None:
     return run.get("model_revision") if model == run["model"] else None
 
 
+ITERATION = re.compile(r"it\d+")  # a run's per-iteration sections: it0 (the base model's evaluation), it1, ...
+
+
 def read_section(params_file: str, section: str) -> dict:
-    """params.yaml[section] where section is dotted (scpo.it2.generate)."""
-    node = yaml.safe_load(Path(params_file).read_text())
+    """params.yaml[section] where section is dotted (scpo.it2.generate, or a whole run: scpo), with every
+    stage's and builtin's settings complete (with_defaults)."""
+    node = with_defaults(yaml.safe_load(Path(params_file).read_text()))
     for part in section.split("."):
         node = node[part]
     return node
+
+
+def with_defaults(params: dict) -> dict:
+    """params with each setting a stage (or a builtin's builder) declares and its section leaves out
+    filled in with the declared default. The compiler leaves an omit_default setting at its default out
+    of params.yaml, so that adding one re-ran nothing; reading fills it in here, once, and stage code
+    indexes settings[key] without restating any default. Sections of stages no longer registered are
+    left as they are."""
+    for name, section in params.items():
+        if not isinstance(section, dict):
+            continue
+        if name == "builtin":
+            for model, settings in section.items():
+                section[model] = _filled(settings, _builder_declarations(model))
+            continue
+        for key, stages in section.items():
+            if ITERATION.fullmatch(str(key)) and isinstance(stages, dict):
+                for stage, settings in stages.items():
+                    declared = resolve("stage", stage).settings if stage in STAGES else {}
+                    stages[stage] = _filled(settings, declared)
+    return params
+
+
+def _filled(settings, declared: dict):
+    if not isinstance(settings, dict):
+        return settings
+    return {**settings, **{key: s.default for key, s in declared.items() if key not in settings}}
+
+
+def _builder_declarations(model: str) -> dict:
+    """The settings the builder stage of a builtin model declares ({} for a name no longer registered)."""
+    if model not in BUILTIN_MODELS:
+        return {}
+    return getattr(importlib.import_module(resolve("builtin model", model).builder), "SETTINGS", {})
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -68,23 +108,6 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
 def write_json(path: str | Path, data: dict) -> None:
     with atomic_file(path) as f:
         f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-@contextmanager
-def atomic_file(path: str | Path):
-    """A text file written to `path.tmp` and renamed over `path` once complete. A failed write (a full
-    disk) removes the temporary file and names `path` in the error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with writing(path):
-        try:
-            with open(tmp, "w") as f:
-                yield f
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
 
 def stage_main(main) -> None:

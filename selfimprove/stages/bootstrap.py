@@ -68,9 +68,9 @@ def train_tiny_arith(settings: dict, out: str | Path) -> dict:
     import torch
 
     torch.manual_seed(settings["seed"])
-    task = resolve("builtin task", settings.get("task", "arith"))
+    task = resolve("builtin task", settings["task"])
     tokenizer = build_tokenizer(task.chars(settings) if callable(task.chars) else task.chars)
-    model = build_model(tokenizer, settings["layers"], settings.get("positions", 128))
+    model = build_model(tokenizer, settings["layers"], settings["positions"])
     steps, batch_size = settings["steps"], settings["batch_size"]
     examples = task.bootstrap_examples(settings["seed"], steps * batch_size, settings)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.01)
@@ -126,7 +126,7 @@ SETTINGS = {
 
 @declaration
 def _task(settings: dict) -> list[tuple[str, str]]:
-    return [("builtin task", settings.get("task", "arith"))]
+    return [("builtin task", settings["task"])]  # settings: the loop's resolved bootstrap, complete
 
 
 TINY_ARITH = Builtin("tiny-arith", __name__, {}, plugins=_task)

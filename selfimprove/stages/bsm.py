@@ -19,9 +19,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from selfimprove.scoring import pairwise
+from selfimprove.core import templates
+from selfimprove.scoring import judging, pairwise
+from selfimprove.scoring.pairs import make_pair
 from selfimprove.backends import open_backend
-from selfimprove.scoring.judging import PROMPTS_DIR
 from selfimprove.models import model_identity
 from selfimprove.stages.shards import discard, fingerprint, run_in_shards, scratch_dir
 from selfimprove.core.stage import Context, Setting, Stage, declaration
@@ -32,19 +33,9 @@ STEPS = {"branch": ("question",), "solve": ("question", "response_a", "response_
          "merge": ("question", "response_a", "response_b", "evaluations")}
 
 
-@declaration
-def step_file(value: str) -> Path:
-    """A step template's file: the shipped bsm-<step> by name, else the user's path."""
-    if value in {f"bsm-{step}" for step in STEPS}:
-        return PROMPTS_DIR / "system2" / f"{value.replace('-', '_')}.txt"
-    return Path(value)
-
-
 def step_templates(settings: dict) -> dict[str, str]:
     """Each step's template, checked for its placeholders, in the chat format."""
-    from selfimprove.scoring.judging import load_template
-
-    return {step: pairwise.wrap(load_template(str(step_file(settings[f"{step}_template"])), placeholders),
+    return {step: pairwise.wrap(templates.load(settings[f"{step}_template"], placeholders),
                                 settings["prompt_template"])
             for step, placeholders in STEPS.items()}
 
@@ -83,7 +74,7 @@ def judge_orders(backend, settings: dict, orders: list[dict], seed: int, on_batc
     if on_batch:
         on_batch(len(orders))
     return [{**o, "criteria": cs, "evaluations": es, "merge": m,
-             "verdict": pairwise.parse_verdict(m, settings["verdict_pattern"])}
+             "verdict": judging.parse_verdict(m, settings["verdict_pattern"])}
             for o, cs, es, m in zip(orders, listed, evaluations, merged)]
 
 
@@ -100,7 +91,7 @@ def pair_orders(pairs: list[dict]) -> list[dict]:
 
 def distilled(judged: list[dict], settings: dict) -> tuple[list[dict], dict]:
     """SFT examples of the pairs whose verdict survives the swap, and the curation's figures."""
-    system1 = pairwise.wrap(pairwise.load_template(settings["system1_template"], pairwise.PAIRWISE_PLACEHOLDERS),
+    system1 = pairwise.wrap(templates.load(settings["system1_template"], pairwise.PAIRWISE_PLACEHOLDERS),
                             settings["system1_prompt_template"])
     examples, consistent, unparsed, labelled, agree = [], 0, 0, 0, 0
     for first, second in zip(judged[0::2], judged[1::2]):
@@ -118,8 +109,7 @@ def distilled(judged: list[dict], settings: dict) -> tuple[list[dict], dict]:
             prompt = system1.format(question=order["question"], response_a=order["response_a"],
                                     response_b=order["response_b"])
             completion = settings["answer_format"].format(verdict=order["verdict"])
-            examples.append({"id": order["id"], "prompt": prompt, "completion": completion, "chosen": completion,
-                             "weight": 1.0, "source": "bsm"})
+            examples.append(make_pair(prompt, completion, id=order["id"], completion=completion, source="bsm"))
     pairs = len(judged) // 2
     figures = {"bsm_pairs": pairs, "bsm_kept": consistent, "bsm_unparsed": unparsed,
                "bsm_consistency": consistent / (pairs - unparsed) if pairs - unparsed else 0.0,
@@ -181,7 +171,7 @@ def _optional_file(value: str) -> Path | None:
 def _template(step: str) -> Setting:
     placeholders = ", ".join("{" + p + "}" for p in STEPS[step])
     return Setting(str, f"bsm-{step}", f"the {step} step's template: bsm-{step} (shipped) or a text file "
-                   f"({placeholders})", file=True, resolve_file=step_file, check=lambda v: step_file(v).is_file(),
+                   f"({placeholders})", file=True, resolve_file=templates.path, check=templates.exists,
                    fix=f"is not a template: use bsm-{step} or a path to a text file")
 
 
@@ -195,11 +185,11 @@ SETTINGS = {
     "merge_template": _template("merge"),
     "prompt_template": Setting(str, "{question}", "wraps every step's prompt (a chat format)",
                                check=lambda v: "{question}" in v, fix="must contain {question}"),
-    "branches": Setting(int, 5, "criteria solved per order, at most", check=lambda v: v >= 1, fix="must be >= 1"),
+    "branches": Setting.count(5, "criteria solved per order, at most"),
     "verdict_pattern": pairwise.verdict_setting(),
     "prefill": Setting(str, "", "text the merge step's verdict starts with, written for the model (e.g. '[[' for a "
                        "small model that never writes the format on its own)"),
-    "system1_template": pairwise.template_setting("bsm-system1", "bsm-system1, eval-plan", "the distilled judge's "
+    "system1_template": templates.setting("bsm-system1", "bsm-system1, eval-plan", "the distilled judge's "
                                                   "prompt: {question} {response_a} {response_b}"),
     "system1_prompt_template": Setting(str, "{question}", "wraps the distilled judge's prompt (a chat format)",
                                        check=lambda v: "{question}" in v, fix="must contain {question}"),
@@ -207,8 +197,8 @@ SETTINGS = {
                              check=lambda v: "{verdict}" in v, fix="must contain {verdict}"),
     "temperature": Setting(float, 0.0, "sampling temperature of every step (0: greedy)"),
     "top_p": Setting(float, 1.0, "nucleus sampling mass"),
-    "max_new_tokens": Setting(int, 256, "longest output of a step, in tokens", check=lambda v: v >= 1, fix="must be >= 1"),
-    "batch_size": Setting(int, 64, "sequences per forward pass", check=lambda v: v >= 1, fix="must be >= 1"),
+    "max_new_tokens": Setting.count(256, "longest output of a step, in tokens"),
+    "batch_size": Setting.count(64, "sequences per forward pass"),
     "shard_size": Setting(int, 64, "orders per resumable shard (even: a pair's orders stay together)",
                           check=lambda v: v >= 2, fix="must be >= 2"),
     "seed": Setting(int, 0, "sampling seed"),

@@ -122,10 +122,10 @@ def main(argv=None) -> None:
 SETTINGS = {
     "temperatures": Setting(str, ",".join(map(str, temperature_head.DEFAULT_TEMPERATURES)),
                             "the fixed temperatures a model without a head is decoded at (the head's set)"),
-    "k": Setting(int, 8, "samples per prompt", check=lambda v: v >= 1, fix="must be >= 1"),
+    "k": Setting.count(8, "samples per prompt"),
     "top_p": Setting(float, 1.0, "nucleus sampling mass", check=lambda v: 0 < v <= 1, fix="must be in (0, 1]"),
-    "max_new_tokens": Setting(int, 64, "longest completion, in tokens", check=lambda v: v >= 1, fix="must be >= 1"),
-    "batch_size": Setting(int, 512, "sequences per forward pass", check=lambda v: v >= 1, fix="must be >= 1"),
+    "max_new_tokens": Setting.count(64, "longest completion, in tokens"),
+    "batch_size": Setting.count(512, "sequences per forward pass"),
     "seed": Setting(int, 1234, "sampling seed"),
 }
 
@@ -151,7 +151,15 @@ STAGE = Stage("decoding", SETTINGS, node=node, files=files, settings_of=("reward
               included=lambda settings: False,  # only where a loop's pipeline names it
               plugins=lambda ctx: [("backend", ctx.backend)] + resolve("stage", "reward").plugins(ctx)
               + data_sources.task_plugins(ctx.data["eval"]),
-              curves=("decoding_score",))
+              metrics=(Stage.Metric("decoding_score", "higher", headline=True, curve=True, order=60,
+                                    help="the head's mean score, or the best fixed temperature's without a head"),
+                       Stage.Metric("decoding_best_fixed_temperature", order=70,
+                                    help="the fixed temperature scoring best"),
+                       Stage.Metric("score_adaptive", "higher", order=80, help="mean score sampling with the head"),
+                       Stage.Metric("temperature_adaptive", order=90, help="mean temperature the head chose"),
+                       Stage.Metric("score_*", help="mean score per sample at a temperature, per prompt kind; "
+                                    "*_sd: its standard deviation over prompts"),
+                       Stage.Metric("temperature_*", help="mean temperature the head chose, per prompt kind")))
 
 if __name__ == "__main__":
     stage_main(main)

@@ -14,14 +14,13 @@ In a loop: `pipeline: [generate, reward, diversity, pairs, train, evaluate]` wit
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from selfimprove.backends import open_backend
+from selfimprove.core import templates
 from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
 
-PROMPT = Path(__file__).resolve().parent.parent / "prompts" / "diversity_judge.txt"
 
 
 def pool_prompt(template: str, record: dict) -> str:
@@ -60,7 +59,7 @@ def main(argv=None) -> None:
     args = iteration_stage_args(__doc__, argv, "model", "scored", "out", "stats")
     run = read_section(args.params, args.run)
     settings = run[f"it{args.iteration}"]["diversity"]
-    template = Path(settings["template"] if settings["template"] != "diversity" else PROMPT).read_text()
+    template = templates.load(settings["template"], ("question", "responses"))
     records = read_jsonl(args.scored)
     backend = open_backend(run, args.model, revision_for(run, args.model))
     judged, stats = judge_diversity(settings, records, backend, template)
@@ -69,15 +68,10 @@ def main(argv=None) -> None:
     print(f"diversity: {stats['diversity_prompts']} pools judged, {stats['diversity_unparsed_rate']:.1%} unparsed")
 
 
-@declaration
-def _template_file(name: str) -> Path:
-    return PROMPT if name == "diversity" else Path(name)
-
-
 SETTINGS = {
     "template": Setting(str, "diversity", "the judge prompt with {question} and {responses}: diversity (the "
-                        "package's) or a path to a text file", file=True, resolve_file=_template_file,
-                        check=lambda v: _template_file(v).is_file(), fix="is not a file: use diversity or a path "
+                        "package's) or a path to a text file", file=True, resolve_file=templates.path,
+                        check=templates.exists, fix="is not a file: use diversity or a path "
                                                                           "to a text file"),
     "most_pattern": Setting(str, r"Most diverse:\s*(\d+)", "where the judge names the most diverse response"),
     "least_pattern": Setting(str, r"Least diverse:\s*(\d+)", "where the judge names the least diverse response"),

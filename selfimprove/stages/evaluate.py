@@ -10,19 +10,21 @@ word limit (LIFT), greedy answers under it, the limit hard.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 
-from selfimprove.tasks import data as data_sources
-from selfimprove.scoring import judging
+# Code evaluation runs only in some loops, named here rather than imported: it counts in the code
+# fingerprint of exactly the evaluations that run it (the node names it, see plugins below).
+JUDGE_METRICS = "selfimprove.scoring.judge_metrics"  # loops with a judge
+LENGTHS = "selfimprove.scoring.lengths"  # LIFT: evaluate.length_limit
+
 from selfimprove.backends import open_backend
-from selfimprove.tasks.answers import extract_final, has_steps, same_answer
-from selfimprove.scoring.lengths import PAPER_TEMPLATE, instructed, word_count
+from selfimprove.core import templates
+from selfimprove.core.registry import load
+from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages.progress import Progress
 from selfimprove.stages.shards import discard, scratch_dir
-from selfimprove.core.stage import Context, Setting, Stage, declaration
-from selfimprove.scoring.judging import template_setting
-from selfimprove.scoring.judge_scores import greedy_scores, winner_probabilities
+from selfimprove.tasks import data as data_sources
+from selfimprove.tasks.answers import extract_final, has_steps, same_answer
 from selfimprove.stages._io import (iteration_stage_parser, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
 
@@ -60,48 +62,6 @@ def majority_is(answers: list, gold) -> bool:
     return bool(counts) and same_answer(counts.most_common(1)[0][0], gold)
 
 
-def length_instructed(backend, settings: dict, records: list[dict], template: str, on_batch=None) -> dict:
-    """LIFT's evaluation: greedy outputs with a word limit in the prompt, the limit hard (an output over it
-    fails): how often it is broken, and accuracy counting a broken limit as wrong."""
-    limit = settings["length_limit"]
-    length_template = settings.get("length_template", PAPER_TEMPLATE)  # omitted from params at its default
-    prompts = [instructed(template.format(question=r["question"]), limit, length_template, template)
-               for r in records]
-    outputs = [texts[0] for texts in backend.sample(prompts, 1, 0.0, 1.0, settings["max_new_tokens"],
-                                                    settings["batch_size"], settings["seed"], on_batch=on_batch)]
-    within = [word_count(o) <= limit for o in outputs]
-    labelled = all(r["answer"] is not None for r in records)
-    figures = {"li_limit": limit, "li_violation_rate": 1 - sum(within) / len(outputs) if outputs else 0.0,
-               "li_mean_words": sum(map(word_count, outputs)) / len(outputs) if outputs else 0.0}
-    if labelled:
-        correct = sum(ok and same_answer(extract_final(o), r["answer"]) for ok, o, r in zip(within, outputs, records))
-        figures.update(li_correct=correct, li_accuracy=correct / len(outputs) if outputs else 0.0)
-    return figures
-
-
-def thinking(greedy: list[str], marker: str) -> dict:
-    """How often an output thinks before its response (text before the marker), and its mean length."""
-    splits = [judging.split_response(g, marker) for g in greedy]
-    thoughts = [s[0] for s in splits if s is not None]
-    return {"thought_rate": sum(bool(t) for t in thoughts) / len(greedy) if greedy else 0.0,
-            "unsplittable_rate": sum(s is None for s in splits) / len(greedy) if greedy else 0.0,
-            "mean_thought_length": sum(map(len, thoughts)) / len(thoughts) if thoughts else 0.0}
-
-
-def judge_agreement(backend, records: list[dict], judge: dict, size: int, seed: int, on_batch=None) -> dict:
-    """Greedy judgements of held-out candidate answers (half right, half slightly off): how often the
-    verdict matches the truth. A judgement without a score counts as a disagreement, and is counted."""
-    candidates = judging.held_out_candidates(records, seed)[:size]
-    template = judging.wrap(judging.load_template(judge["template"]), judge)
-    prompts = [template.format(question=c["question"], response=c["response"]) for c in candidates]
-    scores = greedy_scores(backend, prompts, judge, seed, on_batch)
-    agree = sum(s is not None and judging.says_right(s, judge["max_score"]) == c["correct"]
-                for s, c in zip(scores, candidates))
-    return {"judge_agreement": agree / len(candidates) if candidates else 0.0,
-            "judge_eval_candidates": len(candidates),
-            "judge_eval_parse_failure_rate": sum(s is None for s in scores) / len(scores) if scores else 0.0}
-
-
 def length_stats(outputs: list[str]) -> dict:
     """Response length in characters (instruction loops drift longer: the length the judge rewards)."""
     lengths = sorted(map(len, outputs))
@@ -123,7 +83,7 @@ def evaluate(settings: dict, records: list[dict], model_ref: str, template: str 
     k = settings["k"] if labelled or task_metrics else 0
     judge_size = settings["judge_size"] if judge and labelled else 0
     # Progress in sequences: one greedy pass, then k samples per problem, then the judge's candidates.
-    length_pass = len(prompts) if settings.get("length_limit", 0) else 0
+    length_pass = len(prompts) if settings["length_limit"] else 0
     progress = Progress("evaluate", len(prompts) * (1 + k) + length_pass + judge_size, "sequences")
     greedy = [texts[0] for texts in backend.sample(prompts, 1, 0.0, 1.0, settings["max_new_tokens"],
                                                    settings["batch_size"], settings["seed"], on_batch=progress.update)]
@@ -135,75 +95,17 @@ def evaluate(settings: dict, records: list[dict], model_ref: str, template: str 
         metrics.update(score(records, greedy, samples) if labelled else {}, k=k)
         metrics.update(task_metrics(records, samples) if task_metrics else {})
     if judge and judge["response_marker"]:
-        metrics.update(thinking(greedy, judge["response_marker"]))
-    if settings.get("length_limit", 0):
+        metrics.update(load(f"{JUDGE_METRICS}:thinking")(greedy, judge["response_marker"]))
+    if settings["length_limit"]:
         done = len(prompts) * (1 + k)
-        metrics.update(length_instructed(backend, settings, records, template,
-                                         on_batch=lambda n: progress.update(done + n)))
+        metrics.update(load(f"{LENGTHS}:length_instructed")(backend, settings, records, template,
+                                                          on_batch=lambda n: progress.update(done + n)))
     if judge_size:
         done = len(prompts) * (1 + k) + length_pass
-        metrics.update(judge_agreement(backend, records, judge, judge_size, settings["seed"],
-                                       on_batch=lambda n: progress.update(done + n)))
+        metrics.update(load(f"{JUDGE_METRICS}:judge_agreement")(backend, records, judge, judge_size, settings["seed"],
+                                                               on_batch=lambda n: progress.update(done + n)))
     backend.close()
     return metrics, greedy
-
-
-def win_rate(settings: dict, judge: dict, records: list[dict], outputs: list[str], base_outputs: list[str],
-             judge_backend=None, generate_verdicts=None) -> dict:
-    """Pairwise win rate of this iteration's greedy outputs against iteration 0's, on the first
-    evaluate.win_rate_size held-out prompts, judged in both orders (A/B then B/A) by a fixed judge so the
-    figures of all iterations are comparable. In judge.mode expected the judge's probabilities of `A`
-    and `B` after `Winner: ` give a win probability per order; otherwise it writes a verdict (ties
-    count half, an unparseable verdict is counted and left out). The two orders are averaged, which
-    cancels a constant position bias; position_consistency says how often both orders agree. A judge
-    in mode expected or generate_then_expected is read by probabilities here too."""
-    size = min(settings["win_rate_size"], len(records), len(outputs), len(base_outputs))
-    template = judging.wrap(judging.load_template(settings["win_template"], ("question", "response_a", "response_b")),
-                            judge)
-    prompts = []
-    for record, ours, base in zip(records[:size], outputs, base_outputs):
-        prompts.append(template.format(question=record["question"], response_a=ours, response_b=base))
-        prompts.append(template.format(question=record["question"], response_a=base, response_b=ours))
-    if judge["mode"] != "generate":
-        probs = winner_probabilities(judge_backend, prompts, judge["batch_size"])
-        wins = [_share(a, b) if first else _share(b, a) for (a, b), first in zip(probs, _alternating(size))]
-    else:
-        texts = (generate_verdicts(prompts) if generate_verdicts else
-                 [t[0] for t in judge_backend.sample(prompts, 1, 0.0, 1.0, judge["max_new_tokens"], judge["batch_size"],
-                                                     settings["seed"])])
-        verdicts = [_verdict(t) for t in texts]
-        wins = [None if v is None else 0.5 if v == "tie" else float((v == "A") == first)
-                for v, first in zip(verdicts, _alternating(size))]
-    if judge_backend:
-        judge_backend.close()
-    per_prompt = [(wins[2 * i], wins[2 * i + 1]) for i in range(size)]
-    both = [(a, b) for a, b in per_prompt if a is not None and b is not None]
-    decided = [(a, b) for a, b in both if a != 0.5 and b != 0.5]
-    return {"win_rate_vs_base": sum(a + b for a, b in both) / (2 * len(both)) if both else 0.0,
-            "win_prompts": len(both), "win_unparsed": sum(w is None for w in wins),
-            "win_position_consistency": sum((a > 0.5) == (b > 0.5) for a, b in decided) / len(decided) if decided else 0.0,
-            "win_first_position_rate": _first_position_rate(wins)}
-
-
-def _verdict(text: str) -> str | None:
-    """The last `Winner: A|B|tie` a comparison states, or None."""
-    found = re.findall(r"Winner:\s*(A|B|tie)\b", text, flags=re.IGNORECASE)
-    return found[-1].upper() if found and found[-1].lower() != "tie" else "tie" if found else None
-
-
-def _alternating(size: int) -> list[bool]:
-    """Whether this iteration's output is response A, for the 2*size prompts in win_rate's order."""
-    return [True, False] * size
-
-
-def _share(ours: float, theirs: float) -> float | None:
-    return ours / (ours + theirs) if ours + theirs > 0 else None
-
-
-def _first_position_rate(wins: list) -> float:
-    """How often the response shown first wins (0.5 = no position bias)."""
-    firsts = [w if first else 1 - w for w, first in zip(wins, _alternating(len(wins) // 2)) if w is not None]
-    return sum(firsts) / len(firsts) if firsts else 0.0
 
 
 def main(argv=None) -> None:
@@ -226,6 +128,7 @@ def main(argv=None) -> None:
     if args.base_outputs:
         base = [row["output"] for row in read_jsonl(args.base_outputs)]
         judge_backend = open_backend(run, args.win_judge, revision_for(run, args.win_judge), scratch=scratch_dir(args.out))
+        win_rate = load(f"{JUDGE_METRICS}:win_rate")
         metrics.update(win_rate(stages["evaluate"], stages["judge"], records, greedy, base, judge_backend))
     write_json(args.out, metrics)
     discard(args.out)  # the OpenAI backend's response cache, once the metrics are written
@@ -236,7 +139,7 @@ def main(argv=None) -> None:
 
 
 SETTINGS = {
-    "k": Setting(int, 8, "samples per problem for maj@k", check=lambda v: v >= 1, fix="must be >= 1"),
+    "k": Setting.count(8, "samples per problem for maj@k"),
     "temperature": Setting(float, 0.7, "temperature of the maj@k samples"),
     "top_p": Setting(float, 0.9, "nucleus sampling mass of the maj@k samples"),
     "max_new_tokens": Setting(int, 64, "longest completion, in tokens"),
@@ -245,13 +148,13 @@ SETTINGS = {
                           check=lambda v: v >= 0, fix="must be >= 0 (0: off)"),
     "win_rate_size": Setting(int, 0, "judge loops: held-out prompts on which iteration K meets iteration 0 (0: off)",
                              check=lambda v: v >= 0, fix="must be >= 0 (0: off)"),
-    "win_template": template_setting("pairwise", "pairwise", "the comparison prompt: {question} {response_a} "
-                                     "{response_b}"),
+    "win_template": templates.setting("pairwise", "pairwise", "the comparison prompt: {question} {response_a} "
+                                      "{response_b}"),
     "seed": Setting(int, 1234, "sampling seed"),
     "length_limit": Setting(int, 0, "LIFT: also answer greedily under this word limit (0: off) and report the "
                             "violation rate and the accuracy with the limit hard", check=lambda v: v >= 0,
                             fix="must be >= 0 (0: off)", omit_default=True),
-    "length_template": Setting(str, PAPER_TEMPLATE, "LIFT: the length instruction ({max_len}, {instruction})",
+    "length_template": Setting(str, templates.load("lift-paper"), "LIFT: the length instruction ({max_len}, {instruction})",
                                check=lambda v: "{max_len}" in v and "{instruction}" in v,
                                fix="must contain {max_len} and {instruction}", omit_default=True),
 }
@@ -295,8 +198,30 @@ def node(ctx: Context) -> dict:
 
 STAGE = Stage("evaluate", SETTINGS, node=node, writes={"metrics": "metrics.json", "outputs": "outputs.jsonl"},
               files=files, settings_of=("judge",), base_iteration=True,
-              plugins=lambda ctx: [("backend", ctx.backend)] + data_sources.task_plugins(ctx.data["eval"]),
-              curves=("accuracy", "maj_at_k"))
+              plugins=lambda ctx: [("backend", ctx.backend)] + data_sources.task_plugins(ctx.data["eval"])
+              + ([("module", JUDGE_METRICS)] if "judge" in ctx.tracked else [])
+              + ([("module", LENGTHS)] if ctx.settings["evaluate"]["length_limit"] else []),
+              metrics=(Stage.Metric("accuracy", "higher", "problems", headline=True, curve=True, order=10,
+                                    help="greedy accuracy on the held-out problems"),
+                       Stage.Metric("maj_at_k", "higher", "problems", curve=True, order=20,
+                                    help="accuracy of the majority answer of k samples per problem"),
+                       Stage.Metric("sample_accuracy", "higher", order=30, help="accuracy of the k samples"),
+                       Stage.Metric("judge_agreement", "higher", "judge_eval_candidates", order=110,
+                                    help="judge loops: the judge's verdicts agreeing with the truth, held out"),
+                       Stage.Metric("win_rate_vs_base", "higher", order=120,
+                                    help="greedy outputs' win rate against iteration 0's, both orders"),
+                       Stage.Metric("win_position_consistency", "higher", order=130,
+                                    help="comparisons whose two orders agree"),
+                       Stage.Metric("thought_rate", None, "problems", order=140,
+                                    help="greedy outputs with the judge's response marker"),
+                       Stage.Metric("mean_length", None, order=150, role="length",
+                                    help="mean greedy output length, characters (stop: length_factor)"),
+                       Stage.Metric("greedy_correct", "higher", order=160, help="problems solved greedily"),
+                       Stage.Metric("maj_correct", "higher", order=170, help="problems the majority solves"),
+                       Stage.Metric("problems", order=180, help="held-out problems evaluated"),
+                       Stage.Metric("parse_failure_rate", "lower", order=190,
+                                    help="greedy outputs with no answer to read"),
+                       Stage.Metric("judge_eval_candidates", help="candidate answers the judge's agreement is on")))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def _sample_shard(backend, shard: list[dict], settings: dict, template: str, ind
                                    settings["batch_size"], seed, on_batch=on_batch)
             return texts, [[None] * len(t) for t in texts]
         return backend.sample_with_temperatures(prompts, n, settings["top_p"], settings["max_new_tokens"],
-                                                settings["batch_size"], seed, settings.get("head_pick", "sample"),
+                                                settings["batch_size"], seed, settings["head_pick"],
                                                 on_batch=on_batch)
 
     completions, temperatures = draw(settings["n"], settings["temperature"], seed, on_batch)
@@ -69,7 +69,7 @@ def _sample_shard(backend, shard: list[dict], settings: dict, template: str, ind
             for r, p, main, extra, temps in zip(shard, prompts, completions, extras,
                                                  [a + b for a, b in zip(temperatures, extra_temperatures)])
             for j, (c, t) in enumerate(zip(main + extra, temps))]
-    if settings.get("logprobs", False):
+    if settings["logprobs"]:
         if not hasattr(backend, "logprobs"):
             raise UserError("generate.logprobs: the backend cannot score its samples' probabilities; use backend hf "
                             "or set generate.logprobs: false")
@@ -99,16 +99,16 @@ def main(argv=None) -> None:
     started = time.monotonic()
     settings = run[f"it{args.iteration}"]["generate"]
     reused = generate(settings, records, args.model, args.out,
-                      settings.get("prompt_template") or data["prompt_template"], revision, backend)
+                      settings["prompt_template"] or data["prompt_template"], revision, backend)
     write_json(args.stats, generation_stats(records, args.out, backend, time.monotonic() - started))
     print(f"generate: {len(records)} prompts" + (f", {reused} shard(s) reused from an interrupted run" if reused else ""))
 
 
 SETTINGS = {
-    "n": Setting(int, 8, "samples per prompt (k in ScPO)", check=lambda v: v >= 1, fix="must be >= 1"),
+    "n": Setting.count(8, "samples per prompt (k in ScPO)"),
     "temperature": Setting(float, 0.7, "sampling temperature", check=lambda v: v >= 0, fix="must be >= 0 (0 means greedy)"),
     "top_p": Setting(float, 0.9, "nucleus sampling mass", check=lambda v: 0 < v <= 1, fix="must be in (0, 1]"),
-    "max_new_tokens": Setting(int, 64, "longest completion, in tokens", check=lambda v: v >= 1, fix="must be >= 1"),
+    "max_new_tokens": Setting.count(64, "longest completion, in tokens"),
     "batch_size": Setting(int, 512, "sequences per forward pass; lower it if memory runs out",
                           check=lambda v: v >= 1, fix="must be >= 1"),
     "shard_size": Setting(int, 128, "prompts per resumable shard: smaller loses less on a crash",
@@ -147,7 +147,9 @@ def node(ctx: Context) -> dict:
 STAGE = Stage("generate", SETTINGS, node=node, optional_reads=("prompts",),
               writes={"samples": "samples.jsonl", "generate_stats": "generate.json"},
               plugins=lambda ctx: [("backend", ctx.backend)] + ([] if "prompts" in ctx.inputs else
-                                                                data_sources.task_plugins(ctx.data["prompts"])))
+                                                                data_sources.task_plugins(ctx.data["prompts"])),
+              metrics=(Stage.Metric("generate_cost*", "lower", role="cost",
+                                    help="the backend's API cost, where prices are set (stop: budget)"),))
 
 if __name__ == "__main__":
     stage_main(main)

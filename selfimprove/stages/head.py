@@ -18,6 +18,7 @@ from pathlib import Path
 
 from selfimprove.models import temperature_head
 from selfimprove.core.errors import UserError
+from selfimprove.core.registry import DEFAULT_BACKEND
 from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_args, read_section, revision_for, stage_main
 
@@ -48,7 +49,9 @@ def hidden_size(model_ref: str, revision: str | None) -> int:
     """The model's hidden size, from its config alone (no weights are loaded)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_ref, **({} if Path(model_ref).is_dir() else {"revision": revision}))
+    from selfimprove.models import revision_kwargs
+
+    config = AutoConfig.from_pretrained(model_ref, **revision_kwargs(model_ref, revision))
     return getattr(config, "hidden_size", None) or config.get_text_config().hidden_size
 
 
@@ -73,15 +76,15 @@ SETTINGS = {
                             fix="must be two or more distinct temperatures >= 0, comma-separated, e.g. 0,0.2,0.4,0.6,0.8,1.0"),
     "level": Setting(str, "sequence", "sequence (one temperature per response, from the last prompt token) or "
                      "token (one per generated token)", choices=temperature_head.LEVELS),
-    "width": Setting(int, 64, "the MLP's hidden width", check=lambda v: v >= 1, fix="must be >= 1"),
-    "layers": Setting(int, 3, "the MLP's linear layers (the paper: 3)", check=lambda v: v >= 1, fix="must be >= 1"),
+    "width": Setting.count(64, "the MLP's hidden width"),
+    "layers": Setting.count(3, "the MLP's linear layers (the paper: 3)"),
     "seed": Setting(int, 0, "seed of a new head's initial weights"),
 }
 
 
 @declaration
 def check(settings: dict, problems, top: dict) -> None:
-    backend = top.get("backend", "hf") if isinstance(top, dict) else "hf"
+    backend = top.get("backend", DEFAULT_BACKEND) if isinstance(top, dict) else DEFAULT_BACKEND
     if backend != "hf":
         problems.add(("backend",), f"the head stage needs backend: hf (decoding with a temperature head reads the "
                      f"model's hidden states at every step); {backend} cannot, so drop `backend: {backend}`")
@@ -95,6 +98,7 @@ def node(ctx: Context) -> dict:
 
 
 STAGE = Stage("head", SETTINGS, node=node, writes={"model": "head"}, check=check,
+              model_code=("selfimprove.models.temperature_head",),  # readers decode with the head
               adapter=lambda settings: True,  # a head directory loads the language model under it
               included=lambda settings: False)  # only where a loop's pipeline names it
 

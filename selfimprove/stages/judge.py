@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from selfimprove.core import templates
+from selfimprove.core.registry import load
 from selfimprove.scoring import judging
 from selfimprove.tasks.answers import extract_final, same_answer
 from selfimprove.backends import open_backend, usage_figures
@@ -23,10 +25,14 @@ from selfimprove.models import model_identity
 from selfimprove.scoring.rules import needs
 from selfimprove.stages.shards import discard, fingerprint, run_in_shards, scratch_dir
 from selfimprove.scoring.judge_scores import distributions_after, score_distributions
-from selfimprove.scoring.judging import one_group, template_setting
+from selfimprove.scoring.judging import one_group
 from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main,
                                     write_json, write_jsonl)
+
+# The client of a judge behind a server (source openai), named rather than imported: it counts in the
+# fingerprint of the judge stages that use it (plugins below), not of every judge.
+OPENAI_CLIENT = "selfimprove.backends.openai_client"
 
 
 def judge_prompts(samples: list[dict], template: str, marker: str) -> list[dict]:
@@ -88,7 +94,7 @@ def judge(settings: dict, samples: list[dict], model_ref: str, out: str | Path, 
     them. Modes expected and generate_then_expected read the score from the judge's probabilities
     (score_distributions). The judge prompt is wrapped in judge.prompt_template (a chat format)."""
     out = Path(out)
-    template = judging.wrap(judging.load_template(settings["template"]), settings)
+    template = judging.wrap(templates.load(settings["template"], ("question", "response")), settings)
     items = judge_prompts(samples, template, settings["response_marker"])
     if generate_judgements is None and settings["source"] == "openai":
         generate_judgements = _endpoint_judge(settings)
@@ -139,9 +145,7 @@ def _model_judge(settings: dict, backend):
 
 def _endpoint_judge(settings: dict):
     """n judgements per prompt from an OpenAI-compatible server."""
-    from selfimprove.backends.openai_client import Endpoint
-
-    endpoint = Endpoint(settings["endpoint"], settings["api_model"], settings["api_key_env"], settings["concurrency"],
+    endpoint = load(f"{OPENAI_CLIENT}:Endpoint")(settings["endpoint"], settings["api_model"], settings["api_key_env"], settings["concurrency"],
                         settings["timeout"], settings["max_retries"])
 
     def generate_judgements(prompts: list[str], shard_index: int, on_done) -> list[list[str]]:
@@ -170,10 +174,10 @@ SETTINGS = {
     "endpoint": Setting(str, "", "source openai: base URL of an OpenAI-compatible server, e.g. http://host:8000/v1"),
     "api_model": Setting(str, "", "source openai: the model name the server knows"),
     "api_key_env": Setting(str, "", "source openai: the environment variable holding the key (never the key)"),
-    "concurrency": Setting(int, 8, "source openai: requests in flight", check=lambda v: v >= 1, fix="must be >= 1"),
+    "concurrency": Setting.count(8, "source openai: requests in flight"),
     "timeout": Setting(float, 60.0, "source openai: seconds per request"),
     "max_retries": Setting(int, 5, "source openai: retries on 429, 5xx and dropped connections, with backoff"),
-    "template": template_setting("additive", "additive, pairwise, tiny-arith", "the judge prompt: {question} {response}"),
+    "template": templates.setting("additive", "additive, pairwise, tiny-arith", "the judge prompt: {question} {response}"),
     "mode": Setting(str, "generate", "generate: write judgements, parse `Score: N`; expected: the score digits' "
                     "probabilities after prompt + prefill, score = their mean; generate_then_expected: both",
                     choices=("generate", "expected", "generate_then_expected")),
@@ -258,7 +262,18 @@ def node(ctx: Context) -> dict:
 STAGE = Stage("judge", SETTINGS, node=node, reads=("samples",), writes={"scores": "judgements.jsonl",
                                                                        "judge_stats": "judge.json"},
               included=lambda settings: needs(settings) == "scores", check=check,
-              plugins=lambda ctx: [("backend", ctx.backend)])
+              plugins=lambda ctx: [("backend", ctx.backend)]
+              + ([("module", OPENAI_CLIENT)] if ctx.settings["judge"]["source"] == "openai" else []),
+              metrics=(Stage.Metric("judge_sample_agreement", "higher", order=260,
+                                    help="the judge's verdicts on this iteration's samples agreeing with gold"),
+                       Stage.Metric("judge_parse_failure_rate", "lower", order=270, help="judgements with no score"),
+                       Stage.Metric("judge_tie_rate", "lower", order=280,
+                                    help="prompts whose responses all get one mean score"),
+                       Stage.Metric("judge_mean_score", order=290, help="mean parsed score"),
+                       Stage.Metric("judge_score_mass", "higher", order=300,
+                                    help="mode expected: the next-token mass on score digits"),
+                       Stage.Metric("judge_score_*", help="the score histogram: judgements per score"),
+                       Stage.Metric("judge_cost*", "lower", role="cost", help="the backend's API cost (stop: budget)")))
 
 
 if __name__ == "__main__":

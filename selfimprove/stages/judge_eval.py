@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfimprove.scoring import pairwise
+from selfimprove.core import templates
+from selfimprove.scoring import judging, pairwise
 from selfimprove.backends import open_backend
 from selfimprove.stages.progress import Progress
 from selfimprove.stages.shards import scratch_dir
@@ -34,7 +35,7 @@ def view_settings(settings: dict, pairjudge: dict) -> dict:
 
 
 def judge_pairs(backend, pairs: list[dict], settings: dict, view: dict) -> dict:
-    template = pairwise.wrap(pairwise.load_template(view["template"], pairwise.PAIRWISE_PLACEHOLDERS),
+    template = pairwise.wrap(templates.load(view["template"], pairwise.PAIRWISE_PLACEHOLDERS),
                              view["prompt_template"])
     orders = []
     for pair in pairs:
@@ -58,7 +59,7 @@ def pairwise_metrics(orders: list[dict], greedy: list[list[str]], sampled: list[
                      pattern: str) -> dict:
     """Accuracy over the judged orders (two per pair, adjacent) of the greedy verdict and of the majority of
     the sampled ones; no verdict, or a tied majority, counts as wrong."""
-    verdicts = [pairwise.parse_verdict(t[0], pattern) for t in greedy]
+    verdicts = [judging.parse_verdict(t[0], pattern) for t in greedy]
     right = [v == o["label"] for v, o in zip(verdicts, orders)]
     figures = {"pairwise_pairs": len(orders) // 2, "pairwise_judgements": len(orders),
                "pairwise_accuracy": sum(right) / len(orders),
@@ -70,7 +71,7 @@ def pairwise_metrics(orders: list[dict], greedy: list[list[str]], sampled: list[
     parsed = [v for v in verdicts if v is not None]
     figures["pairwise_first_position_rate"] = parsed.count("A") / len(parsed) if parsed else 0.0
     if sampled is not None:
-        votes = [[pairwise.parse_verdict(t, pattern) for t in texts] for texts in sampled]
+        votes = [[judging.parse_verdict(t, pattern) for t in texts] for texts in sampled]
         figures["pairwise_maj_accuracy"] = sum(pairwise.majority(v) == o["label"] for v, o in zip(votes, orders)) / len(orders)
         figures["pairwise_sample_accuracy"] = (sum(x == o["label"] for v, o in zip(votes, orders) for x in v)
                                                / sum(map(len, votes)))
@@ -112,8 +113,8 @@ SETTINGS = {
     "temperature": Setting(float, 0.7, "temperature of the sampled verdicts"),
     "top_p": Setting(float, 0.9, "nucleus sampling mass of the sampled verdicts"),
     "template": Setting(str, "", "the comparison prompt: eval-plan, tiny-arith-pairwise or a text file; '' = "
-                        "pairjudge's", file=True, resolve_file=pairwise.template_path,
-                        check=lambda v: not v or pairwise._is_template(v),
+                        "pairjudge's", file=True, resolve_file=templates.path,
+                        check=lambda v: not v or templates.exists(v),
                         fix="is not a template: use '' (pairjudge's), eval-plan, tiny-arith-pairwise or a path to a text file"),
     "prompt_template": Setting(str, "", "wraps the comparison prompt; '' = pairjudge's",
                                check=lambda v: not v or "{question}" in v, fix="must contain {question} (or be '')"),
@@ -122,7 +123,7 @@ SETTINGS = {
     "prefill": Setting(str, "", "text the judgement starts with; '' = pairjudge's"),
     "max_new_tokens": Setting(int, 0, "longest judgement, in tokens; 0 = pairjudge's", check=lambda v: v >= 0,
                               fix="must be >= 0 (0: pairjudge's)"),
-    "batch_size": Setting(int, 512, "sequences per forward pass", check=lambda v: v >= 1, fix="must be >= 1"),
+    "batch_size": Setting.count(512, "sequences per forward pass"),
     "seed": Setting(int, 1234, "sampling seed"),
 }
 
@@ -155,7 +156,16 @@ STAGE = Stage("judge_eval", SETTINGS, node=node, files=files, check=check, setti
               base_iteration=True, writes={"pairwise_stats": "pairwise.json"},
               included=lambda settings: False,  # only where a loop's pipeline names it
               plugins=lambda ctx: [("backend", ctx.backend)],
-              curves=("pairwise_accuracy", "pairwise_maj_accuracy"))
+              # a pair's two orders are not independent: the intervals count pairs, not judgements
+              metrics=(Stage.Metric("pairwise_accuracy", "higher", "pairwise_pairs", headline=True, curve=True,
+                                    order=40, help="judgements naming the better response, both orders"),
+                       Stage.Metric("pairwise_maj_accuracy", "higher", "pairwise_pairs", curve=True, order=50,
+                                    help="the majority of k sampled judgements naming the better response"),
+                       Stage.Metric("pairwise_position_consistency", "higher", order=100,
+                                    help="pairs whose two orders get the same verdict"),
+                       Stage.Metric("pairwise_both_orders_right", "higher", "pairwise_pairs",
+                                    help="pairs judged right in both orders"),
+                       Stage.Metric("pairwise_pairs", help="labelled pairs judged")))
 
 
 if __name__ == "__main__":

@@ -135,8 +135,8 @@ SETTINGS = {
                     fix="must be > 0"),
     "lr": Setting(float, 1e-3, "the head's learning rate (AdamW)", check=lambda v: v > 0, fix="must be > 0"),
     "weight_decay": Setting(float, 0.0, "AdamW's weight decay", check=lambda v: v >= 0, fix="must be >= 0"),
-    "epochs": Setting(int, 10, "passes over the pairs", check=lambda v: v >= 1, fix="must be >= 1"),
-    "batch_size": Setting(int, 32, "pairs per step", check=lambda v: v >= 1, fix="must be >= 1"),
+    "epochs": Setting.count(10, "passes over the pairs"),
+    "batch_size": Setting.count(32, "pairs per step"),
     "seed": Setting(int, 0, "seed of the pair order"),
 }
 
@@ -150,6 +150,7 @@ def node(ctx: Context) -> dict:
 
 
 STAGE = Stage("lpo", SETTINGS, node=node, reads=("pairs",), writes={"model": "model", "lpo_stats": "lpo.json"},
+              model_code=("selfimprove.models.temperature_head",),  # readers decode with the head
               adapter=lambda settings: True,  # its head directory loads the language model under it
               included=lambda settings: False)  # only where a loop's pipeline names it
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from selfimprove.core import templates
 from selfimprove.scoring import judging
 from selfimprove.backends import open_backend
 from selfimprove.core.stage import Context, Setting, Stage, declaration
-from selfimprove.scoring.judging import one_group, template_setting
+from selfimprove.scoring.judging import one_group
 from selfimprove.scoring.judge_scores import winner_probabilities
 from selfimprove.models import model_identity
 from selfimprove.stages.shards import discard, fingerprint, run_in_shards
@@ -128,7 +129,7 @@ def metajudge(settings: dict, judge_settings: dict, records: list[dict], model_r
     shard_index, on_done) -> one text per prompt may be given (tests script the meta-judge). In mode
     expected the verdict is the likelier of `A` and `B` right after `Winner: ` (no text is written)."""
     out = Path(out)
-    template = judging.wrap(judging.load_template(settings["template"], alternatives=judging.META_PLACEHOLDERS),
+    template = judging.wrap(templates.load(settings["template"], alternatives=judging.META_PLACEHOLDERS),
                             judge_settings)
     items = comparisons(records, template)
     if generate_verdicts is None:
@@ -146,10 +147,10 @@ def metajudge(settings: dict, judge_settings: dict, records: list[dict], model_r
         backend.close()
     scores = {r["id"]: r["scores"] for r in records}
     battles = [{"id": j["id"], "response": j["response"], "first": j["first"], "second": j["second"],
-                "winner": judging.parse_winner(j["verdict"], settings["winner_pattern"]),
+                "winner": judging.parse_verdict(j["verdict"], settings["winner_pattern"]),
                 "score_first": scores[j["id"]][j["response"]][j["first"]],
                 "score_second": scores[j["id"]][j["response"]][j["second"]]} for j in judged]
-    pairs, stats = judge_pairs(records, battles, judging.load_template(judge_settings["template"]),
+    pairs, stats = judge_pairs(records, battles, templates.load(judge_settings["template"], ("question", "response")),
                                dict(settings, max_score=judge_settings["max_score"]), seed)
     write_jsonl(out, pairs)
     discard(out)
@@ -189,7 +190,7 @@ def main(argv=None) -> None:
 
 
 SETTINGS = {
-    "template": template_setting("meta", "meta, tiny-arith-meta", "the meta-judge prompt, comparing two judgements"),
+    "template": templates.setting("meta", "meta, tiny-arith-meta", "the meta-judge prompt, comparing two judgements"),
     "mode": Setting(str, "generate", "generate: parse `Winner: A|B`; expected: the likelier of A and B after "
                     "`Winner: `", choices=("generate", "expected")),
     "temperature": Setting(float, 0.0, "sampling temperature of the verdicts"),

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfimprove.scoring import pairwise
+from selfimprove.core import templates
+from selfimprove.scoring import judging, pairwise
 from selfimprove.backends import open_backend
 from selfimprove.core.errors import UserError
 from selfimprove.models import model_identity
@@ -25,7 +26,7 @@ from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_secti
 
 
 def judge_template(settings: dict) -> str:
-    return pairwise.wrap(pairwise.load_template(settings["template"], pairwise.PAIRWISE_PLACEHOLDERS),
+    return pairwise.wrap(templates.load(settings["template"], pairwise.PAIRWISE_PLACEHOLDERS),
                          settings["prompt_template"])
 
 
@@ -55,7 +56,7 @@ def pair_judge(settings: dict, pairs: list[dict], model_ref: str, out: str | Pat
                                settings["top_p"], settings["max_new_tokens"], settings["batch_size"],
                                settings["seed"] * 100003 + index, on_batch=on_done)
         texts = [[prefill + t for t in written] for written in texts]  # the judgement, as trained on
-        return [{**item, "judgements": t, "verdicts": [pairwise.parse_verdict(x, settings["verdict_pattern"]) for x in t]}
+        return [{**item, "judgements": t, "verdicts": [judging.parse_verdict(x, settings["verdict_pattern"]) for x in t]}
                 for item, t in zip(shard, texts)]
 
     key = fingerprint(settings, items, model_identity(model_ref, revision))
@@ -97,7 +98,7 @@ def main(argv=None) -> None:
 SETTINGS = {
     "source": Setting(str, "self", "who judges: self (the iteration's starting model, as the paper) or a model "
                       "directory / hub id"),
-    "template": pairwise.template_setting("eval-plan", "eval-plan, tiny-arith-pairwise",
+    "template": templates.setting("eval-plan", "eval-plan, tiny-arith-pairwise",
                                           "the comparison prompt: {question} {response_a} {response_b}"),
     "prompt_template": Setting(str, "{question}", "wraps the comparison prompt (a chat format)",
                                check=lambda v: "{question}" in v, fix="must contain {question}"),
@@ -105,14 +106,14 @@ SETTINGS = {
     "verdict_pattern": pairwise.verdict_setting(),
     "prefill": Setting(str, "", "text the judgement starts with, written for the judge (e.g. 'My verdict: [[' for a "
                        "model too small to reach a verdict on its own); part of the judgement trained on"),
-    "n": Setting(int, 4, "judgements sampled per order", check=lambda v: v >= 1, fix="must be >= 1"),
+    "n": Setting.count(4, "judgements sampled per order"),
     "temperature": Setting(float, 0.7, "sampling temperature of the judgements (the paper: 0.7)"),
     "top_p": Setting(float, 0.9, "nucleus sampling mass (the paper: 0.9)"),
-    "max_new_tokens": Setting(int, 1024, "longest judgement, in tokens", check=lambda v: v >= 1, fix="must be >= 1"),
+    "max_new_tokens": Setting.count(1024, "longest judgement, in tokens"),
     "max_failure_rate": Setting(float, 0.5, "more judgements without a verdict than this fails the stage",
                                 check=lambda v: 0 <= v <= 1, fix="is a fraction; use a value in [0, 1]"),
-    "batch_size": Setting(int, 512, "sequences per forward pass", check=lambda v: v >= 1, fix="must be >= 1"),
-    "shard_size": Setting(int, 256, "orders per resumable shard", check=lambda v: v >= 1, fix="must be >= 1"),
+    "batch_size": Setting.count(512, "sequences per forward pass"),
+    "shard_size": Setting.count(256, "orders per resumable shard"),
     "seed": Setting(int, 0, "sampling seed"),
 }
 

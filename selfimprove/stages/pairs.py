@@ -72,7 +72,14 @@ def node(ctx: Context) -> dict:
 
 STAGE = Stage("pairs", SETTINGS, node=node, reads=lambda settings: (needs(settings),), optional_reads=("judge_pairs",),
               writes={"pairs": "pairs.jsonl", "pairs_stats": "pairs.json"},
-              plugins=lambda ctx: [("pair rule", ctx.settings["pairs"]["rule"])])
+              plugins=lambda ctx: [("pair rule", ctx.settings["pairs"]["rule"])],
+              metrics=(Stage.Metric("pairs", order=200, help="training pairs the rule built"),
+                       Stage.Metric("dropped_below_tau", order=210, help="prompts whose vote share is under tau"),
+                       Stage.Metric("dropped_ties", order=220, help="prompts whose best and worst score tie"),
+                       Stage.Metric("mean_weight", order=230, help="mean pair weight (the vote margin)"),
+                       Stage.Metric("chosen_correct", "higher", order=240, help="chosen responses that are right"),
+                       Stage.Metric("rejected_correct", "lower", order=250,
+                                    help="rejected responses that are right")))
 
 
 if __name__ == "__main__":

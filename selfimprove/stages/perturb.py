@@ -21,6 +21,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from selfimprove.core import templates
 from selfimprove.scoring import pairwise
 from selfimprove.tasks.answers import extract_final, same_answer
 from selfimprove.backends import open_backend
@@ -89,7 +90,7 @@ def perturb(settings: dict, generate_settings: dict, samples: list[dict], model_
     """(contrast pairs, figures). answer_template is the prompt the model answers a modified instruction
     in (answer: solve): the generate stage's."""
     out = Path(out)
-    template = pairwise.wrap(pairwise.load_template(settings["template"], pairwise.PERTURB_PLACEHOLDERS),
+    template = pairwise.wrap(templates.load(settings["template"], pairwise.PERTURB_PLACEHOLDERS),
                              settings["prompt_template"])
     good = good_responses(samples, settings["good"])
     backend = backend or open_backend({}, model_ref, revision)
@@ -155,7 +156,7 @@ def main(argv=None) -> None:
     run = read_section(args.params, args.run)
     stages = run[f"it{args.iteration}"]
     generate_settings = stages["generate"]
-    answer_template = generate_settings.get("prompt_template") or run["data"]["prompt_template"]
+    answer_template = generate_settings["prompt_template"] or run["data"]["prompt_template"]
     revision = revision_for(run, args.model)
     backend = open_backend(run, args.model, revision, scratch=scratch_dir(args.out))
     pairs, figures = perturb(stages["perturb"], generate_settings, read_jsonl(args.samples), args.model, args.out,
@@ -166,7 +167,7 @@ def main(argv=None) -> None:
 
 
 SETTINGS = {
-    "template": pairwise.template_setting("worse-response", "worse-response, tiny-arith-perturb",
+    "template": templates.setting("worse-response", "worse-response, tiny-arith-perturb",
                                           "the prompt asking for a modified instruction: {question} {response}"),
     "prompt_template": Setting(str, "{question}", "wraps the perturb prompt (a chat format)",
                                check=lambda v: "{question}" in v, fix="must contain {question}"),
@@ -185,9 +186,9 @@ SETTINGS = {
                      "original one is used", check=lambda v: v >= 1, fix="must be >= 1"),
     "temperature": Setting(float, 0.7, "sampling temperature of the modified instructions"),
     "top_p": Setting(float, 0.9, "nucleus sampling mass"),
-    "max_new_tokens": Setting(int, 1024, "longest output, in tokens", check=lambda v: v >= 1, fix="must be >= 1"),
-    "batch_size": Setting(int, 512, "sequences per forward pass", check=lambda v: v >= 1, fix="must be >= 1"),
-    "shard_size": Setting(int, 256, "prompts per resumable shard", check=lambda v: v >= 1, fix="must be >= 1"),
+    "max_new_tokens": Setting.count(1024, "longest output, in tokens"),
+    "batch_size": Setting.count(512, "sequences per forward pass"),
+    "shard_size": Setting.count(256, "prompts per resumable shard"),
     "seed": Setting(int, 0, "sampling seed"),
 }
 

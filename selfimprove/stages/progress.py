@@ -11,6 +11,9 @@ import os
 import sys
 import time
 
+from selfimprove.core.errors import DiskFull
+from selfimprove.core.files import write_text
+
 
 class Progress:
     def __init__(self, stage: str, total: int, unit: str):
@@ -25,16 +28,10 @@ class Progress:
         if self.path:
             record = {"stage": self.stage, "done": done, "total": self.total, "unit": self.unit,
                       "started": self.started, "time": now}
-            tmp = f"{self.path}.tmp"
             try:
-                with open(tmp, "w") as f:
-                    json.dump(record, f)
-                os.replace(tmp, self.path)  # atomic: the runner never reads half a file
-            except OSError:  # the display only (a full disk): the stage's own writes report the failure
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+                write_text(self.path, json.dumps(record))  # atomic: the runner never reads half a file
+            except (OSError, DiskFull):  # the display only: the stage's own writes report a full disk
+                pass
         elif now - self.last_print > 10 or done == self.total:
             self.last_print = now
             rate = done / max(now - self.started, 1e-9)

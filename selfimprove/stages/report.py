@@ -16,12 +16,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from selfimprove.core import registry
 from selfimprove.core.stage import Context, Stage, declaration
 from selfimprove.stages._io import iteration_stage_parser, stage_main, write_json
-
-
-# The figure that says an iteration was evaluated, by kind of loop: solving, judging, decoding.
-EVALUATED = ("accuracy", "pairwise_accuracy", "decoding_score")
 
 
 def iteration_figures(iteration_dir: Path, names: list[str] | None = None) -> dict:
@@ -58,7 +55,9 @@ def main(argv=None) -> None:
     write_json(args.out, report)
     write_json(Path(args.out).with_name("curves.json"), curves(report))
     last = report[f"it{args.iteration}"]
-    headline = next((key for key in EVALUATED if key in last), None)
+    # The figure that says an iteration was evaluated, by kind of loop, as the stages declare it
+    # (Metric.headline): accuracy, pairwise_accuracy, decoding_score.
+    headline = next((key for key in registry.headlines() if key in last), None)
     print(f"report: {args.iteration} iteration(s)" + (f"; last {headline} {last[headline]:.3f}" if headline else ""))
 
 

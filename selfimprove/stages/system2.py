@@ -21,52 +21,39 @@ maps the plain prompt straight to the majority answer. Resumable in shards.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
 from selfimprove.tasks import data as data_sources
 from selfimprove.backends import open_backend, usage_figures
 from selfimprove.core.errors import UserError
-from selfimprove.scoring.judging import PROMPTS_DIR
+from selfimprove.core import templates
 from selfimprove.models import model_identity
 from selfimprove.stages.shards import discard, fingerprint, run_in_shards, scratch_dir
 from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import (iteration_stage_parser, read_section, revision_for, stage_main, write_json,
                                     write_jsonl)
 
-TEMPLATES = {"cot": "cot.txt", "rar-rephrase": "rar_rephrase.txt", "rar-respond": "rar_respond.txt",
-             "s2a-rewrite": "s2a_rewrite.txt", "s2a-answer": "s2a_answer.txt"}
-
-
-@declaration
-def template_file(name: str) -> Path | None:
-    """A step template's file: a shipped one by name, else the path given; None for no step."""
-    if not name:
-        return None
-    return PROMPTS_DIR / "system2" / TEMPLATES[name] if name in TEMPLATES else Path(name)
-
-
 def step_files(settings: dict) -> list[Path]:
-    return [template_file(settings[key]) for key in ("step1_template", "step2_template") if settings[key]]
+    return [templates.path(settings[key]) for key in ("step1_template", "step2_template") if settings[key]]
 
 
 def load_steps(settings: dict) -> list[str]:
     """The steps' templates, checked: step 1 uses {question}, step 2 uses {step1}, nothing else in braces."""
-    templates = []
+    steps = []
     for index, path in enumerate(step_files(settings)):
         if not path.is_file():
             raise UserError(f"system2.step{index + 1}_template: {path}: no such file; use "
-                            f"{', '.join(TEMPLATES)} or a path to a text file")
+                            "cot, rar-rephrase, s2a-rewrite (step 1), rar-respond, s2a-answer (step 2) or a path to a text file")
         text = path.read_text()
-        found = set(re.findall(r"(?<!\{)\{(\w+)\}(?!\})", text))
+        found = templates.placeholders(text)
         needed = "question" if index == 0 else "step1"
         allowed = {"question"} | ({"step1"} if index else set())
         if needed not in found or found - allowed:
             raise UserError(f"{path}: step {index + 1} of system2 needs {{{needed}}} and may use only "
                             f"{', '.join('{' + a + '}' for a in sorted(allowed))} (write {{{{ }}}} for a literal brace)")
-        templates.append(settings["prompt_template"].replace("{question}", text))
-    return templates
+        steps.append(settings["prompt_template"].replace("{question}", text))
+    return steps
 
 
 def run_pipeline(backend, settings: dict, questions: list[str], seed: int, on_batch=None) -> list[list[dict]]:
@@ -91,7 +78,7 @@ def system2(settings: dict, records: list[dict], model_ref: str, out: str | Path
     """Write one sample row per chain; return how many shards were reused."""
     out = Path(out)
     backend = backend or open_backend({}, model_ref, revision)
-    templates = load_steps(settings)
+    steps = load_steps(settings)
 
     def work(shard: list[dict], index: int, on_done) -> list[dict]:
         chains = run_pipeline(backend, settings, [r["question"] for r in shard], settings["seed"] * 100003 + index,
@@ -101,7 +88,7 @@ def system2(settings: dict, records: list[dict], model_ref: str, out: str | Path
                  "completion": chain["output"], "system2_steps": chain["steps"], **data_sources.prompt_fields(r)}
                 for r, per_question in zip(shard, chains) for j, chain in enumerate(per_question)]
 
-    key = fingerprint(settings, templates, records, system1_template, model_identity(model_ref, revision))
+    key = fingerprint(settings, steps, records, system1_template, model_identity(model_ref, revision))
     rows, reused = run_in_shards("system2", records, settings["shard_size"], out, key, work)
     backend.close()
     write_jsonl(out, rows)
@@ -126,30 +113,36 @@ def main(argv=None) -> None:
           + (f", {reused} shard(s) reused from an interrupted run" if reused else ""))
 
 
+@declaration
+def _step_file(name: str) -> Path | None:
+    return templates.path(name) if name else None  # '' is no second step
+
+
 SETTINGS = {
     "step1_template": Setting(str, "cot", "the first step: cot, rar-rephrase, s2a-rewrite or a text file "
-                              "({question})", file=True, resolve_file=template_file,
+                              "({question})", file=True, resolve_file=_step_file,
                               check=lambda v: bool(v) and _is_template(v),
                               fix="is not a template: use cot, rar-rephrase, s2a-rewrite or a path to a text file"),
     "step2_template": Setting(str, "", "the second step, answering from the first's output: rar-respond, s2a-answer "
                               "or a text file ({step1}, optionally {question}); '' = one step", file=True,
-                              resolve_file=template_file, check=lambda v: not v or _is_template(v),
+                              resolve_file=_step_file, check=lambda v: not v or _is_template(v),
                               fix="is not a template: use '', rar-respond, s2a-answer or a path to a text file"),
     "prompt_template": Setting(str, "{question}", "wraps every step's prompt (a chat format)",
                                check=lambda v: "{question}" in v, fix="must contain {question}"),
-    "n": Setting(int, 8, "System 2 samples per input (their answers vote)", check=lambda v: v >= 1, fix="must be >= 1"),
+    "n": Setting.count(8, "System 2 samples per input (their answers vote)"),
     "temperature": Setting(float, 0.7, "sampling temperature of every step"),
     "top_p": Setting(float, 0.9, "nucleus sampling mass"),
-    "max_new_tokens": Setting(int, 256, "longest output of a step, in tokens", check=lambda v: v >= 1, fix="must be >= 1"),
-    "batch_size": Setting(int, 512, "sequences per forward pass", check=lambda v: v >= 1, fix="must be >= 1"),
-    "shard_size": Setting(int, 128, "inputs per resumable shard", check=lambda v: v >= 1, fix="must be >= 1"),
+    "max_new_tokens": Setting.count(256, "longest output of a step, in tokens"),
+    "batch_size": Setting.count(512, "sequences per forward pass"),
+    "shard_size": Setting.count(128, "inputs per resumable shard"),
     "seed": Setting(int, 0, "sampling seed"),
 }
 
 
 @declaration
 def _is_template(name: str) -> bool:
-    return template_file(name).is_file()
+    return templates.exists(name)
+
 
 
 @declaration
@@ -164,7 +157,9 @@ def node(ctx: Context) -> dict:
 STAGE = Stage("system2", SETTINGS, node=node,
               plugins=lambda ctx: [("backend", ctx.backend)] + data_sources.task_plugins(ctx.data["prompts"]),
               writes={"samples": "samples.jsonl", "system2_stats": "system2.json"},
-              included=lambda settings: False)  # only where a loop's pipeline names it
+              included=lambda settings: False,  # only where a loop's pipeline names it
+              metrics=(Stage.Metric("system2_cost*", "lower", role="cost",
+                                    help="the backend's API cost, where prices are set (stop: budget)"),))
 
 
 if __name__ == "__main__":

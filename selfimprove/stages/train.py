@@ -26,6 +26,7 @@ from pathlib import Path
 from selfimprove.core.errors import UserError, writing
 from selfimprove.models import model_identity
 from selfimprove.core.stage import Context, Setting, Stage, declaration
+from selfimprove.scoring.pairs import with_defaults
 from selfimprove.stages._io import iteration_stage_parser, read_jsonl, read_section, revision_for, stage_main
 
 
@@ -52,7 +53,7 @@ def training_config(settings: dict, output_dir: str):
 def trackers(settings: dict) -> list[str] | str:
     """train.report_to as TRL takes it: the user's trackers (wandb, mlflow, tensorboard, ...), or none.
     DVCLive is not among them: the stage adds its own callback, writing into the iteration's directory."""
-    named = [name.strip() for name in settings.get("report_to", "").split(",") if name.strip()]
+    named = [name.strip() for name in settings["report_to"].split(",") if name.strip()]
     return named or "none"
 
 
@@ -115,6 +116,7 @@ def train(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, re
     from selfimprove import models
 
     out = Path(out)
+    pairs = with_defaults(pairs)  # every way pairs reach training passes here: a file from elsewhere may lack weight
     blob = json.dumps([settings, pairs, model_identity(model_ref, revision)], sort_keys=True)
     scratch = out.parent / f".{out.name}-checkpoints" / hashlib.sha256(blob.encode()).hexdigest()[:16]
     # The training arguments exist before the model loads, so that a DeepSpeed ZeRO-3 config can
@@ -137,7 +139,7 @@ def train(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, re
     else:
         # Each pair's weight scales its whole loss (ScPO's vote margin; 1.0 for IRPO's gold pairs).
         dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
-                                      "weight": float(p.get("weight", 1.0))} for p in pairs])
+                                      "weight": float(p["weight"])} for p in pairs])
         alpha = settings["nll_weight"] if settings["loss"] == "dpo+nll" else 0.0
         trainer = _trainer(model, tokenizer, dataset, config, alpha, peft_config)
     trainer.add_callback(_progress_callback())
@@ -330,7 +332,7 @@ def launcher(settings: dict) -> str:
 @declaration
 def node(ctx: Context) -> dict:
     model = ctx.outputs["model"]
-    from_base = ctx.settings["train"].get("from", "previous") == "base"
+    from_base = ctx.settings["train"]["from"] == "base"
     start, start_is_dep = (ctx.base, ctx.base_is_dep) if from_base else (ctx.policy, ctx.policy_is_dep)
     curves = ctx.outputs["train_curves"]
     cmd = ctx.command(STAGE, model=start, pairs=ctx.inputs["pairs"], out=model, curves=curves)

@@ -36,6 +36,7 @@ from collections import Counter
 
 from selfimprove.core.errors import UserError
 from selfimprove.core.stage import Setting
+from selfimprove.scoring.pairs import make_pair
 
 SETTINGS = {"diversity": Setting(str, "word_frequency", "DivPO's diversity criterion: probability, "
                                  "word_frequency or judge", choices=("probability", "word_frequency", "judge"),
@@ -105,7 +106,7 @@ def divpo_choice(record: dict, rho: float, criterion: str, rng: random.Random) -
 
 
 def divpo(records: list[dict], settings: dict, rng: random.Random) -> tuple[list[dict], dict]:
-    rho, criterion = settings["rho"], settings.get("diversity", "word_frequency")
+    rho, criterion = settings["rho"], settings["diversity"]
     pairs, dropped = [], 0
     for record in records:
         choice = divpo_choice(record, rho, criterion, rng)
@@ -114,12 +115,12 @@ def divpo(records: list[dict], settings: dict, rng: random.Random) -> tuple[list
             continue
         chosen, rejected, diversity = choice
         correct = record.get("correct") or [None] * len(record["completions"])
-        pairs.append({"id": record["id"], "prompt": record["prompt"], "chosen": record["completions"][chosen],
-                      "rejected": record["completions"][rejected], "weight": 1.0, "source": "divpo",
-                      "rejected_from_extra": False,
-                      "chosen_score": record["mean_scores"][chosen], "rejected_score": record["mean_scores"][rejected],
-                      "chosen_diversity": diversity[chosen], "rejected_diversity": diversity[rejected],
-                      "chosen_correct": correct[chosen], "rejected_correct": correct[rejected]})  # None without gold
+        pairs.append(make_pair(record["prompt"], record["completions"][chosen], record["completions"][rejected],
+                               id=record["id"], source="divpo", rejected_from_extra=False,
+                               chosen_score=record["mean_scores"][chosen],
+                               rejected_score=record["mean_scores"][rejected],
+                               chosen_diversity=diversity[chosen], rejected_diversity=diversity[rejected],
+                               chosen_correct=correct[chosen], rejected_correct=correct[rejected]))  # None without gold
 
     def mean(key: str) -> float:
         return sum(p[key] for p in pairs) / len(pairs) if pairs else 0.0

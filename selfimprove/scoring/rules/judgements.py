@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 
 from selfimprove.core.stage import Setting
+from selfimprove.scoring.pairs import make_pair
 
 SETTINGS = {
     "min_correct": Setting(float, 0.0, "judgement rules: drop an order where fewer than this share of the sampled "
@@ -40,7 +41,7 @@ def _balanced(examples: list[dict], rng: random.Random) -> tuple[list[dict], int
 
 
 def _select(records: list[dict], settings: dict, rng: random.Random, make) -> tuple[list[dict], dict]:
-    floor = settings.get("min_correct", SETTINGS["min_correct"].default)
+    floor = settings["min_correct"]
     examples, none_right, below = [], 0, 0
     for order in records:
         right, wrong = _right_and_wrong(order)
@@ -63,8 +64,9 @@ def _select(records: list[dict], settings: dict, rng: random.Random, make) -> tu
 def judgement_sft(records: list[dict], settings: dict, rng: random.Random) -> tuple[list[dict], dict]:
     def make(order, right, wrong):
         judgement = rng.choice(right)
-        return {"id": order["id"], "prompt": order["prompt"], "completion": judgement, "chosen": judgement,
-                "label": order["label"], "weight": 1.0, "source": "judgement_sft"}
+        # weight after label: where these examples have always had it
+        return make_pair(order["prompt"], judgement, id=order["id"], completion=judgement, label=order["label"],
+                         weight=1.0, source="judgement_sft")
 
     return _select(records, settings, rng, make)
 
@@ -76,8 +78,8 @@ def judgement_dpo(records: list[dict], settings: dict, rng: random.Random) -> tu
         if not wrong:
             no_wrong.append(order["id"])
             return None
-        return {"id": order["id"], "prompt": order["prompt"], "chosen": rng.choice(right), "rejected": rng.choice(wrong),
-                "label": order["label"], "weight": 1.0, "source": "judgement_dpo"}
+        return make_pair(order["prompt"], rng.choice(right), rng.choice(wrong), id=order["id"], label=order["label"],
+                         weight=1.0, source="judgement_dpo")
 
     pairs, stats = _select(records, settings, rng, make)
     return pairs, {**stats, "dropped_no_wrong_judgement": len(no_wrong)}

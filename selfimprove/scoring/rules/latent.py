@@ -14,6 +14,7 @@ import random
 from collections import defaultdict
 
 from selfimprove.core.errors import UserError
+from selfimprove.scoring.pairs import make_pair, prompt_fields
 from selfimprove.scoring.rules.scored import _argbest
 
 
@@ -23,11 +24,11 @@ def latent_pair(record: dict, rng: random.Random) -> dict | None:
         return None
     chosen, rejected = _argbest(scored, max, rng), _argbest(scored, min, rng)
     temperatures = record["temperatures"]
-    return {"id": record["id"], "prompt": record["prompt"],
-            "chosen": record["completions"][chosen], "rejected": record["completions"][rejected],
-            "chosen_temperature": temperatures[chosen], "rejected_temperature": temperatures[rejected],
-            "chosen_score": scored[chosen], "rejected_score": scored[rejected], "weight": 1.0,
-            **{key: value for key, value in record.items() if key.startswith("prompt_")}}
+    # weight after the temperatures and scores: where this rule's pairs.jsonl has always had it
+    return make_pair(record["prompt"], record["completions"][chosen], record["completions"][rejected],
+                     id=record["id"], chosen_temperature=temperatures[chosen],
+                     rejected_temperature=temperatures[rejected], chosen_score=scored[chosen],
+                     rejected_score=scored[rejected], weight=1.0, **prompt_fields(record))
 
 
 def best_vs_worst_latent(records: list[dict], settings: dict, rng: random.Random) -> tuple[list[dict], dict]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import random
 
+from selfimprove.scoring.pairs import make_pair, prompt_fields
+
 
 def judged_pair(record: dict, rule: str, rho: float, rng: random.Random) -> dict | None:
     """The pair of one judged prompt, or None (fewer than two usable responses, or a tie)."""
@@ -37,14 +39,13 @@ def judged_pair(record: dict, rule: str, rho: float, rng: random.Random) -> dict
     elif means[chosen] == means[rejected]:
         return None  # a tie says nothing about which is better
     correct = record.get("correct") or [None] * len(means)
-    return {"id": record["id"], "prompt": record["prompt"], "chosen": record["completions"][chosen],
-            "rejected": record["completions"][rejected], "weight": 1.0, "source": "judge",
-            "rejected_from_extra": False, "rejected_unsplittable": bool(unsplittable),
-            "chosen_score": means[chosen], "rejected_score": means[rejected],
-            "chosen_length": len(record["responses"][chosen]),
-            "rejected_length": len(record["responses"][rejected] or record["completions"][rejected]),
-            "chosen_correct": correct[chosen], "rejected_correct": correct[rejected],  # None without gold
-            **{key: value for key, value in record.items() if key.startswith("prompt_")}}
+    return make_pair(record["prompt"], record["completions"][chosen], record["completions"][rejected],
+                     id=record["id"], source="judge", rejected_from_extra=False,
+                     rejected_unsplittable=bool(unsplittable), chosen_score=means[chosen],
+                     rejected_score=means[rejected], chosen_length=len(record["responses"][chosen]),
+                     rejected_length=len(record["responses"][rejected] or record["completions"][rejected]),
+                     chosen_correct=correct[chosen], rejected_correct=correct[rejected],  # None without gold
+                     **prompt_fields(record))
 
 
 def _z(values: list[float]):

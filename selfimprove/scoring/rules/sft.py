@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from selfimprove.scoring.pairs import make_pair
 from selfimprove.tasks.answers import has_steps, same_answer
 from selfimprove.core.stage import Setting
 
@@ -40,12 +41,11 @@ SETTINGS = {
 
 
 def example(record: dict, completion: str, source: str, **extra) -> dict:
-    return {"id": record["id"], "prompt": record["prompt"], "completion": completion, "chosen": completion,
-            "weight": 1.0, "source": source, **extra}
+    return make_pair(record["prompt"], completion, id=record["id"], completion=completion, source=source, **extra)
 
 
 def best_of_n(records: list[dict], settings: dict, rng: random.Random) -> tuple[list[dict], dict]:
-    floor = settings.get("min_score", SETTINGS["min_score"].default)
+    floor = settings["min_score"]
     examples, no_score, below = [], 0, 0
     for record in records:
         scored = {i: m for i, m in enumerate(record["mean_scores"]) if m is not None}
@@ -70,9 +70,7 @@ def best_of_n(records: list[dict], settings: dict, rng: random.Random) -> tuple[
 
 
 def system2(records: list[dict], settings: dict, rng: random.Random) -> tuple[list[dict], dict]:
-    steps_only = settings.get("steps_only", SETTINGS["steps_only"].default)
-    answer_format = settings.get("answer_format", SETTINGS["answer_format"].default)
-    system1 = settings.get("system1_template", "")
+    steps_only, answer_format, system1 = settings["steps_only"], settings["answer_format"], settings["system1_template"]
     examples, no_samples, no_majority, majority_right, labelled = [], 0, 0, 0, 0
     used = 0
     for record in records:

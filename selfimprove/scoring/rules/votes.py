@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 
+from selfimprove.scoring.pairs import make_pair
 from selfimprove.tasks.answers import same_answer
 
 
@@ -84,9 +85,9 @@ def is_labelled(record: dict, fraction: float, seed: int) -> bool:
 
 def _pair(record: dict, chosen: str, rejected: str, weight: float, chosen_answer, rejected_from_extra: bool,
           source: str) -> dict:
-    return {"id": record["id"], "prompt": record["prompt"], "chosen": chosen, "rejected": rejected,
-            "weight": weight, "source": source, "rejected_from_extra": rejected_from_extra,
-            "chosen_correct": same_answer(chosen_answer, record.get("gold"))}
+    return make_pair(record["prompt"], chosen, rejected, id=record["id"], weight=weight, source=source,
+                     rejected_from_extra=rejected_from_extra,
+                     chosen_correct=same_answer(chosen_answer, record.get("gold")))
 
 
 def _extra(record: dict, index: int) -> bool:
