@@ -43,6 +43,7 @@ PAIR_RULES = {
     "best_vs_worst": "selfimprove.scoring.rules.scored:best_vs_worst",
     "length_controlled": "selfimprove.scoring.rules.scored:length_controlled",
     "length_band": "selfimprove.scoring.rules.scored:length_band",
+    "min_margin": "selfimprove.scoring.rules.margin:min_margin",  # best vs worst, a least score gap
     "divpo": "selfimprove.scoring.rules.divpo:divpo",
     "best_of_n": "selfimprove.scoring.rules.sft:best_of_n",  # rejection-sampling SFT (train.loss: sft)
     "system2": "selfimprove.scoring.rules.sft:system2",  # System 2 distillation (train.loss: sft)
