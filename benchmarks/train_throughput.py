@@ -51,7 +51,7 @@ def run_raw_trl(settings: dict, pairs: list[dict], model_path: str, out: Path) -
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from selfimprove.stages.train import precision_flags
+    from selfimprove.models.trainer_config import precision_flags
 
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -14,6 +14,16 @@ import pytest
 FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def builtin_cache(tmp_path_factory):
+    """The session's cache of built builtins (selfimprove.models.builtin_cache), here and in the processes
+    tests start, set before any module-scoped fixture bootstraps: no test writes to the user's ~/.cache.
+    Shared by the session as the user's is by a machine's projects (tests/test_builtin_cache.py sets its own)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SELFIMPROVE_CACHE", str(tmp_path_factory.mktemp("selfimprove-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A 1-layer tiny-arith model with random weights (built in about a second): real tokenizer and

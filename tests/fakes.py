@@ -114,8 +114,10 @@ class ScriptedModel:
         prompts = list(prompts)
         self.calls.append(Call("sample", prompts, n, temperature, top_p, max_new_tokens, batch_size, seed))
         out = self._texts_for(prompts, n, seed)
-        if on_batch:
-            on_batch(len(out))
+        if on_batch:  # after each forward pass of batch_size sequences, as the hf backend does
+            per_batch = max(1, (batch_size or len(out) * n) // n)
+            for done in range(per_batch, len(out) + per_batch, per_batch):
+                on_batch(min(done, len(out)))
         return out
 
     def sample_with_temperatures(self, prompts, n, top_p, max_new_tokens, batch_size, seed, pick="sample",

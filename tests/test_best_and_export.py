@@ -24,7 +24,7 @@ def project(tmp_path, monkeypatch, tiny_model):
     """A compiled run whose accuracy rises and then collapses, as Self-Rewarding's did (README)."""
     from selfimprove.pipeline import compiler
     from selfimprove.loop.loopfile import load_loop
-    from selfimprove.pipeline.runner import ensure_dvc
+    from selfimprove.pipeline.workspace import ensure_dvc
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "loop.yaml").write_text(LOOP.replace("MODEL", tiny_model))

@@ -64,7 +64,7 @@ def _copy_package(target: Path) -> Path:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A compiled project whose every stage is committed (stand-in outputs): dvc status is clean."""
-    from selfimprove.pipeline.runner import ensure_dvc
+    from selfimprove.pipeline.workspace import ensure_dvc
 
     root = tmp_path_factory.mktemp("project")
     (root / "loop.yaml").write_text(LOOP)
@@ -135,7 +135,7 @@ def test_a_setting_added_to_one_stage_reruns_only_that_stage(project, tmp_path):
 
 def test_a_change_to_what_a_stage_computes_reruns_it_and_the_stages_that_run_its_code(project, tmp_path):
     def change_rule(package: Path) -> None:  # the length-band rule's band, computed differently
-        path = package / "rules" / "scored.py"
+        path = package / "scoring" / "rules" / "scored.py"
         path.write_text(path.read_text().replace("(1 - rho) * high + rho * low", "(1 - rho) * high + rho * low + 0"))
 
     _compile(project, _variant(tmp_path, change_rule))

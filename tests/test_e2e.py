@@ -85,7 +85,8 @@ def test_uninterrupted_run_writes_metrics_for_every_iteration(reference):
     metrics = final_metrics(reference)
     assert all(m["problems"] == 40 and m["k"] == 2 for m in metrics.values())
     assert json.loads((reference / "runs/t/it1/pairs.json").read_text())["pairs"] > 0
-    assert ran_stages(reference)[:2] == ["bootstrap-tiny-arith", "t-it0-evaluate"]
+    # its own build of tiny-arith: its bootstrap settings are not the builtin's (Builtin.variant)
+    assert ran_stages(reference)[0].startswith("bootstrap-tiny-arith-") and ran_stages(reference)[1] == "t-it0-evaluate"
     assert len(ran_stages(reference)) == 13
     report = json.loads((reference / "runs/t/metrics.json").read_text())
     assert report["it2"]["accuracy"] == final_metrics(reference)[2]["accuracy"]
@@ -144,7 +145,7 @@ def test_sigkill_during_generate_and_train_resumes_to_identical_metrics(referenc
     run_to_end(project, "run", "loop.yaml")
     stages = ran_stages(project)
     # Finished stages ran once; each interrupted stage ran once more, and only it.
-    assert stages.count("bootstrap-tiny-arith") == 1
+    assert sum(stage.startswith("bootstrap-tiny-arith-") for stage in stages) == 1
     assert stages.count("t-it0-evaluate") == 1
     assert stages.count("t-it1-generate") == 2
     assert stages.count("t-it1-vote") == 1
@@ -204,7 +205,8 @@ def test_meta_rewarding_loop_runs_end_to_end_and_an_unhealthy_judge_fails_in_one
     output = run_to_end(project, "run", "loop.yaml")
     log = (project / "runs/j/repro.log").read_text()
     ran = [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")]
-    assert ran.count("bootstrap-tiny-arith-judge") == 1 and ran.count("j-it1-generate") == 1  # kept from the failed run
+    assert sum(stage.startswith("bootstrap-tiny-arith-judge-") for stage in ran) == 1  # kept from the failed run
+    assert ran.count("j-it1-generate") == 1
     assert "j-it1-vote" not in ran
     assert ran[-6:] == ["j-it1-judge", "j-it1-metajudge", "j-it1-pairs", "j-it1-train", "j-it1-evaluate", "j-report"]
     health = json.loads((project / "runs/j/it1/judge.json").read_text())

@@ -212,7 +212,7 @@ def cli(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_compile_is_refused_in_one_line_while_a_loop_runs_in_the_project(tmp_path):
-    from selfimprove.pipeline.runner import workspace_lock
+    from selfimprove.pipeline.workspace import workspace_lock
 
     (tmp_path / "loop.yaml").write_text(LOOP)
     with workspace_lock(tmp_path, "selfimprove run other.yaml"):
@@ -271,7 +271,7 @@ def test_the_runner_reports_a_stage_error_line_or_dvc_s_own_full_disk_alone():
 def test_a_dvc_rwlock_cut_short_by_a_kill_is_cleared(tmp_path):
     """DVC writes .dvc/tmp/rwlock in place; a SIGKILL mid-write left it empty and DVC then refused every
     command ("JSON structure is corrupted"), measured by benchmarks/chaos.py."""
-    from selfimprove.pipeline.runner import clear_dead_dvc_locks
+    from selfimprove.pipeline.workspace import clear_dead_dvc_locks
 
     rwlock = tmp_path / ".dvc" / "tmp" / "rwlock"
     rwlock.parent.mkdir(parents=True)

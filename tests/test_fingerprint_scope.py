@@ -71,7 +71,7 @@ def test_a_loop_fingerprints_the_optional_code_it_runs_and_no_other(loop_file):
 @pytest.fixture(scope="module")
 def scpo_project(tmp_path_factory):
     """loops/scpo.yaml compiled in a project with every stage committed (stand-in outputs)."""
-    from selfimprove.pipeline.runner import ensure_dvc
+    from selfimprove.pipeline.workspace import ensure_dvc
 
     root = tmp_path_factory.mktemp("scpo")
     (root / "loop.yaml").write_text((ROOT / "loops/scpo.yaml").read_text())

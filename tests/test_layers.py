@@ -12,7 +12,7 @@ from selfimprove.core import registry
 PACKAGE = Path(selfimprove.__file__).resolve().parent
 # Bottom to top: a module may import from its own layer and the layers before it.
 LAYERS = ["core", "tasks", "models", "backends", "scoring", "stages", "loop", "results", "pipeline", "cli"]
-PACKAGE_DATA = {"prompts", "py.typed", "__init__"}
+PACKAGE_DATA = {"shipped", "py.typed", "__init__"}  # shipped: prompts, and links to loops/ and examples/
 
 
 def _modules() -> dict[str, Path]:

@@ -7,7 +7,6 @@ import pytest
 import yaml
 
 from selfimprove.pipeline import compiler
-from selfimprove.loop import loopfile
 from selfimprove.loop.loopfile import load_loop
 from selfimprove.core.errors import UserError
 
@@ -90,7 +89,7 @@ def test_bad_train_settings_are_reported_with_line_key_and_fix(tmp_path, monkeyp
 
 
 def test_report_to_passes_the_users_trackers_to_trl_and_none_by_default():
-    from selfimprove.stages.train import trackers
+    from selfimprove.models.trainer_config import trackers
 
     from selfimprove.core.registry import stage_defaults
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 from pathlib import Path
 
 import yaml
@@ -31,15 +32,22 @@ def per_prompt(run: dict, model: str, records: list[dict]) -> list[tuple[float, 
     backend = open_backend(run, model)
     prompts = [run["data"]["prompt_template"].format(question=r["question"]) for r in records]
     # the greedy pass first, as in the evaluate stage, so that the sampled draws are the same
-    backend.sample(prompts, 1, 0.0, 1.0, settings["max_new_tokens"], settings["batch_size"], settings["seed"])
+    backend.sample(prompts, 1, 0.0, 1.0, settings["max_new_tokens"], settings["batch_size"], settings["seed"],
+                   on_batch=_say(f"{model}: greedy", len(prompts)))
     samples = backend.sample(prompts, settings["k"], settings["temperature"], settings["top_p"],
-                             settings["max_new_tokens"], settings["batch_size"], settings["seed"])
+                             settings["max_new_tokens"], settings["batch_size"], settings["seed"],
+                             on_batch=_say(f"{model}: {settings['k']} samples each", len(prompts)))
     backend.close()
     rows = []
     for record, completions in zip(records, samples):
         valid = [a for c in completions if (a := sums.answer_of(record["question"], c)) is not None]
         rows.append((len(valid) / len(completions), len(set(valid)), sums.entropy_bits(valid)))
     return rows
+
+
+def _say(what: str, total: int):
+    """A progress line per forward pass (on stderr, apart from the table): sampling takes minutes."""
+    return lambda done: print(f"  {what}: {done}/{total} prompts", file=sys.stderr, flush=True)
 
 
 def interval(values: list[float], draws: list[list[int]], sign: str = "") -> str:

@@ -36,6 +36,8 @@ def arms(pairs: list[dict], filter_settings: dict) -> dict[str, list[dict]]:
 
 def stage(module: str, params: Path, section: str, **paths: str) -> None:
     flags = [f for name, path in paths.items() for f in (f"--{name}", path)]
+    # the stage's own progress goes to stderr (selfimprove.stages.progress, every 10 s); say which it is
+    print(f"  {module} ({section})", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", f"selfimprove.stages.{module}", "--params", str(params), "--run", section,
                     "--iteration", "1", *flags], check=True, stdout=subprocess.DEVNULL)
 

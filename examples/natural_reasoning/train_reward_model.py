@@ -80,23 +80,50 @@ def build(out: Path, init: str | None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         args = RewardConfig(output_dir=scratch, num_train_epochs=EPOCHS, per_device_train_batch_size=64,
                             learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=50, max_length=64,
-                            logging_steps=100, save_strategy="no", report_to="none", seed=SEED, use_cpu=True,
+                            logging_steps=10, save_strategy="no", report_to="none", seed=SEED, use_cpu=True,
                             disable_tqdm=True, bf16=False,  # TRL turns bf16 on; on this CPU it made each step 8x slower
                             # TRL appends an end token to each text; the reward stage scores question + response
                             # as they are. Appending the pad token instead makes the classifier read the last
                             # real character (it reads the last non-pad position), as it does when scoring.
                             eos_token=tokenizer.pad_token)
         trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs("train", PAIRS, SEED)),
-                                processing_class=tokenizer)
+                                processing_class=tokenizer, callbacks=[_Steps()])
         trainer.train()
         trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
+
+
+def _Steps():
+    """A callback printing the step, its loss and the time every few seconds (tqdm is off: its bar is
+    noise in a log, and nothing else spoke for the whole ~10 minutes of training on a CPU)."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class Steps(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = self.last = time.time()
+            print(f"training the reward model: {state.max_steps} steps", flush=True)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.loss = (logs or {}).get("loss", getattr(self, "loss", None))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.time()
+            if now - self.last >= 5 or state.global_step == state.max_steps:
+                self.last = now
+                loss = getattr(self, "loss", None)
+                print(f"  step {state.global_step}/{state.max_steps}" + (f", loss {loss:.3f}" if loss else "")
+                      + f", {now - self.started:.0f} s", flush=True)
+
+    return Steps()
 
 
 def check(out: Path) -> None:
     from selfimprove.scoring.rewards import model_scores
 
     rows = pairs("validation", 1000, SEED + 1)
+    print(f"scoring {len(rows)} validation pairs with {out}", flush=True)
     settings = {"model": str(out), "revision": "", "chat_template": False, "batch_size": 256, "seed": 0}
     chosen, _ = model_scores(settings, [""] * len(rows), [r["chosen"] for r in rows])
     rejected, _ = model_scores(settings, [""] * len(rows), [r["rejected"] for r in rows])

@@ -66,7 +66,8 @@ def greedy_kinds(model: str, count: int = 1000) -> Counter:
 
     records = tinyarith.problems(seed=0, count=count, digits=3, split="validation")
     prompts = [r["question"] for r in records]
-    answers = [texts[0] for texts in HFBackend(model).sample(prompts, 1, 0.0, 1.0, 56, 256, seed=0)]
+    say = lambda done: print(f"  {model}: greedy {done}/{len(prompts)}", file=sys.stderr, flush=True)  # noqa: E731
+    answers = [texts[0] for texts in HFBackend(model).sample(prompts, 1, 0.0, 1.0, 56, 256, seed=0, on_batch=say)]
     return Counter("right" if a.split("####")[-1].strip() == r["answer"] else kind(p, a)
                    for p, a, r in zip(prompts, answers, records))
 

@@ -21,6 +21,9 @@ DVC as the node itself and as the params its settings resolve to.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -250,4 +253,45 @@ class Builtin:
 
     @property
     def directory(self) -> str:
-        return f"runs/builtin/{self.name}"
+        return builtin_directory(self.name)
+
+    def variant(self, settings: dict, builder_defaults: dict) -> str:
+        """The name of this builtin built with settings (its builder's, resolved): its own name at its own
+        settings, else <name>-<8 hex of the settings that differ>. A loop that bootstraps it another way
+        gets another model (directory, stage, params key), so it never changes the base of other runs."""
+        own = {**builder_defaults, **self.settings}
+        differing = {key: value for key, value in sorted(settings.items()) if own.get(key) != value}
+        if not differing:
+            return self.name
+        return f"{self.name}-{hashlib.sha256(json.dumps(differing, sort_keys=True).encode()).hexdigest()[:8]}"
+
+    def code_units(self, settings: dict) -> list[str]:
+        """The code its builder runs for these settings: the builder and its plugins' modules (what the
+        compiler fingerprints as the bootstrap node's code.* params)."""
+        from selfimprove.core.registry import module_of
+
+        plugins = [name if kind == "module" else module_of(kind, name) for kind, name in self.plugins(settings)]
+        return list(dict.fromkeys([self.builder] + plugins))
+
+
+VARIANT = re.compile(r"(?P<name>.+)-[0-9a-f]{8}")
+
+
+def builtin_directory(name: str) -> str:
+    """Where a builtin (or a variant of one, Builtin.variant) is built in a project."""
+    return f"runs/builtin/{name}"
+
+
+def variant_of(name: str) -> str:
+    """The registered builtin a name (its own, or a variant's) is built from."""
+    from selfimprove.core.registry import BUILTIN_MODELS
+
+    match = VARIANT.fullmatch(name)
+    return match.group("name") if name not in BUILTIN_MODELS and match else name
+
+
+def unit_key(unit: str) -> str:
+    """The params key of a code unit: selfimprove.stages.generate -> stages-generate,
+    selfimprove/shipped/prompts/additive.txt -> prompts-additive-txt (DVC splits keys on dots)."""
+    name = unit.removeprefix("selfimprove.").removeprefix("selfimprove/").removeprefix("shipped/")
+    return name.replace(".", "-").replace("/", "-")

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from selfimprove.core.errors import UserError
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+PROMPTS_DIR = PACKAGE_DIR / "shipped" / "prompts"
 PLACEHOLDER_RE = re.compile(r"(?<!\{)\{(\w+)\}(?!\})")
 
-# name -> a file under selfimprove/prompts/, or "module:ATTRIBUTE" for a template written in code
+# name -> a file under selfimprove/shipped/prompts/, or "module:ATTRIBUTE" for a template written in code
 TEMPLATES = {
     # judges (judge.template, evaluate.win_template, metajudge.template)
     "additive": "judge_additive.txt",
@@ -71,7 +72,7 @@ def path(name: str) -> Path:
         return Path(name)
     if ":" in source:
         module = source.split(":", 1)[0]
-        return PROMPTS_DIR.parent.parent / f"{module.replace('.', '/')}.py"
+        return PACKAGE_DIR.parent / f"{module.replace('.', '/')}.py"
     return PROMPTS_DIR / source
 
 

@@ -100,7 +100,9 @@ def check_section(values: Any, settings: dict, path: tuple, problems: Problems) 
             del checked[key]
             continue
         if setting.choices and checked[key] not in setting.choices:
-            problems.add(path + (key,), f"{checked[key]!r} is not one of: {', '.join(map(str, setting.choices))}")
+            close = difflib.get_close_matches(str(checked[key]), [str(c) for c in setting.choices], n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            problems.add(path + (key,), f"{checked[key]!r} is not one of: {', '.join(map(str, setting.choices))}{hint}")
     return checked
 
 

@@ -99,8 +99,9 @@ def _apply_override(raw: dict, path: tuple, value: Any) -> None:
     node[path[-1]] = value
 
 
-def load_loop(path: str | Path, overrides: list[str] = ()) -> Loop:
-    """Load, override and validate a loop file; raise UserError listing every problem."""
+def load_loop(path: str | Path, overrides: list[str] = (), made_files: bool = False) -> Loop:
+    """Load, override and validate a loop file; raise UserError listing every problem. made_files: also
+    refuse a path under runs/ that another step must make first (validate and run; compiling needs none)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such loop file; the shipped ones are in loops/ (e.g. loops/scpo.yaml)")
@@ -114,13 +115,13 @@ def load_loop(path: str | Path, overrides: list[str] = ()) -> Loop:
         _apply_override(raw, key_path, value)
         given[key_path] = ".".join(map(str, key_path))  # never its value: it may be a pasted key
     problems = Problems(str(path), lines, given)
-    loop = _validate(raw, path, problems)
+    loop = _validate(raw, path, problems, made_files)
     if problems.items:
         raise UserError(*dict.fromkeys(problems.items))
     return loop
 
 
-def _validate(raw: dict, path: Path, problems: Problems) -> Loop:
+def _validate(raw: dict, path: Path, problems: Problems, made_files: bool = False) -> Loop:
     for key in raw:
         if key not in TOP_LEVEL:
             problems.add((key,), did_you_mean(key, TOP_LEVEL))
@@ -163,6 +164,12 @@ def _validate(raw: dict, path: Path, problems: Problems) -> Loop:
     bootstrap = _bootstrap(model, raw.get("bootstrap", {}), problems)
     per_iteration, pipelines = _iterations(raw, iterations, problems, shortened=("iterations",) in problems.overrides)
     backend, chat_template, backend_settings = check_backend(raw, problems)
+    if not problems.items:  # files outside the loop file, once the loop itself is sound
+        from selfimprove.loop import prechecks
+
+        prechecks.check_vocabulary(model, bootstrap, data, problems)
+        if made_files:
+            prechecks.check_made_paths(path, name, model, per_iteration, pipelines, problems)
     for k, settings in per_iteration.items():
         for stage in pipelines.get(k, []):
             declared = resolve("stage", stage)
@@ -215,6 +222,15 @@ def _builder_settings(builtin) -> dict:
     import importlib
 
     return importlib.import_module(builtin.builder).SETTINGS
+
+
+def builtin_name(loop: Loop) -> str | None:
+    """The builtin model the loop's model names, as its `bootstrap:` section builds it: the builtin's own
+    name at its own settings, a variant's name otherwise (selfimprove.core.stage.Builtin.variant)."""
+    if not loop.model.startswith("builtin:"):
+        return None
+    found = resolve("builtin model", loop.model.split(":", 1)[1])
+    return found.variant(loop.bootstrap, defaults(_builder_settings(found)) if found.checked else {})
 
 
 def _iterations(raw: dict, iterations: int, problems: Problems, shortened: bool = False) -> tuple[dict, dict]:
@@ -322,6 +338,8 @@ def resolved_params(loop: Loop) -> dict:
     params = {"model": loop.model, "model_revision": loop.model_revision,
               "data": copy.deepcopy(tracked_values(data_section.SETTINGS, loop.data)),
               **backend_params(loop)}
+    if builtin_name(loop) not in (None, loop.model.split(":", 1)[1]) and not loop.start_from:
+        params["builtin"] = builtin_name(loop)  # its base model's directory (RUN@0); no stage tracks it
     if loop.best:  # read by RUN@best (selfimprove.results); no stage tracks it, so changing it re-runs nothing
         params["best"] = dict(loop.best)
     tracked = loop.tracked()

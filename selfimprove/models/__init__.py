@@ -25,10 +25,13 @@ def builtin(model: str):
         raise UserError(f"model: {error}") from None
 
 
-def builtin_dir(model: str) -> str | None:
-    """runs/builtin/<name> for builtin:<name>, else None."""
+def builtin_dir(model: str, variant: str | None = None) -> str | None:
+    """runs/builtin/<name> for builtin:<name> (runs/builtin/<variant> for one built with other settings,
+    selfimprove.core.stage.Builtin.variant), else None."""
+    from selfimprove.core.stage import builtin_directory
+
     found = builtin(model)
-    return found.directory if found else None
+    return builtin_directory(variant or found.name) if found else None
 
 
 def load(reference: str, revision: str | None = None, for_training: bool = False):

@@ -23,10 +23,10 @@ from selfimprove.tasks import data as data_section
 from selfimprove.pipeline import fingerprint
 from selfimprove.backends.config import tracked_keys
 from selfimprove.core.errors import UserError
-from selfimprove.loop.loopfile import Loop, resolved_params
+from selfimprove.loop.loopfile import Loop, builtin_name, resolved_params
 from selfimprove.models import builtin
 from selfimprove.core.registry import module_of, resolve, stages
-from selfimprove.core.stage import Context, Stage, tracked_values
+from selfimprove.core.stage import Context, Stage, builtin_directory, tracked_values
 from selfimprove.stages._io import atomic_file
 
 STAGE_RE = re.compile(r"^(?P<run>.+)-it(?P<k>\d+)-(?P<stage>[a-z][a-z_]*)$")
@@ -50,9 +50,8 @@ def base_model(loop: Loop) -> tuple[str, bool]:
     if loop.start_from:
         run, k = loop.start_from.split("@")
         return (f"{iteration_dir(run, int(k))}/model" if int(k) > 0 else _base_of_other(run)), True
-    local = builtin(loop.model)
-    if local:
-        return local.directory, True
+    if builtin(loop.model):
+        return builtin_directory(builtin_name(loop)), True
     return loop.model, Path(loop.model).is_dir()  # a hub id is params (id + revision), never hashed
 
 
@@ -204,12 +203,12 @@ def bootstrap_stage(loop: Loop, project: Path, compilation: _Compilation | None 
     if not found or loop.start_from:
         return {}
     compilation = compilation or _Compilation(loop, project)
-    units = [found.builder] + [_module(kind, name) for kind, name in found.plugins(loop.bootstrap)]
-    return {f"bootstrap-{found.name}": {
-        "cmd": f"python -m {found.builder} --params params.yaml --section builtin.{found.name} --out {found.directory}",
+    name = builtin_name(loop)  # one stage per builtin and settings: a loop's bootstrap changes no other run's
+    return {f"bootstrap-{name}": {
+        "cmd": f"python -m {found.builder} --params params.yaml --section builtin.{name} --out {builtin_directory(name)}",
         "deps": [],
-        "params": [f"builtin.{found.name}"] + compilation.record(units),
-        "outs": [found.directory],
+        "params": [f"builtin.{name}"] + compilation.record(found.code_units(loop.bootstrap)),
+        "outs": [builtin_directory(name)],
     }}
 
 
@@ -226,7 +225,7 @@ def compile_loop(loop: Loop, project: Path, existing_stages: dict | None = None,
     found = builtin(loop.model)
     if found and not loop.start_from:
         settings = getattr(importlib.import_module(found.builder), "SETTINGS", {})
-        params.setdefault("builtin", {})[found.name] = tracked_values(settings, loop.bootstrap)
+        params.setdefault("builtin", {})[builtin_name(loop)] = tracked_values(settings, loop.bootstrap)
     # Keys no node reads any more (a module moved or renamed by an upgrade) are dropped, not kept forever.
     used = {key.removeprefix("code.") for node in stages.values() for key in node.get("params", [])
             if isinstance(key, str) and key.startswith("code.")}

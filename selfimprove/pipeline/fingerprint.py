@@ -51,9 +51,11 @@ def module_file(module: str) -> Path:
 
 def unit_key(unit: str) -> str:
     """The params key of a unit: selfimprove.stages.generate -> stages-generate,
-    selfimprove/prompts/additive.txt -> prompts-additive-txt (DVC splits keys on dots)."""
-    name = unit.removeprefix(f"{PACKAGE}.").removeprefix(f"{PACKAGE}/")
-    return name.replace(".", "-").replace("/", "-")
+    selfimprove/shipped/prompts/additive.txt -> prompts-additive-txt (DVC splits keys on dots). Defined in
+    selfimprove.core.stage: a builtin's cache (selfimprove.models.builtin_cache) reads the recorded ones."""
+    from selfimprove.core.stage import unit_key as key
+
+    return key(unit)
 
 
 def unit_fingerprint(unit: str) -> str:

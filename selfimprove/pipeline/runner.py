@@ -10,125 +10,20 @@ redoes only unfinished work.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from selfimprove.core import files
 from selfimprove.core.errors import UserError
+from selfimprove.pipeline.workspace import clear_dead_dvc_locks, dvc_env, ensure_dvc, workspace_lock
 
-LOCK_FILE = "runs/.selfimprove.lock"
 RUNNING_RE = re.compile(r"Running stage '([^']+)'")
 SKIP_RE = re.compile(r"Stage '([^']+)' didn't change, skipping")
-
-
-def ensure_dvc(project: Path) -> None:
-    """Initialise DVC in the project if needed (with or without git), analytics off (no network)."""
-    if (project / ".dvc").is_dir():
-        return
-    in_git = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=project, capture_output=True, text=True)
-    ignored = in_git.returncode == 0 and subprocess.run(["git", "check-ignore", "-q", "."], cwd=project).returncode == 0
-    if in_git.returncode != 0 or ignored:  # DVC refuses a git-ignored dvc.lock, so use it without git there
-        flags = ["--no-scm"]
-    else:
-        flags = [] if Path(in_git.stdout.strip()).resolve() == project.resolve() else ["--subdir"]
-    _dvc(project, "init", "-q", *flags)
-    _dvc(project, "config", "core.analytics", "false")
-    # Keep DVC's hash database inside the project (default is /var/tmp, see dvc#9249).
-    _dvc(project, "config", "core.site_cache_dir", ".dvc/site-cache")
-    with open(project / ".dvc" / ".gitignore", "a") as ignore:
-        ignore.write("/site-cache\n")
-    gitignore = project / ".gitignore"
-    lines = gitignore.read_text().splitlines() if gitignore.exists() else []
-    if "/runs/" not in lines:  # routes around dvc#11091: outputs never end up tracked by git
-        gitignore.write_text("\n".join(lines + ["/runs/"]) + "\n")
-
-
-def dvc_env() -> dict:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
-    # Stage commands say `python`: make it the interpreter selfimprove runs in, venv activated or not.
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    return env
-
-
-def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
-                            env=dvc_env())
-    if result.returncode != 0:
-        raise UserError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}")
-    return result
-
-
-@contextmanager
-def workspace_lock(project: Path, description: str):
-    """One `selfimprove run` per workspace. flock is released by the kernel even on SIGKILL."""
-    path = project / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = ""
-        for _ in range(20):  # the holder writes its description just after taking the lock
-            handle.seek(0)
-            holder = handle.read().strip()
-            if holder:
-                break
-            time.sleep(0.05)
-        handle.close()
-        holder = holder or "another process"
-        raise UserError(f"{project}: busy: {holder}; wait for it to finish or stop it (Ctrl-C), then run again") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} running `{description}` since {time.strftime('%H:%M:%S')}")
-    handle.flush()
-    try:
-        yield
-    finally:
-        handle.truncate(0)  # the holder's description is only meaningful while the lock is held
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
-def clear_dead_dvc_locks(project: Path) -> None:
-    """Drop entries of DVC's rwlock held by processes that are gone or are zombies, or the whole file
-    when a kill cut it short. DVC clears dead pids itself, but a dvc killed a moment ago can still be an
-    unreaped zombie (and in a container whose pid 1 does not reap, it stays one), which DVC takes for a
-    live holder: "is busy"."""
-    import psutil
-
-    path = project / ".dvc" / "tmp" / "rwlock"
-    try:
-        lock = json.loads(path.read_text())
-    except OSError:
-        return
-    except ValueError:
-        # Cut short by a kill while DVC wrote it (measured: benchmarks/chaos.py); DVC then refuses every
-        # command ("JSON structure is corrupted"). It records only who holds what now, and nobody does.
-        path.unlink()
-        return
-
-    def alive(info: dict) -> bool:
-        try:
-            return psutil.Process(int(info["pid"])).status() != psutil.STATUS_ZOMBIE
-        except (psutil.NoSuchProcess, ValueError, KeyError):
-            return False
-
-    cleaned = {
-        "write": {p: info for p, info in lock.get("write", {}).items() if alive(info)},
-        "read": {p: kept for p, infos in lock.get("read", {}).items() if (kept := [i for i in infos if alive(i)])},
-    }
-    if cleaned != lock:
-        # A temporary name DVC never uses for its own files in .dvc/tmp.
-        files.write_text(path, json.dumps(cleaned), tmp_suffix=".selfimprove-tmp")
 
 
 class Repro:
@@ -209,22 +104,12 @@ class Repro:
 
 
 def run(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console) -> int:
-    from selfimprove.pipeline import compiler, dvclock
+    from selfimprove.pipeline import compiler, dvclock, empty
     from selfimprove import results
     from selfimprove.loop import stop as stop_rules
-    from selfimprove.loop.loopfile import FROM_RE, load_loop
 
-    loop = load_loop(loop_path, overrides)
-    if start_from:
-        if not FROM_RE.match(start_from):
-            raise UserError(f"--from {start_from}: expected RUN@K or RUN@best, e.g. --from scpo@2")
-        loop.start_from = start_from
-    if loop.start_from:
-        given, loop.start_from = loop.start_from, results.resolve_from(project, loop.start_from)
-        if given != loop.start_from:
-            console.print(f"from {given}: {loop.start_from}", highlight=False)
-        _check_from(project, loop.start_from)
-    description = f"selfimprove run {loop_path}"
+    loop = prepared_loop(loop_path, overrides, start_from, project, console)
+    description = command_line(loop_path, overrides, start_from)  # what the hints tell the user to run again
     with workspace_lock(project, description):  # before `dvc init`: two first runs at once init once
         ensure_dvc(project)
         stages = compiler.write(project, loop)
@@ -240,10 +125,12 @@ def run(loop_path: str, overrides: list[str], start_from: str | None, project: P
         # One target, the run's report: DVC reproduces everything upstream of it and checks each stage
         # once (17 explicit targets cost 12 s on a no-op rerun, this costs 3 s). With stop rules, one
         # iteration at a time, the rules checked after each.
+        said: set[int] = set()  # iterations whose empty training set was said (selfimprove.pipeline.empty)
         for targets, k in _batches(loop, stages):
             code = _reproduce(project, targets, stages, run_path, progress_path, console, description, ran)
             if code is not None:
                 return code
+            empty.say(project, loop.name, [k] if k else range(1, loop.iterations + 1), said, console)
             if k is not None and (stopped := stop_rules.fired(loop.stop, results.iteration_metrics(project, loop.name), k)):
                 loop.iterations = k  # later iterations leave dvc.yaml: nothing after the stop runs
                 stages = compiler.write(project, loop)
@@ -259,6 +146,34 @@ def run(loop_path: str, overrides: list[str], start_from: str | None, project: P
         console.print(f"[yellow]{loop.name}: {stopped}[/yellow]", highlight=False)
     results.print_metrics(project, loop.name, console)
     return 0
+
+
+def prepared_loop(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console):
+    """The loop as `run` runs it: loaded and checked (files another step makes included), --from applied
+    and RUN@best resolved (and said)."""
+    from selfimprove import results
+    from selfimprove.loop.loopfile import FROM_RE, load_loop
+
+    loop = load_loop(loop_path, overrides, made_files=True)
+    if start_from:
+        if not FROM_RE.match(start_from):
+            raise UserError(f"--from {start_from}: expected RUN@K or RUN@best, e.g. --from scpo@2")
+        loop.start_from = start_from
+    if loop.start_from:
+        given, loop.start_from = loop.start_from, results.resolve_from(project, loop.start_from)
+        if given != loop.start_from:
+            console.print(f"from {given}: {loop.start_from}", highlight=False)
+        _check_from(project, loop.start_from)
+    return loop
+
+
+def command_line(loop_path: str, overrides: list[str], start_from: str | None) -> str:
+    """The `selfimprove run` command as given, shell-quoted: repeating it runs the same loop."""
+    import shlex
+
+    words = ["selfimprove", "run", str(loop_path)]
+    words += [word for override in overrides for word in ("--set", override)]
+    return shlex.join(words + (["--from", start_from] if start_from else []))
 
 
 def _batches(loop, stages: list[str]):

@@ -35,8 +35,8 @@ def iteration_model(project: Path, run: str, k: int) -> tuple[str, str | None]:
         raise UserError(f"{run}@0: params.yaml has no model for run {run!r}; run or compile its loop first")
     from selfimprove.models import builtin_dir
 
-    model = section["model"]
-    return (str(project / builtin_dir(model)) if builtin_dir(model) else model), section.get("model_revision")
+    model, variant = section["model"], section.get("builtin")  # builtin: the run's own build of its builtin
+    return (str(project / builtin_dir(model, variant)) if builtin_dir(model) else model), section.get("model_revision")
 
 
 def export(model_ref: str, out: Path, revision: str | None = None) -> str:

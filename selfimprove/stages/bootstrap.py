@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from selfimprove.tasks import tinyarith
+from selfimprove.models.builtin_cache import built_once, entry_name
 from selfimprove.core.errors import writing
 from selfimprove.stages.progress import Progress
 from selfimprove.core.registry import BUILTIN_TASKS, resolve
@@ -100,8 +101,13 @@ def train_tiny_arith(settings: dict, out: str | Path) -> dict:
 
 
 def main(argv=None) -> None:
-    figures = train_tiny_arith(*builtin_stage_args(__doc__, argv))
-    print(f"bootstrap: {figures['parameters']:,} parameters, final loss {figures['final_loss']:.4f}")
+    settings, out = builtin_stage_args(__doc__, argv)
+    # A variant's params section (Builtin.variant) omits settings at their defaults too, and is no
+    # registered name for reading to fill them in.
+    settings = {**{key: setting.default for key, setting in SETTINGS.items()}, **settings}
+    figures = built_once(entry_name(argv, settings), out, lambda: train_tiny_arith(settings, out))
+    if figures:
+        print(f"bootstrap: {figures['parameters']:,} parameters, final loss {figures['final_loss']:.4f}")
 
 
 SETTINGS = {

@@ -125,7 +125,15 @@ def node(ctx: Context) -> dict:
 
 
 STAGE = Stage("filter", SETTINGS, node=node, reads=("pairs",), writes={"pairs": "pairs_kept.jsonl", "filter_stats": "filter.json"},
-              included=lambda settings: False)  # only where a loop's pipeline names it
+              included=lambda settings: False,  # only where a loop's pipeline names it
+              # role "dropped": why the kept set can end empty (selfimprove.pipeline.empty says it)
+              metrics=(Stage.Metric("filter_kept", help="pairs the filter kept (the training set)"),
+                       Stage.Metric("filter_removed_by_rejected_reward", role="dropped", help="pairs whose rejected "
+                                    "reward is not above its percentile (filter.min_rejected_reward_pct)"),
+                       Stage.Metric("filter_removed_by_rejected_length", role="dropped", help="pairs whose rejected "
+                                    "response is not longer than its percentile (filter.min_rejected_length_pct)"),
+                       Stage.Metric("filter_removed_by_gap", role="dropped",
+                                    help="pairs whose reward gap is not below its percentile (filter.max_gap_pct)")))
 
 
 if __name__ == "__main__":

@@ -59,10 +59,15 @@ def _sample_shard(backend, shard: list[dict], settings: dict, template: str, ind
                                                 settings["batch_size"], seed, settings["head_pick"],
                                                 on_batch=on_batch)
 
-    completions, temperatures = draw(settings["n"], settings["temperature"], seed, on_batch)
+    # Progress in prompts over both draws, each batch counted by its share of the samples: the extra
+    # draw is as long as the voting one in ScPO's later iterations, and used to report nothing.
+    n, extra_n = settings["n"], settings["extra_n"]
+    share = (lambda before, weight: lambda done: on_batch((before + done * weight) // (n + extra_n))) if on_batch else None
+    completions, temperatures = draw(n, settings["temperature"], seed, share and share(0, n))
     extras, extra_temperatures = [[] for _ in prompts], [[] for _ in prompts]
-    if settings["extra_n"]:
-        extras, extra_temperatures = draw(settings["extra_n"], settings["extra_temperature"], seed + 1)
+    if extra_n:
+        extras, extra_temperatures = draw(extra_n, settings["extra_temperature"], seed + 1,
+                                          share and share(len(prompts) * n, extra_n))
     rows = [{"id": r["id"], "prompt": p, "question": r["question"], "gold": r["answer"], "solution": r.get("solution"),
              "sample": j, "extra": j >= len(main), "completion": c, **data_sources.prompt_fields(r),
              **({"temperature": t} if head is not None else {})}

@@ -114,7 +114,11 @@ def check(settings: dict, problems, top: dict) -> None:
 
 STAGE = Stage("lift", SETTINGS, node=node, optional_reads=("pairs",), check=check,
               writes={"pairs": "pairs_lift.jsonl", "lift_stats": "lift.json"},
-              included=lambda settings: False)  # only where a loop's pipeline names it
+              included=lambda settings: False,  # only where a loop's pipeline names it
+              # role "dropped": why its output can end empty (selfimprove.pipeline.empty says it)
+              metrics=(Stage.Metric("lift_pairs_out", help="pairs written (the training set)"),
+                       Stage.Metric("lift_dropped_close_lengths", role="dropped",
+                                    help="pairs whose lengths differ by too few words (lift.min_gap)")))
 
 
 if __name__ == "__main__":

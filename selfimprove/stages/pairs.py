@@ -74,12 +74,23 @@ STAGE = Stage("pairs", SETTINGS, node=node, reads=lambda settings: (needs(settin
               writes={"pairs": "pairs.jsonl", "pairs_stats": "pairs.json"},
               plugins=lambda ctx: [("pair rule", ctx.settings["pairs"]["rule"])],
               metrics=(Stage.Metric("pairs", order=200, help="training pairs the rule built"),
-                       Stage.Metric("dropped_below_tau", order=210, help="prompts whose vote share is under tau"),
-                       Stage.Metric("dropped_ties", order=220, help="prompts whose best and worst score tie"),
+                       # role "dropped": a reason the training set lost prompts, said when it ends empty
+                       # (selfimprove.pipeline.empty); a help ending in (stage.setting) names what to change
+                       Stage.Metric("dropped_below_tau", order=210, role="dropped",
+                                    help="prompts whose top answer has under tau votes (pairs.min_votes)"),
+                       Stage.Metric("dropped_ties", order=220, role="dropped",
+                                    help="prompts whose best and worst score tie"),
                        Stage.Metric("mean_weight", order=230, help="mean pair weight (the vote margin)"),
                        Stage.Metric("chosen_correct", "higher", order=240, help="chosen responses that are right"),
                        Stage.Metric("rejected_correct", "lower", order=250,
-                                    help="rejected responses that are right")))
+                                    help="rejected responses that are right"),
+                       Stage.Metric("dropped_below_min_score", role="dropped",
+                                    help="prompts whose best score is under the floor (pairs.min_score)"),
+                       Stage.Metric("dropped_small_margin", role="dropped",
+                                    help="pairs whose scores are closer than the margin (pairs.min_margin)"),
+                       Stage.Metric("dropped_no_majority", role="dropped",
+                                    help="prompts without a majority answer (pairs.min_votes)"),
+                       Stage.Metric("dropped_*", role="dropped", help="")))  # the rules' other reasons
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ pipeline per input.
     python -m selfimprove.stages.system2 --params params.yaml --run s2 --iteration 1 \
         --model runs/builtin/smollm2-135m --out runs/s2/it1/samples.jsonl --stats runs/s2/it1/system2.json
 
-The pipelines of the paper, as step templates (selfimprove/prompts/system2/; a text file of your own
+The pipelines of the paper, as step templates (selfimprove/shipped/prompts/system2/; a text file of your own
 works wherever a name does):
 - chain of thought, one step: step1_template cot (steps, then the answer after ####);
 - Rephrase-and-Respond, two steps: rar-rephrase (the model rephrases and expands the question), then

@@ -23,88 +23,13 @@ import os
 import shutil
 from pathlib import Path
 
-from selfimprove.core.errors import UserError, writing
+from selfimprove.core.errors import writing
 from selfimprove.models import model_identity
+from selfimprove.models.trainer_config import (curves_callback, last_complete_checkpoint, lora_config, sft_rows,
+                                                 training_config)
 from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.scoring.pairs import with_defaults
 from selfimprove.stages._io import iteration_stage_parser, read_jsonl, read_section, revision_for, stage_main
-
-
-def training_config(settings: dict, output_dir: str):
-    """TRL's DPOConfig, or SFTConfig for loss sft (completion-only loss on prompt/completion rows)."""
-    import torch
-    from trl import DPOConfig, SFTConfig
-
-    on_gpu = torch.cuda.is_available()
-    common = dict(
-        output_dir=output_dir, learning_rate=settings["lr"], num_train_epochs=settings["epochs"],
-        lr_scheduler_type="cosine", per_device_train_batch_size=settings["batch_size"],
-        gradient_accumulation_steps=settings["grad_accum"], max_length=settings["max_length"],
-        save_strategy="steps", save_steps=settings["save_steps"], save_total_limit=1, logging_steps=10,
-        report_to=trackers(settings), seed=settings["seed"], data_seed=settings["seed"], disable_tqdm=True,
-        gradient_checkpointing=settings["gradient_checkpointing"], use_cpu=not on_gpu,
-        **precision_flags(settings, on_gpu),
-    )
-    if settings["loss"] == "sft":
-        return SFTConfig(completion_only_loss=True, packing=False, **common)
-    return DPOConfig(beta=settings["beta"], loss_type="sigmoid", **common)  # the loss itself: weighted_dpo
-
-
-def trackers(settings: dict) -> list[str] | str:
-    """train.report_to as TRL takes it: the user's trackers (wandb, mlflow, tensorboard, ...), or none.
-    DVCLive is not among them: the stage adds its own callback, writing into the iteration's directory."""
-    named = [name.strip() for name in settings["report_to"].split(",") if name.strip()]
-    return named or "none"
-
-
-def curves_callback(directory: Path, resume: bool):
-    """DVCLive, DVC's own logger, for the training curves (loss, the DPO terms TRL logs, reward accuracy,
-    the learning rate) in `directory` (the node's plots output). Offline: no DVC experiment is saved, no
-    dvc.yaml is touched, and DVC Studio is never contacted."""
-    os.environ["DVC_STUDIO_OFFLINE"] = "true"
-    from dvclive import Live
-    from transformers.integrations import DVCLiveCallback
-
-    class FilesOnly(Live):
-        """DVCLive writing its files and nothing else. Its DVC integration is skipped: the stage's node
-        declares the directory, and no experiment is saved. dvclive 3.49 also reads the git revision
-        before it checks for a commit, so in a project with `git init` and no commit yet it raised
-        SCMError and the stage failed (measured)."""
-
-        def _init_dvc(self):
-            self._dvc_file = self._init_dvc_file()
-
-    return DVCLiveCallback(live=FilesOnly(dir=str(directory), resume=resume, save_dvc_exp=False, dvcyaml=None,
-                                          report=None, monitor_system=False))
-
-
-def precision_flags(settings: dict, on_gpu: bool) -> dict:
-    """DPOConfig's bf16/fp16 flags for train.mixed_precision. auto: with an accelerate config file, the
-    file's choice (the launcher exports it as ACCELERATE_MIXED_PRECISION, which the Trainer reads when
-    neither flag is set); without one, bf16 on a GPU that supports it, else full precision."""
-    import torch
-
-    choice = settings["mixed_precision"]
-    if choice == "auto":
-        if settings["accelerate_config"]:
-            return {}
-        choice = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
-    if choice == "fp16" and not on_gpu:
-        raise UserError("train.mixed_precision: fp16 needs a CUDA GPU; on the CPU use bf16 or no")
-    return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
-
-
-def lora_config(settings: dict, revision: str | None):
-    """peft's LoraConfig for train.lora_*; revision pins a hub base in the saved adapter_config.json."""
-    try:
-        from peft import LoraConfig
-    except ImportError:
-        raise UserError(f"train.lora_r: {settings['lora_r']} needs peft: pip install 'selfimprove[lora]', "
-                        "or set lora_r: 0 for full fine-tuning") from None
-    targets = settings["lora_target_modules"]
-    return LoraConfig(r=settings["lora_r"], lora_alpha=settings["lora_alpha"], lora_dropout=settings["lora_dropout"],
-                      target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-                      task_type="CAUSAL_LM", revision=revision)
 
 
 def train(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, revision: str | None = None,
@@ -167,26 +92,6 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def last_complete_checkpoint(scratch: Path) -> Path | None:
-    """The newest checkpoint the Trainer finished writing. trainer_state.json is written last, so a
-    checkpoint without it, or with one cut short (a kill or a full disk mid-write), was not finished and
-    is removed rather than resumed from."""
-    complete = []
-    for checkpoint in scratch.glob("checkpoint-*"):
-        if _complete_json(checkpoint / "trainer_state.json"):
-            complete.append(checkpoint)
-        else:
-            shutil.rmtree(checkpoint, ignore_errors=True)
-    return max(complete, key=lambda c: int(c.name.split("-")[1]), default=None)
-
-
-def _complete_json(path: Path) -> bool:
-    try:
-        return isinstance(json.loads(path.read_text()), dict)
-    except (OSError, ValueError):
-        return False
-
-
 def _progress_callback():
     """Report optimizer steps to the `selfimprove run` display, from the main process only (all of
     them take the same steps)."""
@@ -207,19 +112,6 @@ def _progress_callback():
                 self.progress.update(state.global_step)
 
     return StepProgress()
-
-
-def sft_rows(pairs: list[dict]) -> list[dict]:
-    """Prompt/completion rows: an SFT rule's completion (rejection sampling, System 2 distillation),
-    else a preference pair's chosen response."""
-    rows = []
-    for pair in pairs:
-        completion = pair.get("completion", pair.get("chosen"))
-        if not isinstance(completion, str):
-            raise UserError(f"train.loss: sft needs a completion (or chosen) in every row; row {len(rows) + 1} "
-                            f"(id {pair.get('id')}) has neither: use an SFT pairs rule (best_of_n, system2)")
-        rows.append({"prompt": pair["prompt"], "completion": completion})
-    return rows
 
 
 def _sft_trainer(model, tokenizer, dataset, config, peft_config=None):
@@ -285,6 +177,28 @@ SETTINGS = {
     "save_steps": Setting(int, 50, "checkpoint cadence inside the stage, for resume after a crash"),
     "gradient_checkpointing": Setting(bool, False, "true trades ~30% speed for much less activation memory"),
     "seed": Setting(int, 0, "training seed"),
+    # Optimizer and schedule (models/trainer_config.py); each default is what training did before it was a setting.
+    # Left out: schedulers that need more arguments or an eval set (cosine_with_min_lr, reduce_lr_on_plateau, ...).
+    "lr_scheduler_type": Setting(str, "cosine", "learning-rate schedule after the warmup", omit_default=True, choices=(
+        "cosine", "linear", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")),
+    "warmup_ratio": Setting(float, 0.0, "linear warmup from 0 to lr over this share of the steps", omit_default=True,
+                            check=lambda v: 0 <= v < 1, fix="is a share of the steps; use a value in [0, 1)"),
+    "warmup_steps": Setting.count(0, "warmup steps instead (0: warmup_ratio decides)", least=0, omit_default=True),
+    "weight_decay": Setting(float, 0.0, "AdamW's weight decay", check=lambda v: v >= 0, fix="must be >= 0",
+                            omit_default=True),
+    "max_grad_norm": Setting(float, 1.0, "gradient clipping norm; 0 = no clipping", check=lambda v: v >= 0,
+                             fix="must be >= 0 (0 turns clipping off)", omit_default=True),
+    "optim": Setting(str, "adamw_torch_fused", "the optimizer (transformers' name)", omit_default=True,
+                     choices=("adamw_torch_fused", "adamw_torch", "adafactor", "sgd", "adagrad", "rmsprop")),
+    "adam_beta1": Setting(float, 0.9, "Adam's beta1", check=lambda v: 0 <= v < 1, fix="must be in [0, 1)",
+                          omit_default=True),
+    "adam_beta2": Setting(float, 0.999, "Adam's beta2", check=lambda v: 0 <= v < 1, fix="must be in [0, 1)",
+                          omit_default=True),
+    "adam_epsilon": Setting(float, 1e-8, "Adam's epsilon", check=lambda v: v > 0, fix="must be > 0", omit_default=True),
+    "max_steps": Setting.count(0, "stop after this many optimizer steps; 0: epochs decide", least=0, omit_default=True),
+    "logging_steps": Setting.count(10, "steps between points of the training curves", omit_default=True),
+    "neftune_noise_alpha": Setting(float, 0.0, "loss sft only: NEFTune noise on the input embeddings (5-15); 0 = off",
+                                   check=lambda v: v >= 0, fix="must be >= 0 (0 = off)", omit_default=True),
     "report_to": Setting(str, "", "trackers TRL reports to besides DVCLive, comma-separated: wandb, mlflow, "
                          "tensorboard (each needs its package; the run name is RUN-itK); '' = none",
                          omit_default=True),
@@ -360,6 +274,13 @@ def check(settings: dict, problems, top: dict) -> None:
         problems.add(("stages", "train", "loss"), f"{settings['train']['loss']} needs preference pairs, and the pairs "
                      f"rule {settings['pairs']['rule']} makes SFT examples (one completion per prompt); set "
                      "train.loss: sft")
+    train = settings["train"]
+    if train["warmup_steps"] and train["warmup_ratio"]:
+        problems.add(("stages", "train", "warmup_steps"), "warmup_steps and warmup_ratio are both set; give one of "
+                     "them (warmup_steps: 0 leaves the warmup to warmup_ratio)")
+    if train["neftune_noise_alpha"] and train["loss"] != "sft":
+        problems.add(("stages", "train", "neftune_noise_alpha"), "NEFTune noise is for loss sft, and the loss is "
+                     f"{train['loss']}; set neftune_noise_alpha: 0, or train.loss: sft")
 
 
 STAGE = Stage("train", SETTINGS, node=node, reads=("pairs",), writes={"model": "model", "train_curves": "train_curves"},

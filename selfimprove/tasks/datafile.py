@@ -111,3 +111,18 @@ def _check_parquet(path: Path, question_field: str, answer_field: str, need_answ
         return [f"{path}: no column {', '.join(missing)} (it has {', '.join(schema.names[:8])}); set "
                 "data.question_field / data.answer_field to the file's names"]
     return [] if rows else [f"{path}: holds no rows"]
+
+
+def question_prefix(spec: str, question_field: str, rows: int = 200, chars: int = 500) -> list[str]:
+    """The first characters of the first questions of a JSONL or JSON file (a bounded read: what the
+    vocabulary check at validate looks at); [] for a file it cannot read that way (its problems are
+    check_data_file's)."""
+    path = Path(spec)
+    if path.suffix.lower() not in (".jsonl", ".json") or not path.is_file():
+        return []
+    text = path.read_bytes()[:MAX_CHECKED_BYTES].decode("utf-8-sig", errors="ignore")
+    found = _jsonl_rows(spec, text) if path.suffix.lower() == ".jsonl" else _json_rows(spec, text)
+    if isinstance(found, str):
+        return []
+    return [str(row[question_field])[:chars] for _, row in found[:rows]
+            if isinstance(row, dict) and isinstance(row.get(question_field), TEXT_TYPES)]

@@ -67,8 +67,14 @@ def main() -> None:
               help="Override a loop setting, e.g. --set iterations=4 --set generate.n=16.")
 @click.option("--from", "start_from", metavar="RUN@K", help="Start from the model of iteration K of an earlier run "
               "(RUN@best: its best iteration).")
-def run(loop_file: str, overrides: tuple[str, ...], start_from: str | None) -> None:
+@click.option("--dry-run", is_flag=True, help="Print which stages would run and which are up to date, running "
+              "nothing; it writes dvc.yaml and params.yaml as `compile` does, and changes nothing else.")
+def run(loop_file: str, overrides: tuple[str, ...], start_from: str | None, dry_run: bool) -> None:
     """Run a loop to its last iteration; run it again after a crash to resume."""
+    if dry_run:
+        from selfimprove.pipeline import dryrun
+
+        sys.exit(dryrun.dry_run(loop_file, list(overrides), start_from, Path.cwd(), _console()))
     from selfimprove.pipeline import runner
 
     sys.exit(runner.run(loop_file, list(overrides), start_from, Path.cwd(), _console()))
@@ -80,21 +86,24 @@ def run(loop_file: str, overrides: tuple[str, ...], start_from: str | None) -> N
 def compile_(loop_file: str, overrides: tuple[str, ...]) -> None:
     """Write the loop's stages into dvc.yaml and params.yaml without running them
     (then `dvc repro`, `dvc dag` and `dvc status` work on it natively)."""
-    from selfimprove.pipeline import compiler, runner
+    from selfimprove.pipeline import compiler, workspace
     from selfimprove import results
     from selfimprove.loop.loopfile import load_loop
 
     loop = load_loop(loop_file, list(overrides))
     if loop.start_from:
         loop.start_from = results.resolve_from(Path.cwd(), loop.start_from)
-    with runner.workspace_lock(Path.cwd(), f"selfimprove compile {loop_file}"):  # not under a running loop
+    with workspace.workspace_lock(Path.cwd(), f"selfimprove compile {loop_file}"):  # not under a running loop
+        workspace.ensure_dvc(Path.cwd())  # so that `dvc repro` works at once, and DVC follows git (gitsetup)
         stages = compiler.write(Path.cwd(), loop)
     click.echo(f"dvc.yaml, params.yaml: {len(stages)} stage(s) for {loop_file}")
 
 
 @main.command()
 @click.argument("loop_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(loop_files: tuple[str, ...]) -> None:
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a loop setting, as run and compile take it (applied to every file).")
+def validate(loop_files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
     """Check loop files; print every problem with file:line and how to fix it."""
     from selfimprove.loop.loopfile import load_loop
     from selfimprove.core.errors import UserError
@@ -102,7 +111,7 @@ def validate(loop_files: tuple[str, ...]) -> None:
     problems = []
     for path in loop_files:
         try:
-            loop = load_loop(path)
+            loop = load_loop(path, list(overrides), made_files=True)
             click.echo(f"{path}: ok ({loop.name}, {loop.iterations} iteration(s))")
         except UserError as error:
             problems.extend(error.lines)
@@ -120,13 +129,16 @@ def stages_(name: str | None) -> None:
     from selfimprove.core.registry import UnknownName, resolve, stages
 
     if name is None:
-        table = Table(title="stages")
-        for column in ("stage", "reads", "writes", "what it is"):
-            table.add_column(column)
-        for stage in stages():
-            reads = "(depends on its settings)" if callable(stage.reads) else ", ".join(stage.reads)
-            doc = (sys.modules[stage.module].__doc__ or "").strip().splitlines()[0]
-            table.add_row(stage.name, reads, ", ".join(stage.writes), doc)
+        rows = [(stage.name, "(depends on its settings)" if callable(stage.reads) else ", ".join(stage.reads),
+                 ", ".join(stage.writes), _summary(sys.modules[stage.module].__doc__)) for stage in stages()]
+        table = Table(title="stages", expand=True)  # expand: the summary takes the width the others leave
+        # Cells wrap at words: each narrow column is as wide as its longest word (so a name is never cut),
+        # the summary gets the rest.
+        for i, column in enumerate(("stage", "reads", "writes")):
+            table.add_column(column, width=max(len(word) for row in rows for word in row[i].split()))
+        table.add_column("what it is", ratio=1, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
         _console().print(table)
         return
     try:
@@ -135,16 +147,35 @@ def stages_(name: str | None) -> None:
         raise UserError(f"stages {name}: {error}") from None
     table = Table(title=f"{name} settings (stages.{name} in a loop file)")
     for column in ("setting", "type", "default", "help"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for key, setting in stage.settings.items():
         choices = f" ({' | '.join(map(str, setting.choices))})" if setting.choices else ""
         table.add_row(key, setting.type.__name__, repr(setting.default), setting.help + choices)
     _console().print(table)
 
 
+def _summary(doc: str | None) -> str:
+    """A stage module's first sentence: its first paragraph up to a full stop that ends a sentence (not
+    the one of `et al.`), as one line (the docstring's own line breaks would cut it mid-sentence)."""
+    import re
+
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
+    return re.split(r"(?<!\bal)\.\s+(?=[A-Z])", paragraph, maxsplit=1)[0].rstrip(".") + "."
+
+
+# One line under the status table explains each state shown (selfimprove.pipeline.status).
+STATE_LEGEND = {
+    "done": "outputs match their inputs",
+    "done?": "recorded as done; DVC cannot check now (a run holds its lock): look again when it ends",
+    "stale": "an input changed since it ran; selfimprove run redoes it",
+    "not checked out": "done, outputs not here; selfimprove pull (dvc pull) fetches them, selfimprove run remakes them",
+    "pending": "not run yet",
+}
+
+
 @main.command()
 def status() -> None:
-    """Show every stage of every compiled run: done, stale or pending."""
+    """Show every stage of every compiled run: done, stale, not checked out or pending."""
     from rich.table import Table
 
     from selfimprove.pipeline.status import stage_status
@@ -153,12 +184,14 @@ def status() -> None:
     table = Table(title="stages")
     for column in ("run", "iteration", "stage", "state"):
         table.add_column(column)
-    colours = {"done": "green", "stale": "yellow", "pending": "dim"}
+    colours = {"done": "green", "stale": "yellow", "pending": "dim", "not checked out": "cyan", "done?": "green"}
     for row in rows:
         state = row["state"]
         table.add_row(row["run"], "-" if row["iteration"] is None else str(row["iteration"]), row["stage"],
                       f"[{colours.get(state, 'white')}]{state}[/]")
     _console().print(table)
+    shown = [state for state in STATE_LEGEND if state in {row["state"] for row in rows}]
+    _console().print("; ".join(f"{state}: {STATE_LEGEND[state]}" for state in shown), markup=False, soft_wrap=True)
     import json
 
     for run in sorted({row["run"] for row in rows}):
@@ -246,3 +279,15 @@ def export(reference: str, directory: str) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# Commands with modules of their own (imported when the CLI starts; each imports its heavy parts lazily).
+from selfimprove.cli.project import init, loops  # noqa: E402
+
+main.add_command(loops)
+main.add_command(init)
+from selfimprove.cli.share import pull, push, rm  # noqa: E402
+
+main.add_command(push)
+main.add_command(pull)
+main.add_command(rm)
