@@ -177,12 +177,14 @@ def cli_page() -> str:
 
     out = [HEADER + "# Command line\n",
            "Every command of `selfimprove`, with the help that `selfimprove COMMAND --help` prints.\n"]
-    with click.Context(main, info_name="selfimprove", terminal_width=100, max_content_width=100) as ctx:
+    # The group's context settings (-h as well as --help) as the real command line has them: click caches
+    # a command's help option on first use, so a context without them would depend on what ran before.
+    settings = dict(terminal_width=100, max_content_width=100, **main.context_settings)
+    with click.Context(main, info_name="selfimprove", **settings) as ctx:
         out.append("```text\n" + main.get_help(ctx).rstrip() + "\n```\n")
         for name in sorted(main.list_commands(ctx)):
             command = main.get_command(ctx, name)
-            with click.Context(command, info_name=name, parent=ctx, terminal_width=100,
-                               max_content_width=100) as sub:
+            with click.Context(command, info_name=name, parent=ctx, **settings) as sub:
                 out.append(f"## {name}\n")
                 out.append("```text\n" + command.get_help(sub).rstrip() + "\n```\n")
     return "\n".join(out).rstrip() + "\n"

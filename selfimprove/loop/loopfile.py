@@ -338,8 +338,9 @@ def resolved_params(loop: Loop) -> dict:
     params = {"model": loop.model, "model_revision": loop.model_revision,
               "data": copy.deepcopy(tracked_values(data_section.SETTINGS, loop.data)),
               **backend_params(loop)}
-    if builtin_name(loop) not in (None, loop.model.split(":", 1)[1]) and not loop.start_from:
-        params["builtin"] = builtin_name(loop)  # its base model's directory (RUN@0); no stage tracks it
+    variant = builtin_name(loop)
+    if variant and variant != loop.model.split(":", 1)[1] and not loop.start_from:
+        params["builtin"] = variant  # its base model's directory (RUN@0); no stage tracks it
     if loop.best:  # read by RUN@best (selfimprove.results); no stage tracks it, so changing it re-runs nothing
         params["best"] = dict(loop.best)
     tracked = loop.tracked()
