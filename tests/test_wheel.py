@@ -50,12 +50,17 @@ def installed(tmp_path_factory, wheel) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
     python = root / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+                          capture_output=True, text=True, check=True, env=_clean_env()).stdout.strip()
     (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], capture_output=True,
-                             text=True)
+                             text=True, env=_clean_env())
     assert install.returncode == 0, install.stderr[-2000:]
     return root / "bin"
+
+
+def _clean_env() -> dict:
+    """This environment without what would put a source tree on the fresh venv's path."""
+    return {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
 
 
 def _has(module: str) -> bool:
@@ -63,7 +68,7 @@ def _has(module: str) -> bool:
 
 
 def _run(bin_dir: Path, cwd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = _clean_env()
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run([str(bin_dir / "selfimprove"), *args], cwd=cwd, capture_output=True, text=True, env=env,
                           timeout=timeout)
@@ -88,7 +93,7 @@ def test_the_wheel_carries_every_module_prompt_loop_and_shipped_file(wheel):
 
 def test_the_installed_package_is_the_wheel_not_this_checkout(installed, tmp_path):
     found = subprocess.run([str(installed / "python"), "-c", "import selfimprove; print(selfimprove.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+                           capture_output=True, text=True, cwd=tmp_path, check=True, env=_clean_env()).stdout
     assert str(installed.parent) in found and str(ROOT) not in found
     listing = _run(installed, tmp_path, "loops")
     assert listing.returncode == 0 and "scpo" in listing.stdout and "self_taught_evaluator" in listing.stdout

@@ -24,9 +24,10 @@ from typing import Any
 from selfimprove.tasks import data as data_section
 from selfimprove.backends.config import backend_params, check_backend
 from selfimprove.core.errors import UserError
-from selfimprove.core.registry import BACKENDS, DEFAULT_BACKEND, STAGES, UnknownName, resolve, stages, suggestion
+from selfimprove.core.registry import BACKENDS, DEFAULT_BACKEND, STAGES, UnknownName, resolve, stages
 from selfimprove.core.stage import tracked_values
 from selfimprove.loop import yamlfile
+from selfimprove.loop.pipelines import check_inputs, check_pipeline, check_stages, derived_pipeline
 from selfimprove.tasks.datafile import check_data_file
 from selfimprove.core.validation import (Problems, check_section, check_values, defaults, did_you_mean, key_lines, scalar,
                                     shown)
@@ -235,8 +236,8 @@ def builtin_name(loop: Loop) -> str | None:
 
 def _iterations(raw: dict, iterations: int, problems: Problems, shortened: bool = False) -> tuple[dict, dict]:
     """(per iteration: every stage's resolved settings, per iteration: its pipeline)."""
-    base = _check_stages(raw.get("stages", {}), ("stages",), problems)
-    top_pipeline = _check_pipeline(raw["pipeline"], ("pipeline",), problems) if "pipeline" in raw else None
+    base = check_stages(raw.get("stages", {}), ("stages",), problems)
+    top_pipeline = check_pipeline(raw["pipeline"], ("pipeline",), problems) if "pipeline" in raw else None
     schedule = raw.get("schedule") or {}
     if not isinstance(schedule, dict):
         problems.add(("schedule",), "must map an iteration number to stage overrides, e.g. 2: {pairs: {min_votes: 0.7}}")
@@ -251,9 +252,9 @@ def _iterations(raw: dict, iterations: int, problems: Problems, shortened: bool 
     for k in range(1, iterations + 1):
         entry = schedule.get(k) or {}
         entry = entry if isinstance(entry, dict) else {}
-        pipeline = (_check_pipeline(entry["pipeline"], ("schedule", k, "pipeline"), problems)
+        pipeline = (check_pipeline(entry["pipeline"], ("schedule", k, "pipeline"), problems)
                     if "pipeline" in entry else top_pipeline)
-        override = _check_stages({s: v for s, v in entry.items() if s != "pipeline"}, ("schedule", k), problems)
+        override = check_stages({s: v for s, v in entry.items() if s != "pipeline"}, ("schedule", k), problems)
         if k in schedule and not isinstance(schedule[k], dict):
             problems.add(("schedule", k), "must map stage names to settings, e.g. 2: {pairs: {min_votes: 0.7}}")
         settings = {stage.name: {**stage.defaults(), **base.get(stage.name, {}), **override.get(stage.name, {})}
@@ -266,70 +267,8 @@ def _iterations(raw: dict, iterations: int, problems: Problems, shortened: bool 
         except UnknownName:  # a misnamed rule, already reported with its line
             pipelines[k] = []
         where = ("schedule", k, "pipeline") if "pipeline" in entry else ("pipeline",)
-        _check_inputs(pipelines[k], settings, where, problems)
+        check_inputs(pipelines[k], settings, where, problems)
     return per_iteration, pipelines
-
-
-def derived_pipeline(settings: dict) -> list[str]:
-    """The stages an iteration's settings call for, in registry order (a loop without `pipeline:`)."""
-    return [stage.name for stage in stages() if stage.scope == "iteration" and stage.included(settings)]
-
-
-def _check_stages(values: Any, path: tuple, problems: Problems) -> dict:
-    if not isinstance(values, dict):
-        problems.add(path, "must map stage names to settings, e.g. generate: {n: 8}")
-        return {}
-    checked = {}
-    for stage, settings in values.items():
-        if stage not in STAGES:
-            problems.add(path + (stage,), did_you_mean(stage, STAGES))
-            continue
-        checked[stage] = check_section(settings or {}, resolve("stage", stage).settings, path + (stage,), problems)
-    return checked
-
-
-def _check_pipeline(value: Any, path: tuple, problems: Problems) -> list[str] | None:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        problems.add(path, "must be a list of stage names, e.g. pipeline: [generate, vote, pairs, train, evaluate]")
-        return None
-    unknown = [name for name in value if name not in STAGES or resolve("stage", name).scope != "iteration"]
-    for name in unknown:
-        problems.add(path, f"{name!r} is not a stage of an iteration; {suggestion(name, STAGES)}")
-    return None if unknown else list(value)
-
-
-def _check_inputs(pipeline: list[str], settings: dict, path: tuple, problems: Problems) -> None:
-    """Each stage's inputs come from an earlier stage of the pipeline (the policy model is always there),
-    and each stage's work reaches something: a later stage reads what it writes, or it writes a model or
-    a metrics file. (`selfimprove run` reproduces what the run's report depends on; a stage whose output
-    nothing reads would never run.)"""
-    available, writers = {"model"}, {}
-    read = set()
-    for name in pipeline:
-        stage = resolve("stage", name)
-        try:
-            required = stage.required(settings)
-        except UnknownName:
-            return
-        for artifact in required:
-            if artifact not in available:
-                makers = [s.name for s in stages() if artifact in s.writes]
-                problems.add(path, f"{name} needs {artifact}, which no earlier stage writes; put "
-                             f"{' or '.join(makers) or 'a stage that writes it'} before {name}")
-        read |= {(writers.get(a), a) for a in required + tuple(stage.optional_reads)}
-        available |= set(stage.writes)
-        writers.update({artifact: name for artifact in stage.writes})
-    for name in pipeline:
-        writes = resolve("stage", name).writes
-        if not any(a == "model" or is_metrics(a) or (name, a) in read for a in writes):
-            readers = sorted({s.name for s in stages() for a in writes if a in s.required(settings) + s.optional_reads})
-            problems.add(path, f"{name} writes {', '.join(writes)}, which no later stage reads; remove {name} or "
-                         f"put {' or '.join(readers) or 'a stage that reads it'} after it")
-
-
-def is_metrics(artifact: str) -> bool:
-    """Artifacts named metrics or <stage>_stats are metrics files, which the run's report reads."""
-    return artifact == "metrics" or artifact.endswith("_stats")
 
 
 def resolved_params(loop: Loop) -> dict:
