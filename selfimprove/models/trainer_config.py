@@ -44,8 +44,17 @@ def optimizer_args(settings: dict) -> dict:
         max_grad_norm=settings["max_grad_norm"], adam_beta1=settings["adam_beta1"],
         adam_beta2=settings["adam_beta2"], adam_epsilon=settings["adam_epsilon"],
         max_steps=settings["max_steps"] or -1, logging_steps=settings["logging_steps"],
-        activation_checkpointing=settings["gradient_checkpointing"],  # transformers 5's name for it
+        **_checkpointing(settings["gradient_checkpointing"]),
     )
+
+
+def _checkpointing(enabled: bool) -> dict:
+    """Gradient checkpointing under the name the installed transformers reads: activation_checkpointing
+    from 5.2x on (gradient_checkpointing is deprecated there), gradient_checkpointing before (5.19)."""
+    from transformers import TrainingArguments
+
+    new_name = "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing" if new_name else "gradient_checkpointing": enabled}
 
 
 def sft_only_args(settings: dict) -> dict:
