@@ -64,17 +64,23 @@ def _copy_package(target: Path) -> Path:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A compiled project whose every stage is committed (stand-in outputs): dvc status is clean."""
-    from selfimprove.pipeline.workspace import ensure_dvc
-
     root = tmp_path_factory.mktemp("project")
     (root / "loop.yaml").write_text(LOOP)
     (root / "my_judge.txt").write_text("{question}{response} judge:")
+    return committed_with_stand_ins(root)
+
+
+def committed_with_stand_ins(root: Path) -> Path:
+    """root's loop.yaml compiled, every output a stand-in (a directory with a config.json for a model,
+    else a small file) and committed to DVC: dvc status is clean, and only an edit can change that."""
+    from selfimprove.pipeline.workspace import ensure_dvc
+
     ensure_dvc(root)
     _compile(root, PACKAGE.parent)
     for node in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values():
         for out in node.get("outs", []) + [next(iter(m)) for m in node.get("metrics", []) + node.get("plots", [])]:
             path = root / out
-            if out.endswith(("model", "tiny-arith-judge", "train_curves")):
+            if out.endswith(("model", "train_curves")) or out.startswith("runs/builtin/"):
                 path.mkdir(parents=True, exist_ok=True)
                 (path / "config.json").write_text("{}")
             else:

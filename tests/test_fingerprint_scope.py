@@ -10,13 +10,12 @@
 from pathlib import Path
 
 import pytest
-import yaml
 
 from selfimprove.core import registry
 from selfimprove.loop.loopfile import load_loop
 from selfimprove.pipeline import compiler
 from selfimprove.pipeline.fingerprint import imported_modules
-from test_cache import PACKAGE, _changed, _compile, _copy_package, _dvc
+from test_cache import PACKAGE, _changed, _compile, _copy_package, committed_with_stand_ins
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPS = sorted((ROOT / "loops").glob("*.yaml"))
@@ -71,24 +70,9 @@ def test_a_loop_fingerprints_the_optional_code_it_runs_and_no_other(loop_file):
 @pytest.fixture(scope="module")
 def scpo_project(tmp_path_factory):
     """loops/scpo.yaml compiled in a project with every stage committed (stand-in outputs)."""
-    from selfimprove.pipeline.workspace import ensure_dvc
-
     root = tmp_path_factory.mktemp("scpo")
     (root / "loop.yaml").write_text((ROOT / "loops/scpo.yaml").read_text())
-    ensure_dvc(root)
-    _compile(root, PACKAGE.parent)
-    for node in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values():
-        for out in node.get("outs", []) + [next(iter(m)) for m in node.get("metrics", []) + node.get("plots", [])]:
-            path = root / out
-            if out.endswith(("model", "tiny-arith", "train_curves")):
-                path.mkdir(parents=True, exist_ok=True)
-                (path / "config.json").write_text("{}")
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text("{}")
-    _dvc(root, "commit", "-f", "-q")
-    assert _changed(root) == set()
-    return root
+    return committed_with_stand_ins(root)
 
 
 def _edited_package(tmp_path: Path, module: str) -> Path:
