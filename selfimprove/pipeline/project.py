@@ -49,16 +49,12 @@ def _made_by_a_step(loop: ShippedLoop, directory: Path) -> list[str]:
 
 def _version_control(directory: Path) -> list[str]:
     """git first (when the folder is in no repository), then DVC with git: its cache is git-ignored."""
+    from selfimprove.pipeline.gitsetup import git_state
     from selfimprove.pipeline.workspace import ensure_dvc
 
     notes = []
-    if shutil.which("git") and not _in_git(directory):
+    if shutil.which("git") and git_state(directory) == "none":
         subprocess.run(["git", "init", "-q"], cwd=directory, check=True)
         notes.append(f"git init {directory}")
     ensure_dvc(directory)
     return notes
-
-
-def _in_git(directory: Path) -> bool:
-    found = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=directory, capture_output=True, text=True)
-    return found.returncode == 0
