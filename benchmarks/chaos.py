@@ -1,6 +1,6 @@
-"""Faults across a 2-iteration loop: SIGKILLs, a full disk, two loops at once, damaged outputs.
+"""Faults across a 2-iteration loop: SIGKILLs, SIGTERM and SIGHUP, a full disk, two loops at once, damaged outputs.
 
-    python benchmarks/chaos.py [--parts kills,disk,concurrent,damage] [--kills 20] [--seed 0]
+    python benchmarks/chaos.py [--parts kills,signals,disk,concurrent,damage] [--kills 20] [--signals 12] [--seed 0]
 
 Runs the tiny loop once uninterrupted (the reference), then each part in a fresh project:
 - kills: `selfimprove run` is started in its own process group and SIGKILLed --kills times, each time
@@ -8,6 +8,12 @@ Runs the tiny loop once uninterrupted (the reference), then each part in a fresh
   resumes), then left to finish. Prints the kills that landed while the run was working, the final
   metrics against the reference (must be equal), and how many times a stage that had already finished
   (recorded in dvc.lock with its outputs present before the attempt) ran again (must be 0).
+- signals: as kills, but SIGTERM and SIGHUP in turn (--signals times), sent to the `selfimprove run`
+  process alone, as a scheduler reclaiming the machine does. Prints the time from each signal to the
+  last of the run's processes gone (max, median, by stage), the exit codes (must be 128 + the signal),
+  the attempts that did not say how to resume in one line or printed a traceback, the processes left
+  behind (must be none), finished stages run again (must be 0) and whether the final metrics equal the
+  reference's.
 - disk: the project lives on a 256 MiB tmpfs in a private mount namespace (needs root and `unshare`);
   the disk is filled while generate writes its shards, while train writes a checkpoint, and (an
   injected ENOSPC halfway through DVC's write, since no timing can hit it) while DVC writes dvc.lock.
@@ -24,11 +30,13 @@ Runs the tiny loop once uninterrupted (the reference), then each part in a fresh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -115,13 +123,7 @@ def kills(args, root: Path, reference: Path) -> None:
         before = finished_stages(chaos)
         process = start(chaos)
         attempts += 1
-        seen, running = offset, None
-        while process.poll() is None:
-            ran, seen = started_stages(chaos, seen)
-            running = ran[-1] if ran else running
-            if running in order and order.index(running) >= target:
-                break
-            time.sleep(0.2)
+        wait_for_stage(process, chaos, order, target, offset)
         time.sleep(rng.uniform(0.1, 1.5))
         working = process.poll() is None
         if working:
@@ -147,6 +149,103 @@ def kills(args, root: Path, reference: Path) -> None:
     print("[kills] killed in: " + ", ".join(f"{name} x{killed_in.count(name)}" for name in dict.fromkeys(killed_in)))
     print(f"[kills] finished stages run again: {len(redone)} {sorted(set(redone))}")
     print(f"[kills] resumed runs that failed on their own: {len(failed)} {failed}")
+
+
+def wait_for_stage(process: subprocess.Popen, project: Path, order: list[str], target: int, offset: int) -> None:
+    """Return once the stage order[target] or a later one runs (started after byte `offset` of the log),
+    or the run has ended."""
+    seen, running = offset, None
+    while process.poll() is None:
+        ran, seen = started_stages(project, seen)
+        running = ran[-1] if ran else running
+        if running in order and order.index(running) >= target:
+            return
+        time.sleep(0.2)
+
+
+def signals(args, root: Path, reference: Path) -> None:
+    rng = random.Random(args.seed)
+    project = new_project(root / "signals")
+    order, _ = started_stages(reference, 0)
+    plan = sorted(rng.randrange(len(order) - 1) for _ in range(args.signals))  # spread as in kills
+    stops, redone, offset, problems = [], [], 0, []  # stops: (signal, stage, seconds to all gone)
+    for attempt, target in enumerate(plan, 1):
+        sig = signal.SIGTERM if attempt % 2 else signal.SIGHUP
+        before = finished_stages(project)
+        process = start(project, output=subprocess.PIPE)
+        wait_for_stage(process, project, order, target, offset)
+        time.sleep(rng.uniform(0.1, 1.5))
+        if process.poll() is not None:
+            problems.append(f"attempt {attempt}: the run ended before the signal, exit {process.returncode}")
+            ran, offset = started_stages(project, offset)
+            continue
+        took, said, left = signal_alone(process, sig)
+        ran, offset = started_stages(project, offset)
+        redone += [name for name in ran if name in before]
+        stops.append((sig.name, ran[-1] if ran else "(start-up)", took))
+        if process.returncode != 128 + sig or left or said:
+            problems.append(f"attempt {attempt} ({sig.name} in {stops[-1][1]}): exit {process.returncode}, "
+                            f"left running {left}, {said}")
+    before = finished_stages(project)
+    final = start(project).wait()
+    ran, offset = started_stages(project, offset)
+    redone += [name for name in ran if name in before]
+    took = sorted(t for _, _, t in stops)
+    print(f"[signals] sent while running: {len(stops)} (SIGTERM {sum(s == 'SIGTERM' for s, _, _ in stops)}, "
+          f"SIGHUP {sum(s == 'SIGHUP' for s, _, _ in stops)}); attempts with a problem: {len(problems)} {problems}")
+    if took:
+        print(f"[signals] signal to the last process gone: max {took[-1]:.2f} s, "
+              f"median {statistics.median(took):.2f} s")
+    kinds: dict[str, list[float]] = {}
+    for _, stage, seconds in stops:
+        kinds.setdefault(stage_kind(stage), []).append(seconds)
+    print("[signals] by stage: " + ", ".join(f"{kind} x{len(t)} max {max(t):.2f} s" for kind, t in kinds.items()))
+    print(f"[signals] finished stages run again: {len(redone)} {sorted(set(redone))}")
+    print(f"[signals] final run exit {final}; final metrics equal the uninterrupted run's: "
+          f"{final == 0 and metrics(project) == metrics(reference)}")
+
+
+def stage_kind(name: str) -> str:
+    """generate for c-it1-generate, bootstrap for bootstrap-tiny-arith-<hash>."""
+    if name.startswith("bootstrap-"):
+        return "bootstrap"
+    return name.rsplit("-", 1)[-1] if name.startswith("c-") else name
+
+
+def signal_alone(process: subprocess.Popen, sig: int) -> tuple[float, str, list[int]]:
+    """Send sig to the run's own pid only and wait for the run and everything it started to be gone;
+    (seconds from the signal to the last process gone, what was wrong with its output or '', the pids
+    still running after 60 s, which are then killed)."""
+    import psutil
+
+    try:
+        family = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    sent = time.monotonic()
+    os.kill(process.pid, sig)
+    output = process.communicate(timeout=60)[0].decode(errors="replace")
+    while any(running(p) for p in family) and time.monotonic() - sent < 60:
+        time.sleep(0.01)
+    took = time.monotonic() - sent
+    left = [p.pid for p in family if running(p)]
+    for p in family:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    resume = [line for line in output.splitlines() if "again to resume" in line]
+    said = ("a traceback; " if "Traceback" in output else "") + ("" if len(resume) == 1 else
+                                                                   f"{len(resume)} lines saying how to resume")
+    return took, said, left
+
+
+def running(process) -> bool:
+    """Whether a process (psutil) still runs; a zombie has ended."""
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 HOOKS = Path(__file__).resolve().parent / "chaos_hooks"  # sitecustomize.py: the injected ENOSPC
@@ -293,8 +392,9 @@ def new_project(parent: Path, name: str = "project") -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="kills,disk,concurrent,damage")
+    parser.add_argument("--parts", default="kills,signals,disk,concurrent,damage")
     parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--signals", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--inner-disk", action="store_true", help=argparse.SUPPRESS)
@@ -309,6 +409,8 @@ def main() -> None:
         print(f"reference run: {time.monotonic() - started:.0f} s")
     if "kills" in parts:
         kills(args, root, reference)
+    if "signals" in parts:
+        signals(args, root, reference)
     if "disk" in parts:
         disk(args, root, reference)
     if "concurrent" in parts:

@@ -50,6 +50,19 @@ def _default(value) -> str:
     return "" if value is None else f"`{value!r}`".replace("|", "\\|")
 
 
+KIND_WORDS = {"template": "a template", "pairs": "a JSONL of prompt, chosen, rejected", "examples": "a JSONL of "
+              "prompts", "model": "a model", "callable": "a module:function", "yaml": "a YAML file"}
+
+
+def _read_as(reads) -> str:
+    """What validate reads a setting's value as (selfimprove.core.stage.Reads)."""
+    text = f"validate reads it as {KIND_WORDS.get(reads.kind, reads.kind)}"
+    if reads.placeholders or reads.alternatives:
+        sets = [reads.placeholders] if reads.placeholders else list(reads.alternatives)
+        text += " using " + " or ".join(" ".join("{" + p + "}" for p in s) for s in sets)
+    return text
+
+
 def _settings_table(settings: dict) -> list[str]:
     lines = ["| setting | type | default | help |", "|---|---|---|---|"]
     for key, setting in settings.items():
@@ -60,6 +73,8 @@ def _settings_table(settings: dict) -> list[str]:
             extra.append(setting.fix)
         if setting.file:
             extra.append("names a file (a DVC dependency)")
+        if setting.reads:
+            extra.append(_read_as(setting.reads))
         help_text = _cell(setting.help) + ("" if not extra else (" (" + _cell("; ".join(extra)) + ")"))
         lines.append(f"| `{key}` | {setting.type.__name__} | {_default(setting.default)} | {help_text} |")
     return lines
@@ -116,7 +131,8 @@ def stages_page() -> str:
             out.append("|---|---|---|---|---|")
             for metric in stage.metrics:
                 out.append(f"| `{metric.name}` | {metric.better or ''} | {metric.denominator or ''} | "
-                           f"{'yes' if metric.headline else ''} | {_cell(metric.help)} |")
+                           f"{'yes' if metric.headline else ''} | {_cell(metric.help)}"
+                           f"{f' (unit: {metric.unit})' if metric.unit else ''} |")
             out.append("")
     return "\n".join(out).rstrip() + "\n"
 

@@ -69,7 +69,8 @@ def test_code_fingerprints_follow_imports_including_lazy_ones():
     assert set(params["code"]) >= {"stages-generate", "backends-hf", "scoring-rules-votes", "stages-bootstrap", "tasks-tinyarith"}
 
 
-def test_judge_loops_judge_instead_of_voting_and_track_the_judge(tmp_path):
+def test_judge_loops_judge_instead_of_voting_and_track_the_judge(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the project: the template is one of its files
     template = tmp_path / "my_judge.txt"
     template.write_text("Question: {question}\nAnswer: {response}\nScore 0-5 as 'Score: N'.")
     loop = load_loop(ROOT / "loops/self_rewarding.yaml", [f"judge.template={template}", "judge.source=judges/big"])

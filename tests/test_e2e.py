@@ -1,14 +1,16 @@
 """End to end through the real CLI, DVC and TRL on a tiny loop: cached reruns, per-key params, resume
-after a SIGKILL of the whole process group during generate and during train, and Ctrl-C.
+after a SIGKILL of the whole process group during generate and during train, Ctrl-C, and SIGTERM and
+SIGHUP sent to selfimprove alone (a scheduler's preemption, a closed terminal) at seeded-random moments.
 
-These tests run real subprocesses (about 3 minutes together on 2 cores) and share one uninterrupted run
-as the reference for the resumed one.
+These tests run real subprocesses (about 5 minutes together on 2 cores) and share one uninterrupted run
+as the reference for the resumed ones.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -104,6 +106,17 @@ def test_rerun_does_nothing_and_an_evaluate_change_reruns_only_evaluate(referenc
     assert final_metrics(reference)[2]["k"] == 2
 
 
+def test_show_reads_what_the_run_trained_on(reference):
+    """`selfimprove show` on the real loop's files: per prompt, what pairs.json counts."""
+    output = run_to_end(reference, "show", "t@1", "--json", "--limit", "3")
+    page, stats = json.loads(output), json.loads((reference / "runs/t/it1/pairs.json").read_text())
+    assert page["summary"]["prompts"] == stats["prompts"] and page["summary"]["with_pair"] == stats["pairs"]
+    assert page["summary"]["reasons"].get("below tau", 0) == stats["dropped_below_tau"]
+    assert all(len(p["samples"]) == 4 and "votes" in p["samples"][0]["fields"] for p in page["prompts"])
+    across = run_to_end(reference, "show", "t@1..2", "--id", "0")
+    assert "t@1, prompt 0 ─" in across and "t@2, prompt 0 ─" in across and "Traceback" not in across
+
+
 def kill_group_when(project: Path, ready, timeout: float = 600) -> None:
     """Start a run in its own process group and SIGKILL the whole group once ready() is true."""
     process = selfimprove(project, "run", "loop.yaml", start_new_session=True)
@@ -158,6 +171,88 @@ def test_sigkill_during_generate_and_train_resumes_to_identical_metrics(referenc
     assert final_metrics(project) == final_metrics(reference)
 
 
+STOP_BOUND = 30.0  # s from the signal to the last process gone: Slurm's KillWait, Kubernetes' grace period
+
+
+def finished_stages(project: Path) -> set[str]:
+    """Stages dvc.lock records whose outputs are all present (none while a cut-short dvc.lock awaits repair)."""
+    import yaml
+
+    try:
+        stages = (yaml.safe_load((project / "dvc.lock").read_text()) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError):
+        return set()
+    return {name for name, node in stages.items() if all((project / o["path"]).exists() for o in node.get("outs", []))}
+
+
+def started_since(project: Path, count: int) -> list[str]:
+    """The stages DVC started in this project after the first `count` (repro.log keeps every run's)."""
+    return ran_stages(project)[count:] if (project / "runs/t/repro.log").exists() else []
+
+
+def running(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def signal_alone_when(project: Path, sig: int, running_from: str, order: list[str],
+                      delay: float) -> tuple[list[str], float]:
+    """Start a run in its own process group; once a stage at or after `running_from` (in DVC's `order`)
+    runs, wait `delay` s and send sig to selfimprove alone, as a scheduler does. Asserts the run stops as on
+    Ctrl-C; (the stages DVC started in this run, seconds from the signal to the last of its processes gone)."""
+    import psutil
+
+    offset = len(started_since(project, 0))
+    process = selfimprove(project, "run", "loop.yaml", start_new_session=True)
+    deadline = time.time() + 600
+    while not (started := started_since(project, offset)) or order.index(started[-1]) < order.index(running_from):
+        assert process.poll() is None, f"the run ended before the signal:\n{process.communicate()[0]}"
+        assert time.time() < deadline, "signal point never reached"
+        time.sleep(0.05)
+    time.sleep(delay)
+    family = psutil.Process(process.pid).children(recursive=True)  # dvc, the stage, theirs
+    assert process.poll() is None, "the run ended before the signal"
+    sent = time.monotonic()
+    os.kill(process.pid, sig)
+    output, _ = process.communicate(timeout=STOP_BOUND)
+    while any(running(p) for p in family) and time.monotonic() - sent < STOP_BOUND:
+        time.sleep(0.01)
+    took = time.monotonic() - sent
+    assert process.returncode == 128 + sig, output
+    assert [line for line in output.splitlines() if "again to resume" in line] == \
+        ["stopped; finished stages are kept. Run `selfimprove run loop.yaml` again to resume."], output
+    assert "Traceback" not in output
+    assert not [p.pid for p in family if running(p)] and took < STOP_BOUND
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)  # nothing of the group is left running
+    return started_since(project, offset), took
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_to_selfimprove_alone_stops_the_run_as_ctrl_c_and_it_resumes(reference, tmp_path, sig):
+    """A scheduler's SIGTERM (or SIGHUP) reaches selfimprove alone, at 3 seeded-random moments of one
+    project's run (a stage, then a delay): each time the run exits 128 + sig within a scheduler's grace
+    period with nothing left running, in one line; each rerun resumes, finished stages never run again,
+    and the metrics end equal to the uninterrupted run's."""
+    order = list(dict.fromkeys(ran_stages(reference)))  # DVC's order: the reference's first run
+    rng = random.Random(int(sig))  # the same moments every time
+    points = sorted(rng.sample(range(len(order) - 1), 3))  # the report takes a second: not a target
+    project = new_project(tmp_path, "signalled")
+    for point in points:
+        finished = finished_stages(project)
+        started, took = signal_alone_when(project, sig, order[point], order, rng.uniform(0.1, 1.5))
+        print(f"{sig.name} during {started[-1]}: all gone in {took:.2f} s")
+        assert not set(started) & finished, "a finished stage ran again"
+    finished, count = finished_stages(project), len(started_since(project, 0))
+    run_to_end(project, "run", "loop.yaml")
+    assert not set(started_since(project, count)) & finished, "a finished stage ran again"
+    assert final_metrics(project) == final_metrics(reference)
+
+
 def test_second_run_on_a_busy_workspace_is_refused_naming_the_holder(reference):
     import fcntl
 
@@ -172,6 +267,30 @@ def test_second_run_on_a_busy_workspace_is_refused_naming_the_holder(reference):
     assert process.returncode != 0
     assert "busy: pid 4242 running `selfimprove run loop.yaml`" in output
     assert "Traceback" not in output
+
+
+def test_a_dvc_lock_held_by_a_live_process_is_named_before_dvc_runs_and_cleared_once_it_ended(reference):
+    """A dvc left running by a SIGKILL of selfimprove alone holds DVC's lock: the rerun names it in one line
+    (not DVC's "is busy", nor its advice to delete the lock by hand) and starts no dvc; once it has ended,
+    the next run clears its entry itself."""
+    holder = subprocess.Popen(["sleep", "60"])  # a real live process
+    rwlock = reference / ".dvc/tmp/rwlock"
+    info = {"pid": holder.pid, "cmd": "/venv/lib/python3.11/site-packages/dvc/__main__.py repro t-report"}
+    log_size = (reference / "runs/t/repro.log").stat().st_size
+    try:
+        rwlock.write_text(json.dumps({"write": {str(reference / "runs/t/it1/samples.jsonl"): info}}))
+        process = selfimprove(reference, "run", "loop.yaml")
+        output, _ = process.communicate(timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert process.returncode == 2, output
+    [line] = [line for line in output.splitlines() if line.strip()]
+    assert f"held by a live process: pid {holder.pid} `sleep 60` since " in line and f"`kill {holder.pid}`" in line
+    assert "is busy" not in output and "Traceback" not in output
+    assert (reference / "runs/t/repro.log").stat().st_size == log_size  # no dvc was started
+    run_to_end(reference, "run", "loop.yaml")  # the ended holder's entry does not stop it
+    assert f'"pid": {holder.pid}' not in (rwlock.read_text() if rwlock.exists() else "")
 
 
 JUDGE_LOOP = """\

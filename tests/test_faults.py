@@ -265,6 +265,9 @@ def test_the_runner_reports_a_stage_error_line_or_dvc_s_own_full_disk_alone():
     reason, explained = repro.failure(255)
     assert explained and "dvc.lock, or the copy of its outputs in .dvc/cache" in reason
     repro.tail = ["Traceback (most recent call last):", "ZeroDivisionError: division by zero"]
+    assert repro.failure(1) == ("ZeroDivisionError: division by zero (before the stage could start; the traceback "
+                                "is in the log)", True)  # more: tests/test_stage_failures.py
+    repro.tail = ["Running stage 'f-it1-generate':"]
     assert repro.failure(1) == ("dvc repro exit 1", False)
 
 
@@ -278,3 +281,93 @@ def test_a_dvc_rwlock_cut_short_by_a_kill_is_cleared(tmp_path):
     rwlock.write_text('{"write": {"runs/c/it1/model": {"pid": 1')
     clear_dead_dvc_locks(tmp_path)
     assert not rwlock.exists()
+
+
+# --- DVC's lock held by a live process, and a signal outside dvc ---------------------------------------
+
+def write_rwlock(project: Path, pid: int) -> Path:
+    """DVC's lock as `dvc repro` leaves it while it runs a stage: the stage's output written, its deps read."""
+    import json
+
+    rwlock = project / ".dvc" / "tmp" / "rwlock"
+    rwlock.parent.mkdir(parents=True, exist_ok=True)
+    info = {"pid": pid, "cmd": "/venv/lib/python3.11/site-packages/dvc/__main__.py repro f-report"}
+    rwlock.write_text(json.dumps({"write": {"runs/f/it1/samples.jsonl": info}, "read": {"runs/f/it0": [info]}}))
+    return rwlock
+
+
+def test_a_dvc_lock_held_by_a_live_process_is_named_in_one_line_with_the_way_out(tmp_path):
+    """A dvc that a SIGKILL of selfimprove alone left running still holds DVC's lock: the rerun names it
+    (pid, command line, since when, with its stage) instead of DVC's "is busy" and its advice to delete the
+    lock by hand; once it has ended, its entry is cleared and nothing is refused."""
+    from selfimprove.pipeline.workspace import check_no_live_dvc_lock, clear_dead_dvc_locks
+
+    holder = subprocess.Popen(["sleep", "60"])  # a real live process, started before it "wrote" the lock
+    try:
+        write_rwlock(tmp_path, holder.pid)
+        clear_dead_dvc_locks(tmp_path)  # a live holder is kept
+        with pytest.raises(UserError) as refused:
+            check_no_live_dvc_lock(tmp_path)
+    finally:
+        holder.kill()
+    [line] = refused.value.lines
+    assert f"pid {holder.pid} `sleep 60` since " in line and ".dvc/tmp/rwlock" in line
+    assert f"wait for it to finish, or stop it (`kill {holder.pid}`)" in line
+    holder.wait()
+    clear_dead_dvc_locks(tmp_path)
+    check_no_live_dvc_lock(tmp_path)
+
+
+def test_a_dvc_lock_entry_whose_pid_a_later_process_took_is_cleared(tmp_path):
+    """A rerun in a fresh container reuses low pids: a process started after DVC last wrote its lock
+    cannot hold it, and is not named."""
+    import json
+    import os
+    import time
+
+    from selfimprove.pipeline.workspace import check_no_live_dvc_lock, clear_dead_dvc_locks
+
+    rwlock = write_rwlock(tmp_path, os.getpid())
+    an_hour_ago = time.time() - 3600  # this test process started later than that
+    os.utime(rwlock, (an_hour_ago, an_hour_ago))
+    clear_dead_dvc_locks(tmp_path)
+    check_no_live_dvc_lock(tmp_path)
+    assert json.loads(rwlock.read_text()) == {"write": {}, "read": {}}
+
+
+@pytest.mark.parametrize("moment", ["compiling", "between batches"])
+def test_a_signal_before_dvc_starts_or_between_batches_stops_the_run_in_one_line(tmp_path, monkeypatch, moment):
+    """SIGTERM or SIGHUP while `run` compiles or between two `dvc repro` batches (no dvc running): the exit
+    code is 128 + the signal, one line says how to resume, and the caller's handlers are back after."""
+    import io
+    import os
+    import signal
+
+    from rich.console import Console
+
+    from selfimprove.pipeline import compiler, empty, runner
+
+    def signalled(original, sig):
+        def call(*args, **kwargs):
+            os.kill(os.getpid(), sig)  # its handler runs as soon as this returns, in this (main) thread
+            return original(*args, **kwargs)
+        return call
+
+    (tmp_path / "loop.yaml").write_text(LOOP)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runner, "ensure_dvc", lambda project: None)
+    monkeypatch.setattr(runner, "_reproduce", lambda *args: None)  # a batch that ran without dvc
+    sig = signal.SIGTERM if moment == "compiling" else signal.SIGHUP
+    if moment == "compiling":
+        monkeypatch.setattr(compiler, "write", signalled(compiler.write, sig))
+    else:
+        monkeypatch.setattr(empty, "say", signalled(empty.say, sig))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    output = io.StringIO()
+    code = runner.run("loop.yaml", [], None, tmp_path, Console(file=output, width=200))
+    assert code == 128 + sig
+    lines = [line for line in output.getvalue().splitlines() if line.strip()]
+    assert lines[-1:] == ["stopped; finished stages are kept. Run `selfimprove run loop.yaml` again to resume."]
+    assert "Traceback" not in output.getvalue() and "stopping the running stage" not in output.getvalue()
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+    assert (tmp_path / "dvc.yaml").exists() == (moment == "between batches")

@@ -81,12 +81,13 @@ def test_the_evaluation_counts_a_broken_limit_as_a_wrong_answer():
     assert figures["li_accuracy"] == pytest.approx(1 / 3) and figures["li_mean_words"] == pytest.approx(7 / 3)
 
 
-def test_lift_reads_a_user_s_preference_file_when_the_pipeline_starts_with_it(tmp_path):
+def test_lift_reads_a_user_s_preference_file_when_the_pipeline_starts_with_it(tmp_path, monkeypatch):
     from selfimprove.pipeline.compiler import compile_loop
     from selfimprove.core.errors import UserError
     from selfimprove.loop.loopfile import load_loop
 
     root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(tmp_path)  # the project: paths in settings are relative to it
     loop = tmp_path / "loop.yaml"
     loop.write_text((root / "loops/lift.yaml").read_text())
     with pytest.raises(UserError, match="no stage before lift makes pairs"):
@@ -100,3 +101,18 @@ def test_lift_reads_a_user_s_preference_file_when_the_pipeline_starts_with_it(tm
     node = document["stages"]["lift-it1-lift"]
     assert node["deps"] == ["runs/lift/it1/pairs.jsonl"] and "--pairs runs/lift/it1/pairs.jsonl" in node["cmd"]
     assert "--pairs runs/lift/it1/pairs_lift.jsonl" in document["stages"]["lift-it1-train"]["cmd"]
+
+
+def test_a_swapped_pair_keeps_the_figures_of_each_side_with_its_text():
+    import random
+
+    from selfimprove.stages import lift as lift_stage
+
+    pair = {"prompt": "Q", "chosen": "one two three four five six", "rejected": "short", "chosen_correct": True,
+            "rejected_correct": False, "chosen_score": 9.0, "rejected_score": 2.0, "weight": 0.5}
+    settings = {**lift_stage.STAGE.defaults(), "min_gap": 1}
+    loose, tight = lift_stage.length_instructed(pair, settings, random.Random(0))
+    assert loose["chosen"] == pair["chosen"] and loose["chosen_correct"] is True
+    assert tight["lift_swapped"] and tight["chosen"] == "short"
+    assert (tight["chosen_correct"], tight["rejected_correct"]) == (False, True)
+    assert (tight["chosen_score"], tight["rejected_score"]) == (2.0, 9.0) and tight["weight"] == 0.5

@@ -34,11 +34,14 @@ def test_collect_files_by_their_iteration_folder_and_keeps_empty_iterations(tmp_
     assert report == {"it0": {"accuracy": 0.25}, "it1": {}, "it2": {"generate_prompts": 8, "accuracy": 0.5}}
 
 
-def test_curves_keep_numeric_figures_only_in_iteration_order():
+def test_curves_keep_numeric_figures_only_in_iteration_order_every_record_with_the_same_keys():
+    # DVC plots no record of a file whose records differ in their keys ("argument of type 'nonetype' is
+    # not iterable"): a figure an iteration lacks is null there.
     report = {"it10": {"accuracy": 0.9}, "it2": {"accuracy": 0.5, "judge_mode": "expected", "stopped": True,
                                                  "pairs": 3, "note": None}, "it0": {}}
-    assert curves(report) == [{"iteration": 0}, {"iteration": 2, "accuracy": 0.5, "pairs": 3},
-                              {"iteration": 10, "accuracy": 0.9}]
+    assert curves(report) == [{"iteration": 0, "accuracy": None, "pairs": None},
+                              {"iteration": 2, "accuracy": 0.5, "pairs": 3},
+                              {"iteration": 10, "accuracy": 0.9, "pairs": None}]
 
 
 def test_main_writes_the_report_and_its_curves_and_prints_the_last_evaluated_figure(tmp_path, capsys):
@@ -51,7 +54,8 @@ def test_main_writes_the_report_and_its_curves_and_prints_the_last_evaluated_fig
     assert json.loads(out.read_text()) == {"it0": {"accuracy": 0.25, "mean_length": 12.0},
                                            "it1": {"accuracy": 0.625, "pairs": 5, "pairs_rule": "gold"}}
     assert json.loads((run / "curves.json").read_text()) == [
-        {"iteration": 0, "accuracy": 0.25, "mean_length": 12.0}, {"iteration": 1, "accuracy": 0.625, "pairs": 5}]
+        {"iteration": 0, "accuracy": 0.25, "mean_length": 12.0, "pairs": None},
+        {"iteration": 1, "accuracy": 0.625, "mean_length": None, "pairs": 5}]
     assert capsys.readouterr().out.strip() == "report: 1 iteration(s); last accuracy 0.625"
 
 

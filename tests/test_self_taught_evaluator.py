@@ -217,10 +217,10 @@ def test_the_labelled_pair_file_is_checked_line_by_line(tmp_path):
 
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n{"prompt": "2+2=", "chosen": 4}\n')
-    with pytest.raises(UserError, match=r"pairs.jsonl:2: chosen is missing or not text"):
+    with pytest.raises(UserError, match=r"pairs.jsonl:2: chosen is int 4, not text"):
         judge_eval.read_pairs(str(path), 0)
     path.write_text('{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n{oops\n')
-    with pytest.raises(UserError, match=r"pairs.jsonl:2: not JSON"):
+    with pytest.raises(UserError, match=r"pairs.jsonl:2: not valid JSON"):
         judge_eval.read_pairs(str(path), 0)
     assert len(judge_eval.read_pairs(str(path), 1)) == 1
 

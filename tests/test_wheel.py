@@ -81,6 +81,8 @@ def test_the_wheel_carries_every_module_prompt_loop_and_shipped_file(wheel):
         assert f"selfimprove/{prompt.relative_to(source)}" in names
     for loop in (ROOT / "loops").glob("*.yaml"):
         assert f"selfimprove/shipped/loops/{loop.name}" in names
+    for part in (source / "shipped" / "report").iterdir():  # the HTML report's template, style and script
+        assert f"selfimprove/shipped/report/{part.name}" in names
     from selfimprove.loop.shipped import names as loop_names, shipped
 
     for name in loop_names():  # every file a loop names ships, or a command the loop's header gives makes it

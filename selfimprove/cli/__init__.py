@@ -7,7 +7,9 @@
     selfimprove status
     selfimprove metrics scpo
     selfimprove diff scpo@0 scpo@3 [--json]
+    selfimprove show scpo@1 [--only dropped] [--id 17] [--json]
     selfimprove plot scpo irpo [--metric accuracy] [-o curves.png]
+    selfimprove report scpo [-o scpo.html]
     selfimprove export scpo@best served/
 """
 
@@ -39,7 +41,7 @@ class _Group(click.Group):
     the traceback only with SELFIMPROVE_DEBUG=1."""
 
     def invoke(self, ctx):
-        from selfimprove.core.errors import UserError
+        from selfimprove.core.errors import UserError, exception_text
 
         try:
             return super().invoke(ctx)
@@ -47,12 +49,17 @@ class _Group(click.Group):
             _abort(error.lines)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
-        except KeyboardInterrupt:
-            _abort(["interrupted"], 130)
+        except KeyboardInterrupt as interrupt:  # Ctrl-C (SIGINT, 2), or SIGTERM/SIGHUP raised by `run` (signum)
+            _abort(["interrupted"], 128 + getattr(interrupt, "signum", 2))
         except Exception as error:  # noqa: BLE001 - the last line of defence against tracebacks
             if os.environ.get("SELFIMPROVE_DEBUG"):
                 raise
-            _abort([f"internal error: {type(error).__name__}: {error} (set SELFIMPROVE_DEBUG=1 for the traceback)"], 1)
+            _abort([f"internal error, a bug in selfimprove: {exception_text(error)} (run again with "
+                    "SELFIMPROVE_DEBUG=1 for the traceback, and please report it)"], 1)
+
+
+REPLACE_HELP = ("Replace a run of the same name that another loop file made, or that started from another "
+                "model (without it, that is refused).")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,21 +76,23 @@ def main() -> None:
               "(RUN@best: its best iteration).")
 @click.option("--dry-run", is_flag=True, help="Print which stages would run and which are up to date, running "
               "nothing; it writes dvc.yaml and params.yaml as `compile` does, and changes nothing else.")
-def run(loop_file: str, overrides: tuple[str, ...], start_from: str | None, dry_run: bool) -> None:
+@click.option("--replace", is_flag=True, help=REPLACE_HELP)
+def run(loop_file: str, overrides: tuple[str, ...], start_from: str | None, dry_run: bool, replace: bool) -> None:
     """Run a loop to its last iteration; run it again after a crash to resume."""
     if dry_run:
         from selfimprove.pipeline import dryrun
 
-        sys.exit(dryrun.dry_run(loop_file, list(overrides), start_from, Path.cwd(), _console()))
+        sys.exit(dryrun.dry_run(loop_file, list(overrides), start_from, Path.cwd(), _console(), replace))
     from selfimprove.pipeline import runner
 
-    sys.exit(runner.run(loop_file, list(overrides), start_from, Path.cwd(), _console()))
+    sys.exit(runner.run(loop_file, list(overrides), start_from, Path.cwd(), _console(), replace))
 
 
 @main.command(name="compile")
 @click.argument("loop_file", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a loop setting.")
-def compile_(loop_file: str, overrides: tuple[str, ...]) -> None:
+@click.option("--replace", is_flag=True, help=REPLACE_HELP)
+def compile_(loop_file: str, overrides: tuple[str, ...], replace: bool) -> None:
     """Write the loop's stages into dvc.yaml and params.yaml without running them
     (then `dvc repro`, `dvc dag` and `dvc status` work on it natively)."""
     from selfimprove.pipeline import compiler, workspace
@@ -91,6 +100,7 @@ def compile_(loop_file: str, overrides: tuple[str, ...]) -> None:
     from selfimprove.loop.loopfile import load_loop
 
     loop = load_loop(loop_file, list(overrides))
+    loop.replace = replace
     if loop.start_from:
         loop.start_from = results.resolve_from(Path.cwd(), loop.start_from)
     with workspace.workspace_lock(Path.cwd(), f"selfimprove compile {loop_file}"):  # not under a running loop
@@ -113,6 +123,8 @@ def validate(loop_files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
         try:
             loop = load_loop(path, list(overrides), made_files=True)
             click.echo(f"{path}: ok ({loop.name}, {loop.iterations} iteration(s))")
+            for note in loop.notes:
+                click.echo(f"  note: {note}")
         except UserError as error:
             problems.extend(error.lines)
     if problems:
@@ -248,6 +260,34 @@ def diff(a: str, b: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("reference", metavar="RUN@K")
+@click.option("--id", "prompt_id", metavar="ID", help="Only the prompt with this id; with RUN@K..L, that prompt in "
+              "each iteration.")
+@click.option("--search", metavar="TEXT", help="Only prompts whose question, samples or pairs contain TEXT (any case).")
+@click.option("--only", type=click.Choice(["pairs", "dropped", "wrong"]), help="Only prompts with a pair trained on, "
+              "without one (made none, or a later stage dropped it), or whose preferred answer is wrong by the gold one.")
+@click.option("--sort", type=click.Choice(["id", "margin", "length"]), default="id", show_default=True,
+              help="Order: by id, by the pair's margin (score gap, or vote gap / n), or by mean sample length; "
+              "the larger first.")
+@click.option("--reverse", is_flag=True, help="The other order.")
+@click.option("--limit", type=click.IntRange(min=1), default=5, show_default=True, help="Prompts per page.")
+@click.option("--page", type=click.IntRange(min=1), default=1, show_default=True, help="Which page.")
+@click.option("--full", is_flag=True, help="Whole texts, wrapped, instead of one line each (and System 2 steps).")
+@click.option("--judgements", is_flag=True, help="Also the judges' texts (judgements, verdicts).")
+@click.option("--heldout", is_flag=True, help="The held-out evaluation's greedy answers instead, where evaluate "
+              "writes them.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (whole texts).")
+def show(reference: str, prompt_id: str | None, search: str | None, only: str | None, sort: str, reverse: bool,
+         limit: int, page: int, full: bool, judgements: bool, heldout: bool, as_json: bool) -> None:
+    """Show an iteration's prompts (RUN@K), or one prompt across iterations (RUN@K..L --id ID): each
+    prompt's samples with their votes or scores, the pair it made, or why it made none."""
+    from selfimprove.results import show as showing
+
+    showing.show(Path.cwd(), reference, _console(), click.echo, prompt_id, search, only, sort, reverse, limit, page,
+                 full, judgements, heldout, as_json)
+
+
+@main.command()
 @click.argument("references", nargs=-1, required=True, metavar="RUN[@K]...")
 @click.option("--metric", "metrics", multiple=True, metavar="M", help="A metric to draw (repeat for several); "
               "default: the headline metric and maj@k.")
@@ -259,6 +299,21 @@ def plot(references: tuple[str, ...], metrics: tuple[str, ...], out: str | None)
     target = Path(out or f"{references[0].split('@')[0]}.png")
     plotting.plot(Path.cwd(), list(references), list(metrics), target)
     click.echo(f"plot: {target}")
+
+
+@main.command()
+@click.argument("run_name", metavar="RUN")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="The HTML file (default: RUN.html).")
+def report(run_name: str, out: str | None) -> None:
+    """Write a run's report as one self-contained HTML page: metrics with 95% intervals and the best
+    iteration, training curves, every stage's figures and costs, the settings, and a filterable table of
+    prompts, samples and pairs. Each run also writes it as runs/RUN/report.html."""
+    from selfimprove.results import report as reporting
+
+    target, note = reporting.write(Path.cwd(), run_name, Path(out or f"{run_name}.html"))
+    click.echo(f"report: {target}")
+    if note:
+        _console(stderr=True).print(f"note: {note}", markup=False, soft_wrap=True)
 
 
 @main.command()

@@ -88,8 +88,39 @@ BUILTIN_TASKS = {
     "mixed": "selfimprove.tasks.mixed:TASK",
 }
 
+# What a setting's value names (selfimprove.core.stage.Reads.kind) -> the reader `validate` checks it with:
+# (value, reads, the setting's name) -> a note or None, raising UserError. The stage reads with the same code.
+FILE_KINDS = {
+    "template": "selfimprove.core.templates:check",  # placeholders as the stage fills them
+    "pairs": "selfimprove.scoring.pairfile:check_pairs_file",  # JSONL of prompt, chosen, rejected
+    "examples": "selfimprove.stages.synthesize:check_examples",  # JSONL of prompts (question or prompt)
+    "model": "selfimprove.models.references:check_model",  # builtin, model directory or hub id
+    "callable": "selfimprove.core.callables:check",  # module:function, found without importing it
+    "yaml": "selfimprove.loop.yamlfile:check_file",  # a YAML mapping (an accelerate config)
+}
+
+# Views of `selfimprove show` (selfimprove.results.views): how the records of an artifact a stage writes
+# (Stage.writes) read, per prompt, for people. Keyed by the artifact, or by "stage.artifact" where a stage
+# writes an artifact its own way (the filter's kept pairs). A stage writing a new JSONL artifact adds one
+# entry here (tests/test_show.py checks that each has one); metrics files and models have no view.
+VIEWS = {
+    "prompts": "selfimprove.results.views:prompts",  # Self-RIP's synthesized prompts
+    "samples": "selfimprove.results.views:samples",
+    "votes": "selfimprove.results.views:votes",
+    "scores": "selfimprove.results.views:scores",  # judge, reward and diversity records (one shape)
+    "contrast": "selfimprove.results.views:contrast",
+    "judgements": "selfimprove.results.views:pair_judgements",
+    "outputs": "selfimprove.results.views:heldout",  # evaluate's greedy answers on the held-out set
+    "judge_pairs": "selfimprove.results.pair_views:pairs",
+    "pairs": "selfimprove.results.pair_views:pairs",
+    "pairs.pairs": "selfimprove.results.pair_views:rule_pairs",  # why a prompt made none, by its pair rule
+    "filter.pairs": "selfimprove.results.pair_views:filtered_pairs",
+    "lift.pairs": "selfimprove.results.pair_views:lifted_pairs",
+}
+
 REGISTRIES = {"stage": STAGES, "pair rule": PAIR_RULES, "reward rule": REWARD_RULES, "backend": BACKENDS,
-              "builtin model": BUILTIN_MODELS, "builtin task": BUILTIN_TASKS}
+              "builtin model": BUILTIN_MODELS, "builtin task": BUILTIN_TASKS, "file kind": FILE_KINDS,
+              "view": VIEWS}
 
 
 class UnknownName(LookupError):

@@ -38,6 +38,25 @@ def declaration(function: Callable) -> Callable:
 
 
 @dataclass(frozen=True)
+class Reads:
+    """What a setting's value names, so that `validate` reads it as the stage will
+    (selfimprove.loop.references): kind is a reader of the registry's FILE_KINDS (a template, preference
+    pairs, example prompts, a model, a Python function, a YAML file), which the stage itself reads with.
+
+    placeholders: a template's required placeholders; allowed: all it may use (None: those alone);
+    alternatives: sets of which a template uses exactly one instead (a meta-judge's two forms).
+    not_files: values that name nothing to read (a judge's `self`, `openai`).
+    tokenizer: a model whose tokenizer the stage loads too."""
+
+    kind: str
+    placeholders: tuple[str, ...] = ()
+    allowed: tuple[str, ...] | None = None
+    alternatives: tuple[tuple[str, ...], ...] = ()
+    not_files: tuple[str, ...] = ()
+    tokenizer: bool = True
+
+
+@dataclass(frozen=True)
 class Setting:
     """One setting of a stage: its type and default, a one-line help, and its checks.
 
@@ -56,6 +75,10 @@ class Setting:
     # A setting added after projects had run their loops: at its default (what the stage did before the
     # setting existed) it is left out of params, so upgrading re-runs nothing. Reading a section fills it in.
     omit_default: bool = False
+    reads: Reads | None = None  # what validate reads the value as (a file's kind, a model, a function)
+    # Setting.Reads: declared without a new import line in a stage module (an import would change its
+    # code fingerprint, as Stage.Metric explains)
+    Reads: ClassVar[type] = Reads
 
     @staticmethod
     def count(default: int, help: str, least: int = 1, **options) -> "Setting":
@@ -77,7 +100,9 @@ class Metric:
     curve: drawn across iterations in the run's DVC plot (`dvc plots show`).
     order: its row in `metrics` and `diff`, lower first; None: after every placed metric, by name (as an
         undeclared figure is). Metrics of equal order keep the stages' and their declarations' order.
-    role: what a stop rule reads it as: "length" (length_factor), "cost" (budget)."""
+    role: what a stop rule reads it as: "length" (length_factor), "cost" (budget).
+    unit: what it is measured in, for an axis label ("s", "characters"); a rate with a denominator
+        needs none (it is a fraction of its denominator, selfimprove.core.figures.unit)."""
 
     name: str
     better: str | None = None
@@ -87,6 +112,7 @@ class Metric:
     help: str = ""
     order: int | None = None
     role: str = ""
+    unit: str = ""
 
     def __post_init__(self):
         if self.better not in ("higher", "lower", None):
@@ -210,6 +236,10 @@ class Context:
     data: dict = field(default_factory=dict)
     metrics: list[str] = field(default_factory=list)
     curves: list[str] = field(default_factory=list)  # what the run's stages declare as curves (the report's plot)
+    # A run-scope stage's view of the run (the report): {K: {artifact: path}}, what each iteration's
+    # pipeline ended with (the latest writer of each artifact), and the loop file, from the project root.
+    artifacts: dict[int, dict[str, str]] = field(default_factory=dict)
+    loop_file: str = ""
 
     def section(self, stage: str) -> str:
         """The params key of a stage's settings in this iteration, e.g. scpo.it2.pairs."""

@@ -128,10 +128,28 @@ def suggestion(name: str, names=None) -> str:
     return f"'{close[0]}' (did you mean it?)" if close else ", ".join(names)
 
 
-def setting(default: str, names: str, help: str):
+def setting(default: str, names: str, help: str, placeholders: tuple[str, ...] = (),
+            allowed: tuple[str, ...] | None = None, alternatives: tuple = (), optional: bool = False):
     """A stage's template setting: a registered name or a user's text file, which becomes a DVC
-    dependency of the stages that read it (a package prompt counts as their code)."""
-    from selfimprove.core.stage import Setting
+    dependency of the stages that read it (a package prompt counts as their code). The placeholders are
+    those the stage fills: `validate` loads the template with them (check), as the stage does (read).
+    optional: '' is allowed and names no template."""
+    from selfimprove.core.stage import Reads, Setting
 
-    return Setting(str, default, help, check=exists, file=True, resolve_file=path,
-                   fix=f"is not a template: use {names} or a path to a text file")
+    names = f"'', {names}" if optional else names
+    return Setting(str, default, help, check=(lambda v: not v or exists(v)) if optional else exists, file=True,
+                   resolve_file=(lambda v: path(v) if v else None) if optional else path,
+                   fix=f"is not a template: use {names} or a path to a text file",
+                   reads=Reads("template", tuple(placeholders), allowed and tuple(allowed),
+                               tuple(map(tuple, alternatives))))
+
+
+def read(value: str, reads, where: str = "") -> str:
+    """The text of a template setting's value, checked against the placeholders its declaration names
+    (selfimprove.core.stage.Setting.reads): what a stage reads its template with."""
+    return load(value, reads.placeholders, reads.allowed, [tuple(a) for a in reads.alternatives] or None, where)
+
+
+def check(value: str, reads, where: str) -> None:
+    """validate: the template read as its stage reads it (a missing or unknown placeholder refused)."""
+    read(value, reads, where)

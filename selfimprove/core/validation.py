@@ -23,6 +23,8 @@ class Problems:
 
     def add(self, path: tuple, message: str) -> None:
         given = next((self.overrides[path[:cut]] for cut in range(len(path), 0, -1) if path[:cut] in self.overrides), None)
+        if given is None and path not in self.lines:  # a key the file lacks that only a --set made (schedule.9)
+            given = next((text for key, text in self.overrides.items() if path and key[:len(path)] == path), None)
         key = ".".join(map(str, path)) or "(top level)"
         if given:
             self.items.append(f"--set {given}: {'' if key == given else key + ': '}{message}")
@@ -106,15 +108,17 @@ def check_section(values: Any, settings: dict, path: tuple, problems: Problems) 
     return checked
 
 
-def check_values(values: dict, settings: dict, path: tuple, problems: Problems, seen: set) -> None:
+def check_values(values: dict, settings: dict, path: tuple, problems: Problems, seen: set, origin=None) -> None:
     """Range checks on resolved values (defaults and overrides merged); each key reported once, not
-    once per iteration (seen holds the paths already reported)."""
+    once per iteration (seen holds the paths already reported). origin(key) -> the key path that gave
+    the value, where it is not path + (key,) (a schedule entry)."""
     for key, setting in settings.items():
-        if setting.check is None or path + (key,) in seen or key not in values:
+        where = origin(key) if origin else path + (key,)
+        if setting.check is None or where in seen or key not in values:
             continue
         if not setting.check(values[key]):
-            seen.add(path + (key,))
-            problems.add(path + (key,), f"{values[key]!r} {setting.fix}")
+            seen.add(where)
+            problems.add(where, f"{values[key]!r} {setting.fix}")
 
 
 def has_credentials(text: str) -> bool:

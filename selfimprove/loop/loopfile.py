@@ -15,6 +15,7 @@ settings call for them, in registry order.
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,9 @@ from selfimprove.backends.config import backend_params, check_backend
 from selfimprove.core.errors import UserError
 from selfimprove.core.registry import BACKENDS, DEFAULT_BACKEND, STAGES, UnknownName, resolve, stages
 from selfimprove.core.stage import tracked_values
-from selfimprove.loop import yamlfile
-from selfimprove.loop.pipelines import check_inputs, check_pipeline, check_stages, derived_pipeline
+from selfimprove.loop import references, yamlfile
+from selfimprove.loop.pipelines import (check_inputs, check_pipeline, check_stages, check_unused_sections,
+                                       derived_pipeline)
 from selfimprove.tasks.datafile import check_data_file
 from selfimprove.core.validation import (Problems, check_section, check_values, defaults, did_you_mean, key_lines, scalar,
                                     shown)
@@ -39,6 +41,8 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 FROM_RE = re.compile(r"^([a-z][a-z0-9_-]*)@(\d+|best)$")
 BETTER = ("higher", "lower")
 RESERVED_NAMES = ("code", "builtin")  # params.yaml sections that are not runs
+DATA_FILES = (".jsonl", ".json", ".parquet")  # data.prompts / data.eval naming a file of the project
+MAX_NAME = 64  # a run name is a directory, a prefix of every stage name and a params section
 
 
 @dataclass
@@ -61,6 +65,8 @@ class Loop:
     backend_settings: dict[str, Any] = field(default_factory=dict)  # the vllm: or openai: section, resolved
     best: dict[str, str] | None = None  # what RUN@best maximises: {metric, better}; None: the loop kind's headline
     stop: list[dict] = field(default_factory=list)  # stop rules (selfimprove.loop.stop), checked after each iteration
+    notes: list[str] = field(default_factory=list)  # what validate found not here yet (a hub model to download)
+    replace: bool = False  # --replace: compile over a run of the same name that another loop file made
 
     def tracked(self) -> list[str]:
         """The stages whose settings the run's params hold in every iteration: those some iteration runs,
@@ -130,7 +136,10 @@ def _validate(raw: dict, path: Path, problems: Problems, made_files: bool = Fals
         if key not in raw:
             problems.add((), f"missing required key '{key}'; see loops/scpo.yaml for an example")
     name = raw.get("name", "")
-    if "name" in raw and not (isinstance(name, str) and NAME_RE.match(name)):
+    if isinstance(name, str) and len(name) > MAX_NAME and NAME_RE.match(name):
+        problems.add(("name",), f"is {len(name)} characters long; a run name has at most {MAX_NAME} (it names "
+                     "directories, DVC stages and params sections), e.g. scpo-lr3")
+    elif "name" in raw and not (isinstance(name, str) and NAME_RE.match(name)):
         problems.add(("name",), f"{name!r} is not a run name; use lowercase letters, digits, '-' and '_', e.g. scpo")
     elif name in RESERVED_NAMES:
         problems.add(("name",), f"{name!r} is reserved: params.yaml has a section of that name; choose another run name")
@@ -148,26 +157,21 @@ def _validate(raw: dict, path: Path, problems: Problems, made_files: bool = Fals
     data = {**defaults(data_section.SETTINGS),
             **check_section(raw.get("data", {}), data_section.SETTINGS, ("data",), problems)}
     check_values(data, data_section.SETTINGS, ("data",), problems, set())
-    for key in ("prompts", "eval"):
-        spec = data.get(key)
-        if isinstance(spec, str) and Path(spec).suffix.lower() in (".jsonl", ".json", ".parquet") and not Path(spec).is_file():
-            problems.add(("data", key), f"{spec}: no such file (paths are relative to the project directory)")
-        elif isinstance(spec, str) and Path(spec).suffix.lower() in (".jsonl", ".json", ".parquet"):
-            for problem in check_data_file(spec, data["question_field"], data["answer_field"],
-                                           need_answers=False if key == "prompts" else None):
-                problems.add(("data", key), problem)
-        if not data.get(key):
-            problems.add(("data",), f"missing data.{key}; e.g. data: {{prompts: builtin:arith/train, eval: builtin:arith/test}}")
+    _check_data_files(data, problems)
     model = raw.get("model")
     if "model" in raw and not (isinstance(model, str) and model.strip()):
         problems.add(("model",), "is empty; name a builtin (builtin:tiny-arith), a model directory or a hub id")
     model = str(model or "")
     bootstrap = _bootstrap(model, raw.get("bootstrap", {}), problems)
-    per_iteration, pipelines = _iterations(raw, iterations, problems, shortened=("iterations",) in problems.overrides)
+    notes: list[str] = []
+    per_iteration, pipelines = _iterations(raw, iterations, problems, notes,
+                                           shortened=("iterations",) in problems.overrides)
     backend, chat_template, backend_settings = check_backend(raw, problems)
+    _check_metric_names(best, stop, pipelines, problems)
     if not problems.items:  # files outside the loop file, once the loop itself is sound
         from selfimprove.loop import prechecks
 
+        references.check_references(raw, model, per_iteration, pipelines, problems, notes)
         prechecks.check_vocabulary(model, bootstrap, data, problems)
         if made_files:
             prechecks.check_made_paths(path, name, model, per_iteration, pipelines, problems)
@@ -179,7 +183,28 @@ def _validate(raw: dict, path: Path, problems: Problems, made_files: bool = Fals
                                                     "pipeline": pipelines[k]})
     return Loop(path=path, name=name, model=model, model_revision=raw.get("model_revision"), data=data,
                 iterations=iterations, bootstrap=bootstrap, start_from=start_from, per_iteration=per_iteration, best=best, stop=stop,
-                pipelines=pipelines, backend=backend, chat_template=chat_template, backend_settings=backend_settings)
+                pipelines=pipelines, backend=backend, chat_template=chat_template, backend_settings=backend_settings,
+                notes=notes)
+
+
+def _check_data_files(data: dict, problems: Problems) -> None:
+    """data.prompts and data.eval are given; a file of the project (not a builtin or a dataset id) is
+    inside it, exists, and reads as the loader will read it."""
+    for key in ("prompts", "eval"):
+        spec = data.get(key)
+        if not spec:
+            problems.add(("data",), f"missing data.{key}; e.g. data: {{prompts: builtin:arith/train, eval: builtin:arith/test}}")
+            continue
+        if not (isinstance(spec, str) and Path(spec).suffix.lower() in DATA_FILES):
+            continue
+        if outside := references.outside_project(spec):
+            problems.add(("data", key), outside)
+        elif not Path(spec).is_file():
+            problems.add(("data", key), f"{spec}: no such file (paths are relative to the project directory)")
+        else:
+            for problem in check_data_file(spec, data["question_field"], data["answer_field"],
+                                           need_answers=False if key == "prompts" else None):
+                problems.add(("data", key), problem)
 
 
 def _best(value: Any, problems: Problems) -> dict[str, str] | None:
@@ -199,6 +224,29 @@ def _best(value: Any, problems: Problems) -> dict[str, str] | None:
     if better not in BETTER:
         problems.add(("best", "better"), f"expected higher or lower, got {better!r}")
     return {"metric": value["metric"], "better": better}
+
+
+def _check_metric_names(best: dict | None, stop: list[dict], pipelines: dict, problems: Problems) -> None:
+    """`best:` and each stop rule name a metric some stage of the loop declares (a misspelt one would
+    never be found: RUN@best would fall back, the rule would never fire)."""
+    from selfimprove.core.registry import metric as declared_as
+
+    used = {name for pipeline in pipelines.values() for name in pipeline}
+    loop_metrics = [m for stage in stages() if stage.name in used or stage.scope == "run" for m in stage.metrics]
+    named = [(("best",), best["metric"])] if best else []
+    named += [(("stop", i, "metric"), rule["metric"]) for i, rule in enumerate(stop) if "metric" in rule]
+    for path, name in named:
+        if declared_as(name, loop_metrics):
+            continue
+        elsewhere = [stage.name for stage in stages() if declared_as(name, list(stage.metrics))]
+        if elsewhere:
+            problems.add(path, f"{name!r} is written by {', '.join(elsewhere)}, which no iteration of this loop "
+                         "runs; name a metric of this loop or add that stage to pipeline:")
+            continue
+        plain = [m.name for m in loop_metrics if not m.pattern]
+        close = difflib.get_close_matches(name, plain, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"this loop's metrics: {', '.join(plain)}"
+        problems.add(path, f"no stage of this loop writes a metric {name!r}; {hint}")
 
 
 def _bootstrap(model: str, values: Any, problems: Problems) -> dict:
@@ -234,7 +282,8 @@ def builtin_name(loop: Loop) -> str | None:
     return found.variant(loop.bootstrap, defaults(_builder_settings(found)) if found.checked else {})
 
 
-def _iterations(raw: dict, iterations: int, problems: Problems, shortened: bool = False) -> tuple[dict, dict]:
+def _iterations(raw: dict, iterations: int, problems: Problems, notes: list[str],
+                shortened: bool = False) -> tuple[dict, dict]:
     """(per iteration: every stage's resolved settings, per iteration: its pipeline)."""
     base = check_stages(raw.get("stages", {}), ("stages",), problems)
     top_pipeline = check_pipeline(raw["pipeline"], ("pipeline",), problems) if "pipeline" in raw else None
@@ -260,7 +309,8 @@ def _iterations(raw: dict, iterations: int, problems: Problems, shortened: bool 
         settings = {stage.name: {**stage.defaults(), **base.get(stage.name, {}), **override.get(stage.name, {})}
                     for stage in stages()}
         for stage in stages():
-            check_values(settings[stage.name], stage.settings, ("stages", stage.name), problems, seen)
+            check_values(settings[stage.name], stage.settings, ("stages", stage.name), problems, seen,
+                         origin=lambda key, stage=stage.name, k=k: references.origin(raw, k, stage, key))
         per_iteration[k] = settings
         try:
             pipelines[k] = pipeline if pipeline is not None else derived_pipeline(settings)
@@ -268,7 +318,18 @@ def _iterations(raw: dict, iterations: int, problems: Problems, shortened: bool 
             pipelines[k] = []
         where = ("schedule", k, "pipeline") if "pipeline" in entry else ("pipeline",)
         check_inputs(pipelines[k], settings, where, problems)
+    check_unused_sections(_sections(raw, schedule), pipelines, problems, notes)
     return per_iteration, pipelines
+
+
+def _sections(raw: dict, schedule: dict) -> dict[tuple, Any]:
+    """The key path of every stage section the loop gives (under stages:, or a schedule entry) -> it."""
+    given = {("stages", stage): section for stage, section in raw["stages"].items()} \
+        if isinstance(raw.get("stages"), dict) else {}
+    for k, entry in schedule.items():
+        if isinstance(entry, dict):
+            given.update({("schedule", k, stage): section for stage, section in entry.items() if stage != "pipeline"})
+    return given
 
 
 def resolved_params(loop: Loop) -> dict:

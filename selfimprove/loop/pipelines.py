@@ -32,10 +32,17 @@ def check_pipeline(value: Any, path: tuple, problems: Problems) -> list[str] | N
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         problems.add(path, "must be a list of stage names, e.g. pipeline: [generate, vote, pairs, train, evaluate]")
         return None
+    if not value:
+        problems.add(path, "is empty; name the stages an iteration runs, e.g. pipeline: [generate, vote, pairs, "
+                     "train, evaluate]")
+        return None
     unknown = [name for name in value if name not in STAGES or resolve("stage", name).scope != "iteration"]
     for name in unknown:
         problems.add(path, f"{name!r} is not a stage of an iteration; {suggestion(name, STAGES)}")
-    return None if unknown else list(value)
+    for name in dict.fromkeys(name for name in value if value.count(name) > 1):
+        problems.add(path, f"{name} is listed {value.count(name)} times; an iteration runs each stage once "
+                     "(its outputs have one name), so list it once")
+    return None if unknown or len(set(value)) < len(value) else list(value)
 
 
 def check_inputs(pipeline: list[str], settings: dict, path: tuple, problems: Problems) -> None:
@@ -70,3 +77,26 @@ def check_inputs(pipeline: list[str], settings: dict, path: tuple, problems: Pro
 def is_metrics(artifact: str) -> bool:
     """Artifacts named metrics or <stage>_stats are metrics files, which the run's report reads."""
     return artifact == "metrics" or artifact.endswith("_stats")
+
+
+def check_unused_sections(given: dict[tuple, dict], pipelines: dict[int, list[str]], problems: Problems,
+                          notes: list[str]) -> None:
+    """Refuse settings of a stage no iteration runs: they would change nothing (params hold only the stages
+    some iteration runs, so a stage that reads another's settings, settings_of, reads its defaults then),
+    and a user who wrote them meant them to. given: the key path of each stage section -> its settings.
+    One use is real: a loop file run with another pipeline (`--set pipeline=[...]`, a documented variant)
+    leaves the file's sections for the stages it drops; those are a note, not a problem."""
+    used = {name for pipeline in pipelines.values() for name in pipeline}
+    runs = sorted({tuple(p) for p in pipelines.values()})
+    shown = "; ".join(", ".join(p) for p in runs) or "none"
+    pipeline_set = any(key[-1] == "pipeline" for key in problems.overrides)
+    for path, section in given.items():
+        stage = path[-1]
+        if stage not in STAGES or stage in used or section is None:
+            continue
+        from_set = any(key[:len(path)] == path for key in problems.overrides)
+        if pipeline_set and not from_set:
+            notes.append(f"{'.'.join(map(str, path))}: settings of {stage}, which the --set pipeline does not run")
+            continue
+        problems.add(path, f"no iteration runs {stage} (the pipeline{'s' if len(runs) > 1 else ''}: {shown}), "
+                     f"so these settings would change nothing; remove them or add {stage} to pipeline:")

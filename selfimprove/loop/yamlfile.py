@@ -97,3 +97,18 @@ def load(text: str, source: str, numbered: bool = True) -> tuple[Any, yaml.Node 
         line = f":{mark.line + 1}" if mark and numbered else ""
         raise UserError(f"{source}{line}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax there") from None
     return data, node
+
+
+def check_file(value: str, reads=None, where: str = "") -> None:
+    """validate: a YAML file a setting names (an accelerate config) parses as a mapping, with the line of
+    what is wrong."""
+    from pathlib import Path
+
+    from selfimprove.core.errors import UserError
+
+    path = Path(value)
+    if not path.is_file():
+        raise UserError(f"{value}: no such file (paths are relative to the project directory)")
+    document, _ = load(decode(path.read_bytes(), value), value)
+    if not isinstance(document, dict):
+        raise UserError(f"{value}:1: expected a YAML mapping of settings, got {type(document).__name__}")

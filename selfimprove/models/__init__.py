@@ -60,7 +60,10 @@ def load_tokenizer(reference: str, revision: str | None = None):
     """The tokenizer alone (a reward model's, or load's): padding with EOS where the model has no pad token."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(reference, **revision_kwargs(reference, revision))
+    from selfimprove.core.errors import from_hub
+
+    with from_hub(reference):  # a hub id not cached and no network: one line saying how to use a local copy
+        tokenizer = AutoTokenizer.from_pretrained(reference, **revision_kwargs(reference, revision))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -87,9 +90,12 @@ def head_base(reference: str | Path) -> tuple[str, str | None] | None:
 def _load_weights(reference: str, revision: str | None, dtype):
     from transformers import AutoModelForCausalLM
 
+    from selfimprove.core.errors import from_hub
+
     if is_adapter(reference):
         return _merged_adapter(reference, dtype)
-    return AutoModelForCausalLM.from_pretrained(reference, dtype=dtype, **revision_kwargs(reference, revision))
+    with from_hub(reference):
+        return AutoModelForCausalLM.from_pretrained(reference, dtype=dtype, **revision_kwargs(reference, revision))
 
 
 def _merged_adapter(directory: str, dtype):

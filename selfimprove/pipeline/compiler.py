@@ -14,6 +14,7 @@ evaluated as iteration 0. Several runs share one dvc.yaml: compiling a loop repl
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def compile_stages(loop: Loop, project: Path, compilation: _Compilation | None =
     """The run's DVC nodes by name; its top-level plot definitions are appended to plots."""
     plots = [] if plots is None else plots
     compilation = compilation or _Compilation(loop, project)
-    run, nodes, adapter_bases, metrics, curves = loop.name, {}, {}, [], []
+    run, nodes, adapter_bases, metrics, curves, artifacts = loop.name, {}, {}, [], [], {}
     model, model_is_dep = base_model(loop)
     model_code: tuple[str, ...] = ()  # what loading the current policy runs, beyond the loader
     base = (model, model_is_dep)
@@ -139,11 +140,13 @@ def compile_stages(loop: Loop, project: Path, compilation: _Compilation | None =
                 if stage.adapter(settings):  # loading an adapter needs the model it was trained on
                     adapter_bases[ctx.outputs["model"]] = [model] if model_is_dep else []
                 model, model_is_dep, model_code = ctx.outputs["model"], True, stage.model_code
+        artifacts[k] = dict(inputs)  # what the iteration ended with: the latest writer of each artifact
     for stage in stages():
         if stage.scope == "run":
             ctx = _context(compilation, loop, loop.iterations, loop.per_iteration[loop.iterations], model,
                            model_is_dep, base, {}, tracked, stage, run_dir(run))
             ctx.metrics, ctx.curves = list(metrics), list(curves)
+            ctx.artifacts, ctx.loop_file = dict(artifacts), origin(loop, project)["loop_file"]
             nodes[run_stage_name(run, stage.name)] = stage.node(ctx)
             if stage.plot:
                 plots.append(stage.plot(ctx))
@@ -221,7 +224,7 @@ def compile_loop(loop: Loop, project: Path, existing_stages: dict | None = None,
     plots: list = []
     stages.update(compile_stages(loop, project, compilation, plots))
     params = dict(existing_params or {})
-    params[loop.name] = resolved_params(loop)
+    params[loop.name] = {**resolved_params(loop), **origin(loop, project)}
     found = builtin(loop.model)
     if found and not loop.start_from:
         settings = getattr(importlib.import_module(found.builder), "SETTINGS", {})
@@ -247,11 +250,45 @@ def dump(document: dict) -> str:
     return yaml.safe_dump(document, sort_keys=False, width=120, default_flow_style=False)
 
 
+def origin(loop: Loop, project: Path) -> dict:
+    """What made a run, kept in its params (no stage reads it): the loop file, from the project root, and
+    the iteration it started from. Another loop of the same name is then noticed (check_replace)."""
+    path = Path(os.path.abspath(loop.path))
+    try:
+        shown = path.relative_to(Path(os.path.abspath(project))).as_posix()
+    except ValueError:
+        shown = str(path)
+    return {"loop_file": shown, **({"from": loop.start_from} if loop.start_from else {})}
+
+
+def check_replace(existing_params: dict, loop: Loop, project: Path) -> None:
+    """Refuse to compile over a run of the same name made by another loop file or started from another
+    model: its stages and params would be silently replaced and recomputed. (A section an older version
+    wrote records neither, and is taken as this loop's.)"""
+    old = existing_params.get(loop.name)
+    if not isinstance(old, dict) or "loop_file" not in old:
+        return
+    new = origin(loop, project)
+    way_out = (f"give this run its own name (name: in the loop file, or --set name={loop.name}-2), or add "
+               f"--replace to replace {loop.name}")
+    if old["loop_file"] != new["loop_file"]:
+        raise UserError(f"{new['loop_file']}: a run named {loop.name} already exists here, made by "
+                        f"{old['loop_file']}; running this loop as {loop.name} would replace its stages and "
+                        f"results; {way_out}")
+    if old.get("from") != new.get("from"):
+        raise UserError(f"{new['loop_file']}: run {loop.name} started from {old.get('from') or 'its base model'}; "
+                        f"starting it from {new.get('from') or 'its base model'} would recompute every iteration "
+                        f"in its place; {way_out}")
+
+
 def write(project: Path, loop: Loop) -> list[str]:
     """Update dvc.yaml and params.yaml in the project; return this loop's stage names in order (its
-    bootstrap stage included)."""
+    bootstrap stage included). A run of the same name another loop made is replaced only with
+    loop.replace (--replace)."""
     dvc_path, params_path = project / "dvc.yaml", project / "params.yaml"
     existing, existing_params = _read_compiled(dvc_path), _read_compiled(params_path)
+    if not loop.replace:
+        check_replace(existing_params, loop, project)
     document, params = compile_loop(loop, project, existing.get("stages"), existing_params, existing.get("plots"))
     _write_if_changed(dvc_path, HEADER + dump(document))
     _write_if_changed(params_path, HEADER + dump(params))

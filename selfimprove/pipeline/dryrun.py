@@ -14,10 +14,11 @@ from pathlib import Path
 from selfimprove.core.errors import UserError
 
 
-def dry_run(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console) -> int:
+def dry_run(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console,
+            replace: bool = False) -> int:
     from selfimprove.pipeline import compiler, runner, workspace
 
-    loop = runner.prepared_loop(loop_path, overrides, start_from, project, console)
+    loop = runner.prepared_loop(loop_path, overrides, start_from, project, console, replace)
     with workspace.workspace_lock(project, runner.command_line(loop_path, overrides, start_from) + " --dry-run"):
         stages = compiler.write(project, loop)
         will_run = _would_run(project, compiler.run_targets(loop.name), stages)

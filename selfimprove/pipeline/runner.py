@@ -6,24 +6,61 @@ group: Ctrl-C in a terminal reaches the stage itself, and a kill of the group ta
 together (nothing keeps running behind the user's back). When selfimprove alone is interrupted, it
 signals every descendant itself. dvc.lock is written after every stage, so a rerun after any crash
 redoes only unfinished work.
+
+SIGTERM (a scheduler reclaiming the machine: Slurm, Kubernetes) and SIGHUP (a closed terminal) reach
+selfimprove alone, and stop the run as Ctrl-C does: while `run` runs they raise `Stopped` in the main
+thread, handled where KeyboardInterrupt is. The exit code is then 128 + the signal number, as a shell
+reports a process the signal killed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from selfimprove.core.errors import UserError
-from selfimprove.pipeline.workspace import clear_dead_dvc_locks, dvc_env, ensure_dvc, workspace_lock
+from selfimprove.pipeline.workspace import (check_no_live_dvc_lock, clear_dead_dvc_locks, dvc_env, ensure_dvc,
+                                            workspace_lock)
 
 RUNNING_RE = re.compile(r"Running stage '([^']+)'")
 SKIP_RE = re.compile(r"Stage '([^']+)' didn't change, skipping")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# How long each step of stopping the descendants waits for them all to be gone before the next, harder
+# signal: SIGINT lets a stage end as on Ctrl-C (its shards and checkpoints are on disk already). 20 s in
+# all: inside the 30 s grace period of Slurm (KillWait) and Kubernetes (terminationGracePeriodSeconds).
+STOP_STEPS = ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0))
+CTRL_C_GRACE = 3.0  # a terminal's Ctrl-C reached the whole group: the stage may end on its own
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread: the run stops as on Ctrl-C, exit 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Start:
+    """What `run` found as it began: the processes already under this one (an in-process caller's, a
+    test's: not the run's to stop), and whether SIGINT was ignored (`selfimprove run ... &` in a script:
+    dvc and the stages inherit that, so only SIGTERM stops them)."""
+
+    spared: set = set()
+    sigint_ignored = False
+
+    @classmethod
+    def note(cls) -> None:
+        cls.spared = set()  # first: _descendants leaves the spared ones out
+        cls.spared = _descendants()  # none under the CLI
+        cls.sigint_ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 class Repro:
@@ -54,33 +91,6 @@ class Repro:
             elif match := SKIP_RE.search(line):
                 self.skipped.append(match.group(1))
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """Stop dvc and the running stage: SIGINT to every descendant (a terminal's Ctrl-C has already
-        sent one to the whole group), then SIGTERM, then SIGKILL, until dvc has exited."""
-        import psutil
-
-        try:
-            self.process.wait(3.0)  # a terminal Ctrl-C already reached the stage: let it end on its own
-            return
-        except subprocess.TimeoutExpired:
-            pass
-        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                tree = psutil.Process(self.process.pid)
-                processes = tree.children(recursive=True) + [tree]
-            except psutil.NoSuchProcess:
-                return
-            for process in processes:
-                try:
-                    process.send_signal(sig)
-                except psutil.NoSuchProcess:
-                    pass
-            try:
-                self.process.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-
     def wait(self) -> int:
         code = self.process.wait()
         self.reader.join(5)
@@ -90,26 +100,47 @@ class Repro:
             pass
         return code
 
-    def failure(self, code: int) -> tuple[str, bool]:
-        """(why the run stopped, whether that is the whole story). A stage that fails on input or a full
-        disk prints one `error:` line; DVC reports its own full disk (writing dvc.lock or its cache);
-        anything else is a crash whose log tail the user needs."""
-        errors = [line.removeprefix("error: ") for line in self.tail if line.startswith("error: ")]
+    def failure(self, code: int, lines: list[str] | None = None) -> tuple[str, bool]:
+        """(why the run stopped, whether that names the cause), from the output's last lines (or `lines`:
+        the failed stage's whole output). A stage ends however it failed with one `error:` line
+        (selfimprove.core.errors.stage_main); one that died before it could (at import) leaves its
+        traceback's last line; DVC reports its own full disk (writing dvc.lock or its cache), and its other
+        failures in `ERROR: ...` lines, a stage killed by a signal among them."""
+        lines = self.tail if lines is None else lines
+        errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
         if errors:
             return errors[-1], True
-        if any("No space left on device" in line or "Errno 28" in line for line in self.tail):
+        if any("No space left on device" in line or "Errno 28" in line for line in lines):
             return ("no space left on device while DVC recorded the stage (dvc.lock, or the copy of its outputs "
                     "in .dvc/cache); free space there (df -h) and run again: finished stages are kept"), True
+        if crash := _exception_line(lines):
+            return f"{crash} (before the stage could start; the traceback is in the log)", True
+        dvc = [line.removeprefix("ERROR: ").strip() for line in lines if line.startswith("ERROR: ")]
+        if dvc:
+            return _dvc_error(dvc[-1])
         return f"dvc repro exit {code}", False
 
 
-def run(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console) -> int:
+def run(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console,
+        replace: bool = False) -> int:
+    """Run a loop to its last iteration; the exit code. Ctrl-C, SIGTERM or SIGHUP at any moment stop it with
+    nothing left running and one line saying how to resume."""
+    description = command_line(loop_path, overrides, start_from)  # what the hints tell the user to run again
+    _Start.note()
+    with _signals_stop_the_run():
+        try:
+            return _run(loop_path, overrides, start_from, project, console, description, replace)
+        except KeyboardInterrupt as interrupt:  # before dvc started or between batches; _reproduce stops dvc
+            return _stop_run(interrupt, None, console, description)
+
+
+def _run(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console,
+         description: str, replace: bool) -> int:
     from selfimprove.pipeline import compiler, dvclock, empty
     from selfimprove import results
     from selfimprove.loop import stop as stop_rules
 
-    loop = prepared_loop(loop_path, overrides, start_from, project, console)
-    description = command_line(loop_path, overrides, start_from)  # what the hints tell the user to run again
+    loop = prepared_loop(loop_path, overrides, start_from, project, console, replace)
     with workspace_lock(project, description):  # before `dvc init`: two first runs at once init once
         ensure_dvc(project)
         stages = compiler.write(project, loop)
@@ -117,6 +148,7 @@ def run(loop_path: str, overrides: list[str], start_from: str | None, project: P
         progress_path = run_path / ".progress.json"
         progress_path.unlink(missing_ok=True)
         clear_dead_dvc_locks(project)  # we hold the workspace lock: no other run of ours is using DVC here
+        check_no_live_dvc_lock(project)  # e.g. a dvc orphaned by a SIGKILL of selfimprove alone: named, not "busy"
         if repaired := dvclock.repair(project / "dvc.lock"):
             console.print(f"[yellow]{repaired}[/yellow]", highlight=False)
         started = time.time()
@@ -148,13 +180,17 @@ def run(loop_path: str, overrides: list[str], start_from: str | None, project: P
     return 0
 
 
-def prepared_loop(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console):
+def prepared_loop(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console,
+                  replace: bool = False):
     """The loop as `run` runs it: loaded and checked (files another step makes included), --from applied
     and RUN@best resolved (and said)."""
     from selfimprove import results
     from selfimprove.loop.loopfile import FROM_RE, load_loop
 
     loop = load_loop(loop_path, overrides, made_files=True)
+    loop.replace = replace
+    for note in loop.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
     if start_from:
         if not FROM_RE.match(start_from):
             raise UserError(f"--from {start_from}: expected RUN@K or RUN@best, e.g. --from scpo@2")
@@ -191,29 +227,208 @@ def _batches(loop, stages: list[str]):
 
 def _reproduce(project: Path, targets: list[str], stages: list[str], run_path: Path, progress_path: Path, console,
                description: str, ran: list[str]) -> int | None:
-    """Run `dvc repro` on targets with the progress display; None when it succeeded, 130 on Ctrl-C; a
-    failed stage raises its one-line error."""
-    repro = Repro(project, targets, run_path / "repro.log", progress_path)
+    """Run `dvc repro` on targets with the progress display; None when it succeeded, 128 + the signal on
+    Ctrl-C (130), SIGTERM or SIGHUP; a failed stage raises its one-line error."""
+    repro = None
     try:
+        # in the try: a signal can come once dvc has started, before Repro returns
+        repro = Repro(project, targets, run_path / "repro.log", progress_path)
         _show_progress(repro, stages if len(targets) == 1 else targets, progress_path, console)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: stopping the running stage...[/yellow]")
-        repro.stop()
-        repro.wait()
-        console.print(f"stopped; finished stages are kept. Run `{description}` again to resume.")
-        return 130
+    except BaseException as error:
+        # Whatever ends the display, dvc and its stage must not outlive it. The interrupt can also come as the
+        # context of errors the display raised while closing: EIO, writing to the terminal SIGHUP closed.
+        interrupt = _interrupt_in(error)
+        if interrupt is None:
+            stop_descendants()
+            raise
+        return _stop_run(interrupt, repro, console, description)
     code = repro.wait()
     ran += [name for name in repro.ran if name not in ran]
     if code != 0:
-        failed = repro.current or "a stage"
-        reason, explained = repro.failure(code)
-        if explained:
-            raise UserError(f"{failed} failed: {reason} (full log: {run_path / 'repro.log'})")
-        tail = "\n".join(line for line in repro.tail[-12:] if line.strip())
-        console.print(tail, markup=False, highlight=False)
-        raise UserError(f"{failed} failed ({reason}); full log: {run_path / 'repro.log'}; "
-                        f"fix the cause and run `{description}` again: finished stages are kept")
+        raise UserError(failure_line(repro, code, run_path / "repro.log", description, console))
     return None
+
+
+def failure_line(repro: Repro, code: int, log: Path, description: str, console) -> str:
+    """The one line a failed `dvc repro` ends the run with: the stage, the cause (the stage's `error:`
+    line, or DVC's), the log that holds the traceback, and how to resume. With SELFIMPROVE_DEBUG=1 the
+    failed stage's output (its traceback) is printed first."""
+    import os
+
+    output = _stage_output(repro, log)
+    if os.environ.get("SELFIMPROVE_DEBUG"):
+        shown = [line for line in output[-300:] if not line.startswith("error: ")]  # the last line says it
+        console.print("\n".join(shown), markup=False, highlight=False, soft_wrap=True)
+    reason, explained = repro.failure(code, output)
+    failed = f"{repro.current} failed" if repro.current else "dvc repro failed"
+    look = "" if explained else "; the cause is in the log"
+    again = "" if "run again" in reason else f"; fix the cause and run `{description}` again: finished stages are kept"
+    return f"{failed}: {reason}{look} (full log: {log}){again}"
+
+
+def _stage_output(repro: Repro, log: Path) -> list[str]:
+    """The failed stage's output and DVC's after it: the log from the stage's `Running stage` line on (the
+    tail keeps 30 lines, and a launcher's report after the stage's `error:` line, accelerate's, can be
+    longer); the tail when no stage ran in this repro or the log cannot be read."""
+    if repro.current is None:
+        return repro.tail
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return repro.tail
+    starts = [i for i, line in enumerate(lines) if RUNNING_RE.search(line)]
+    return lines[starts[-1]:] if starts else repro.tail
+
+
+def _exception_line(tail: list[str]) -> str | None:
+    """The `Type: message` line that ends the last Python traceback in the tail, or None."""
+    starts = [i for i, line in enumerate(tail) if line.startswith("Traceback (most recent call last)")]
+    if not starts:
+        return None
+    return next((line for line in tail[starts[-1] + 1:] if line.strip() and not line[0].isspace()), None)
+
+
+def _dvc_error(message: str) -> tuple[str, bool]:
+    """(DVC's own ERROR message as the cause, whether it names one): without the stage's command line (long,
+    and in the log), a signal that killed the stage named."""
+    message = re.sub(r"^failed to reproduce '[^']*': ", "", message)
+    exited = re.search(r"failed to run: .*, exited with (-?\d+)$", message)
+    if not exited:
+        return f"DVC: {message}", True
+    status = int(exited.group(1))
+    if status >= 0:
+        return f"the stage exited with status {status} without saying why", False
+    try:
+        name = signal.Signals(-status).name
+    except ValueError:
+        name = f"signal {-status}"
+    hint = " (often the out-of-memory killer: `dmesg` or `journalctl -k` says)" if -status == signal.SIGKILL else ""
+    return f"the stage was killed by {name}{hint}", True
+
+
+def _interrupt_in(error: BaseException) -> KeyboardInterrupt | None:
+    """The interrupt (Ctrl-C, Stopped) that error is, or that it was raised while handling, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__context__
+    return None
+
+
+def _stop_run(interrupt: KeyboardInterrupt, repro: Repro | None, console, description: str) -> int:
+    """Stop everything the run started after Ctrl-C, SIGTERM or SIGHUP and say how to resume; the exit code
+    (128 + the signal, as a shell reports a process the signal killed)."""
+    signum = interrupt.signum if isinstance(interrupt, Stopped) else signal.SIGINT
+    _ignore_signals()  # a second Ctrl-C must not cut the stopping short; `run` restores the handlers
+    if any(_running(process) for process in _descendants()):
+        cause = "interrupted" if signum == signal.SIGINT else signal.Signals(signum).name
+        _say(console, f"[yellow]{cause}: stopping the running stage...[/yellow]")
+        # Ctrl-C in a terminal reached the whole group: the stage may end on its own. A signal sent to
+        # selfimprove alone (a scheduler's SIGTERM) reached nobody else: no use waiting.
+        stop_descendants(CTRL_C_GRACE if signum == signal.SIGINT else 0.0)
+    if repro is not None:
+        repro.wait()
+    # soft_wrap: one line however narrow the console (a scheduler's log file is 80 columns to rich)
+    _say(console, f"stopped; finished stages are kept. Run `{description}` again to resume.", markup=False,
+         soft_wrap=True)
+    return 128 + signum
+
+
+def stop_descendants(grace: float = 0.0) -> None:
+    """Stop every process the run started (dvc, its stage, theirs) and return once all are gone: after
+    `grace` seconds for them to end on their own, each signal of STOP_STEPS in turn to those left, the
+    ones they start meanwhile included. A process is followed by its pid, so a stage whose dvc died first
+    (and that was reparented away) is still stopped. At most grace + 20 s."""
+    left = _signal_until_gone(set(), None, grace)
+    for sig, wait in STOP_STEPS[1:] if _Start.sigint_ignored else STOP_STEPS:
+        if not left:
+            return
+        left = _signal_until_gone(left, sig, wait)
+
+
+def _signal_until_gone(known: set, sig: int | None, timeout: float) -> set:
+    """Send sig (None: none) once to each process of `known` and each descendant of this process or of
+    them, as they appear, until all are gone or timeout; the ones still running."""
+    signalled: set = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        known = {process for process in _descendants(known) if _running(process)}
+        for process in known - signalled if sig is not None else ():
+            try:
+                process.send_signal(sig)
+            except Exception:  # noqa: BLE001 - gone meanwhile, or its pid reused: not ours to signal
+                pass
+            signalled.add(process)
+        if not known or time.monotonic() >= deadline:
+            return known
+        time.sleep(0.1)
+
+
+def _descendants(known: set = frozenset()) -> set:
+    """`known` and the processes below it and below this process, but for _Start.spared ones and theirs.
+    One scan of the process table, where psutil's children() scans it once per parent."""
+    import psutil
+
+    below: dict[int, list] = {}
+    for process in psutil.process_iter(["ppid"]):
+        below.setdefault(process.info["ppid"], []).append(process)
+    found, parents = set(known), [os.getpid(), *(process.pid for process in known)]
+    while parents:
+        for child in below.get(parents.pop(), []):
+            if child not in found and child not in _Start.spared:
+                found.add(child)
+                parents.append(child.pid)
+    return found
+
+
+def _running(process) -> bool:
+    """Whether a process still runs: a zombie has ended (its parent has yet to reap it)."""
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@contextmanager
+def _signals_stop_the_run():
+    """While `run` runs, SIGTERM and SIGHUP raise Stopped in the main thread; the previous handlers (and
+    SIGINT's) are back after. A signal ignored already stays ignored: `nohup` ignores SIGHUP on purpose."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *STOP_SIGNALS)}
+    for sig in STOP_SIGNALS:
+        if previous[sig] != signal.SIG_IGN:
+            signal.signal(sig, _raise_stopped)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(sig, handler)
+
+
+def _raise_stopped(signum: int, frame) -> None:
+    _ignore_signals()  # one stop at a time: a scheduler may repeat SIGTERM while the first one is handled
+    raise Stopped(signum)
+
+
+def _ignore_signals() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, *STOP_SIGNALS):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _say(console, text: str, **style) -> None:
+    """Print, unless the output is gone: the terminal a SIGHUP closed (EIO), a pipe whose reader died."""
+    try:
+        console.print(text, **style)
+    except OSError:
+        pass
 
 
 def _record_stop(run_path: Path, stopped: str | None) -> None:

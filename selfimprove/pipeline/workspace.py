@@ -1,5 +1,6 @@
 """The project's DVC workspace: DVC set up (with git), the environment DVC runs in, one selfimprove
-command at a time in a workspace (the workspace lock), and DVC's own locks left by a dead process."""
+command at a time in a workspace (the workspace lock), and DVC's own locks: cleared when left by a dead
+process, named when a live one holds them."""
 
 from __future__ import annotations
 
@@ -84,16 +85,18 @@ def workspace_lock(project: Path, description: str):
         handle.close()
 
 
-def clear_dead_dvc_locks(project: Path) -> None:
-    """Drop entries of DVC's rwlock held by processes that are gone or are zombies, or the whole file
-    when a kill cut it short. DVC clears dead pids itself, but a dvc killed a moment ago can still be an
-    unreaped zombie (and in a container whose pid 1 does not reap, it stays one), which DVC takes for a
-    live holder: "is busy"."""
-    import psutil
+DVC_RWLOCK = ".dvc/tmp/rwlock"
 
-    path = project / ".dvc" / "tmp" / "rwlock"
+
+def clear_dead_dvc_locks(project: Path) -> None:
+    """Drop entries of DVC's rwlock held by processes that are gone or are zombies, or whose pid another
+    process took since, or the whole file when a kill cut it short. DVC clears dead pids itself, but a dvc
+    killed a moment ago can still be an unreaped zombie (and in a container whose pid 1 does not reap, it
+    stays one), which DVC takes for a live holder: "is busy"."""
+    path = project / DVC_RWLOCK
     try:
         lock = json.loads(path.read_text())
+        written = path.stat().st_mtime
     except OSError:
         return
     except ValueError:
@@ -103,10 +106,7 @@ def clear_dead_dvc_locks(project: Path) -> None:
         return
 
     def alive(info: dict) -> bool:
-        try:
-            return psutil.Process(int(info["pid"])).status() != psutil.STATUS_ZOMBIE
-        except (psutil.NoSuchProcess, ValueError, KeyError):
-            return False
+        return _holder(info, written) is not None
 
     cleaned = {
         "write": {p: info for p, info in lock.get("write", {}).items() if alive(info)},
@@ -115,3 +115,80 @@ def clear_dead_dvc_locks(project: Path) -> None:
     if cleaned != lock:
         # A temporary name DVC never uses for its own files in .dvc/tmp.
         files.write_text(path, json.dumps(cleaned), tmp_suffix=".selfimprove-tmp")
+
+
+def check_no_live_dvc_lock(project: Path) -> None:
+    """Refuse in one line while a live process holds DVC's lock (after clear_dead_dvc_locks): its pid,
+    command line, since when, and what to do. DVC would say "is busy" and suggest deleting the lock by
+    hand, wrong while its holder lives. Under the workspace lock no run of ours holds it: the holder is a
+    `dvc` started by hand, or one a kill of selfimprove alone (SIGKILL) left running with its stage."""
+    path = project / DVC_RWLOCK
+    try:
+        lock = json.loads(path.read_text())
+        written = path.stat().st_mtime
+    except (OSError, ValueError):
+        return
+    infos = [*lock.get("write", {}).values(), *(i for infos in lock.get("read", {}).values() for i in infos)]
+    holders = {process.pid: process for info in infos if (process := _holder(info, written))}
+    if not holders:
+        return
+    named, pids = [], list(holders)
+    for process in holders.values():
+        children = _children(process)
+        pids += [child.pid for child in children if child.pid not in pids]
+        named.append(f"pid {process.pid} `{_command(process)}` since {_since(process)}"
+                     + "".join(f", with pid {child.pid} `{_command(child)}`" for child in children))
+    who = "a live process" if len(holders) == 1 else "live processes"
+    raise UserError(f"DVC's lock ({DVC_RWLOCK}) is held by {who}: {'; '.join(named)}; wait for it to finish, or "
+                    f"stop it (`kill {' '.join(map(str, pids))}`), then run again")
+
+
+def _holder(info: dict, written: float):
+    """The live process (psutil) that holds a lock entry, or None: gone, a zombie, or a process that took
+    its pid later (started after the lock file was last written: a rerun in a fresh container reuses low
+    pids)."""
+    import psutil
+
+    try:
+        process = psutil.Process(int(info["pid"]))
+    except (psutil.NoSuchProcess, ValueError, KeyError, TypeError):
+        return None
+    try:
+        if process.status() == psutil.STATUS_ZOMBIE or process.create_time() > written + 2.0:  # clock slack
+            return None
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:  # another user's process: it may be the holder, as DVC assumes
+        pass
+    return process
+
+
+def _children(process) -> list:
+    """The descendants of a lock holder: a dvc's running stage (killing dvc alone would orphan it)."""
+    import psutil
+
+    try:
+        return process.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _command(process, width: int = 100) -> str:
+    import psutil
+
+    try:
+        line = " ".join(process.cmdline()) or process.name()
+    except psutil.Error:
+        return "?"
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def _since(process) -> str:
+    import psutil
+
+    try:
+        started = process.create_time()
+    except psutil.Error:
+        return "?"
+    today = time.strftime("%Y-%m-%d") == time.strftime("%Y-%m-%d", time.localtime(started))
+    return time.strftime("%H:%M:%S" if today else "%Y-%m-%d %H:%M:%S", time.localtime(started))

@@ -6,13 +6,12 @@ The iteration diff is our own because `dvc metrics diff` compares git revisions,
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
 import yaml
 
-from selfimprove.core import registry
+from selfimprove.core import figures, registry
 from selfimprove.core.errors import UserError
 from selfimprove.stages.report import iteration_figures
 
@@ -60,15 +59,10 @@ def resolve(project: Path, reference: str) -> tuple[str, dict]:
 def headline(project: Path, run: str, per_iteration: dict[int, dict]) -> tuple[str | None, str]:
     """(the metric RUN@best picks by, "higher" or "lower"): the loop file's `best:` as compiled into
     params.yaml, else the first headline candidate the stages declare that the run reports (accuracy,
-    pairwise accuracy, the decoding score), better as declared (higher)."""
+    pairwise accuracy, the decoding score), better as declared (higher). See figures.headline."""
     params_path = project / "params.yaml"
     section = ((yaml.safe_load(params_path.read_text()) or {}).get(run) or {}) if params_path.exists() else {}
-    configured = section.get("best") if isinstance(section, dict) else None
-    if isinstance(configured, dict) and configured.get("metric"):
-        return configured["metric"], configured.get("better", "higher")
-    found = next((key for key in registry.headlines() if any(key in m for m in per_iteration.values())), None)
-    declared = registry.metric(found) if found else None
-    return found, (declared.better if declared and declared.better else "higher")
+    return figures.headline(section, per_iteration)
 
 
 def best_iteration(project: Path, run: str, per_iteration: dict[int, dict] | None = None) -> dict:
@@ -76,14 +70,12 @@ def best_iteration(project: Path, run: str, per_iteration: dict[int, dict] | Non
     the base model, included; a tie goes to the earlier iteration)."""
     per_iteration = iteration_metrics(project, run) if per_iteration is None else per_iteration
     metric, better = headline(project, run, per_iteration)
-    scored = {k: m[metric] for k, m in per_iteration.items() if metric and _numeric(m.get(metric))}
-    if not scored:
+    found = figures.best(per_iteration, metric, better)
+    if found is None:
         shown = f"metric {metric!r}" if metric else f"headline metric ({', '.join(registry.headlines())})"
         raise UserError(f"{run}@best: no iteration of {run} has the {shown} yet; run the loop first, or set "
                         f"`best: METRIC` in its loop file")
-    target = (max if better == "higher" else min)(scored.values())
-    k = min(i for i in scored if scored[i] == target)
-    return {"iteration": k, "metric": metric, "value": scored[k], "better": better}
+    return found
 
 
 def resolve_from(project: Path, start_from: str) -> str:
@@ -92,24 +84,9 @@ def resolve_from(project: Path, start_from: str) -> str:
     return f"{run}@{best_iteration(project, run)['iteration']}" if k == "best" else start_from
 
 
-def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion."""
-    if n == 0:
-        return 0.0, 0.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
-def interval(metrics: dict, key: str, declared: list | None = None) -> tuple[float, float] | None:
-    """The 95% interval of a rate metric (one its stage declares with a denominator: measured on n items,
-    so a delta can be read as real or noise), when its denominator was recorded."""
-    declared = registry.metric(key, declared)
-    n = metrics.get(declared.denominator) if declared and declared.denominator else None
-    if not _numeric(metrics.get(key)) or not n:
-        return None
-    return wilson(metrics[key] * n, n)
+# One copy of the interval code, below the layers that read it (the report stage reads it too).
+wilson = figures.wilson
+interval = figures.interval
 
 
 def diff(project: Path, a: str, b: str) -> dict:
@@ -130,15 +107,8 @@ def diff(project: Path, a: str, b: str) -> dict:
     return {"a": name_a, "b": name_b, "metrics": rows}
 
 
-def _numeric(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _ordered(keys: list[str], declared: list | None = None) -> list[str]:
-    """The metrics the stages place (Metric.order) first, in their order; any other numeric metric follows
-    by name."""
-    placed = [m.name for m in (registry.metrics() if declared is None else declared) if m.order is not None]
-    return [k for k in placed if k in keys] + sorted(k for k in keys if k not in placed)
+_numeric = figures.numeric
+_ordered = figures.ordered
 
 
 def fmt(value) -> str:

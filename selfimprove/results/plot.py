@@ -13,6 +13,7 @@ from pathlib import Path
 from selfimprove import results
 from selfimprove.core import registry
 from selfimprove.core.errors import UserError
+from selfimprove.stages import report_charts
 
 
 def series(project: Path, reference: str) -> tuple[str, dict[int, dict]]:
@@ -39,12 +40,9 @@ def default_metrics(project: Path, run: str, per_iteration: dict[int, dict]) -> 
 
 
 def plot(project: Path, references: list[str], metrics: list[str], out: Path) -> Path:
-    """Draw the curves and write them to out (PNG, or any format matplotlib knows by the suffix)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: a file only
-    import matplotlib.pyplot as plt
-
+    """Draw the curves and write them to out (PNG, or any format matplotlib knows by the suffix): a panel
+    per metric, its name and unit on the y axis, the 95% interval band and the best iteration in the
+    legend (selfimprove.stages.report_charts draws the panels, the HTML report's too)."""
     runs = [series(project, reference) for reference in references]
     metrics = metrics or default_metrics(project, *runs[0])
     if not metrics:
@@ -52,39 +50,13 @@ def plot(project: Path, references: list[str], metrics: list[str], out: Path) ->
     missing = [m for m in metrics if not any(m in f for _, per in runs for f in per.values())]
     if missing:
         raise UserError(f"plot: no run here has the metric {missing[0]!r}; `selfimprove metrics RUN` lists them")
-    figure, axes = plt.subplots(len(metrics), 1, figsize=(7.5, 3.2 * len(metrics)), squeeze=False)
+    plt = report_charts.pyplot()
+    figure, axes = plt.subplots(len(metrics), 1, figsize=(7.5, 3.4 * len(metrics)), squeeze=False)
+    marked = [(run, per_iteration, results._best_or_none(project, run, per_iteration)) for run, per_iteration in runs]
     for axis, metric in zip(axes[:, 0], metrics):
-        for run, per_iteration in runs:
-            _draw(axis, run, metric, per_iteration, _best(project, run, per_iteration, metric))
-        axis.set_title(metric)
-        axis.set_xlabel("iteration (0 = base model)")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-        axis.xaxis.get_major_locator().set_params(integer=True)
+        report_charts.draw_metric(axis, metric, marked)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=120)
     plt.close(figure)
     return out
-
-
-def _draw(axis, run: str, metric: str, per_iteration: dict[int, dict], best: int | None) -> None:
-    points = [(k, m[metric], results.interval(m, metric)) for k, m in per_iteration.items()
-              if results._numeric(m.get(metric))]
-    if not points:
-        return
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    line, = axis.plot(xs, ys, marker="o", label=run)
-    bands = [(k, ci) for k, _, ci in points if ci]
-    if bands:
-        axis.fill_between([k for k, _ in bands], [ci[0] for _, ci in bands], [ci[1] for _, ci in bands],
-                          color=line.get_color(), alpha=0.15, linewidth=0)
-    if best is not None and best in xs:
-        axis.plot([best], [ys[xs.index(best)]], marker="*", markersize=14, color=line.get_color(), linestyle="none",
-                  label=f"{run}@best ({best})")
-
-
-def _best(project: Path, run: str, per_iteration: dict[int, dict], metric: str) -> int | None:
-    """The run's best iteration, marked on its headline metric's panel only."""
-    found = results._best_or_none(project, run, per_iteration)
-    return found["iteration"] if found and found["metric"] == metric else None

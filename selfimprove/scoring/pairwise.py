@@ -10,43 +10,14 @@ model's are written in code beside its task; a user's text file works wherever a
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 
 from selfimprove.scoring import judging
-from selfimprove.core.errors import UserError
 from selfimprove.core.stage import Setting, declaration
 
 PAIRWISE_PLACEHOLDERS = ("question", "response_a", "response_b")
 PERTURB_PLACEHOLDERS = ("question", "response")
 VERDICT_PATTERN = r"\[\[(A|B)\]\]"
-
-
-def read_pairs(path: str, size: int = 0, setting: str = "pairs_file") -> list[dict]:
-    """A JSONL of prompt, chosen, rejected (RewardBench's shape), each line checked: a problem is one
-    line naming the file, the line and the field. size > 0 reads the first size pairs."""
-    if not Path(path).is_file():
-        raise UserError(f"{setting}: {path}: no such file; give a JSONL of prompt, chosen, rejected")
-    pairs = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as error:
-            raise UserError(f"{path}:{number}: not JSON ({error.msg}); each line is one "
-                            '{"prompt": ..., "chosen": ..., "rejected": ...}') from None
-        for field in ("prompt", "chosen", "rejected"):
-            if not isinstance(row, dict) or not isinstance(row.get(field), str):
-                raise UserError(f"{path}:{number}: {field} is missing or not text; each line needs prompt, chosen "
-                                "and rejected as strings")
-        pairs.append(row)
-        if size and len(pairs) == size:
-            break
-    if not pairs:
-        raise UserError(f"{path}: no pairs; give one JSON object per line with prompt, chosen, rejected")
-    return pairs
 
 
 def wrap(template: str, prompt_template: str) -> str:

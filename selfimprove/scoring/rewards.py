@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from selfimprove.tasks.answers import extract_final, same_answer
-from selfimprove.core.errors import UserError
+from selfimprove.core.errors import UserError, exception_text, from_hub, quoted
 from selfimprove.core.registry import REWARD_RULES, resolve, suggestion
 
 Rule = Callable[[str, str, object], "float | None"]
@@ -86,26 +86,50 @@ def user_function(source: str) -> Callable:
     return function
 
 
-def checked(function: Callable, source: str) -> Rule:
-    """The user's function, refusing what is not a finite number or None (a bool, a string, NaN)."""
+class RewardFailed(UserError):
+    """A user's reward function that raised, or gave what is not a score, on one sample: one line naming
+    the function and the sample (the traceback of what it raised goes to the stage's log). rule_scores
+    adds where the sample is."""
 
-    def one(value, response: str) -> float | None:
+    def __init__(self, source: str, problem: str, question: str, fix: str, where: str = ""):
+        self.source, self.problem, self.question, self.fix = source, problem, question, fix
+        at = f" ({where})" if where else ""
+        super().__init__(f"reward {source} {problem} on the sample {quoted(question)}{at}; {fix}")
+
+    def at(self, where: str) -> "RewardFailed":
+        return RewardFailed(self.source, self.problem, self.question, self.fix, where)
+
+
+FIX_RAISED = "fix the function (it may return None for no score); its traceback is in the log"
+
+
+def checked(function: Callable, source: str) -> Rule:
+    """The user's function, refusing what is not a finite number or None (a bool, a string, NaN); what it
+    raises is named with the function and the sample."""
+
+    def call(question: str, given, gold):
+        try:
+            return function(question, given, gold)
+        except Exception as error:  # noqa: BLE001 - the user's code: any exception is named, not a crash
+            raise RewardFailed(source, f"raised {exception_text(error)}", question, FIX_RAISED) from error
+
+    def one(value, question: str, response: str) -> float | None:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise UserError(f"reward.source {source} returned {value!r} for the response {response[:80]!r}; "
-                            "return a finite float, or None for no score")
+            raise RewardFailed(source, f"returned {value!r} for the response {quoted(response, 80)}", question,
+                               "return a finite float, or None for no score")
         return float(value)
 
     def score(question: str, response: str, gold) -> float | None:
-        return one(function(question, response, gold), response)
+        return one(call(question, response, gold), question, response)
 
     def score_prompt(question: str, responses: list[str], gold) -> list[float | None]:
-        values = function(question, responses, gold)
+        values = call(question, responses, gold)
         if not isinstance(values, (list, tuple)) or len(values) != len(responses):
-            raise UserError(f"reward.source {source} is per_prompt and returned {values!r} for {len(responses)} "
-                            "responses; return a list with one score (or None) per response")
-        return [one(v, r) for v, r in zip(values, responses)]
+            raise RewardFailed(source, f"is per_prompt and returned {repr(values)[:80]} for {len(responses)} "
+                               "responses", question, "return a list with one score (or None) per response")
+        return [one(v, question, r) for v, r in zip(values, responses)]
 
     if getattr(function, "per_prompt", False):
         score_prompt.per_prompt = True
@@ -120,18 +144,35 @@ def per_prompt(rule: Rule) -> bool:
 
 def rule_scores(rule: Rule, items: list[tuple[object, str, str, object]]) -> list:
     """A score per (prompt id, question, response, gold), in order; a per-prompt rule sees each prompt's
-    responses together (those of one id, in their order)."""
+    responses together (those of one id, in their order). A user's function that fails says where its
+    sample is: "response j of prompt i", i the prompt's id, j the response's place among those of the
+    prompt scored here, from 0 (samples.jsonl's `sample` where every response is scored)."""
     if not per_prompt(rule):
-        return [rule(question, response, gold) for _, question, response, gold in items]
+        counted: dict = {}
+        scores = []
+        for prompt_id, question, response, gold in items:
+            j = counted.get(prompt_id, 0)
+            counted[prompt_id] = j + 1
+            scores.append(_located(rule, (question, response, gold), f"response {j} of prompt {prompt_id}"))
+        return scores
     groups: dict = {}
     for i, (prompt_id, *_rest) in enumerate(items):
         groups.setdefault(prompt_id, []).append(i)
     found: list = [None] * len(items)
-    for members in groups.values():
+    for prompt_id, members in groups.items():
         _, question, _, gold = items[members[0]]
-        for i, value in zip(members, rule(question, [items[i][2] for i in members], gold)):
+        values = _located(rule, (question, [items[i][2] for i in members], gold), f"prompt {prompt_id}")
+        for i, value in zip(members, values):
             found[i] = value
     return found
+
+
+def _located(rule: Rule, arguments: tuple, where: str):
+    """rule(*arguments), a user's function's failure saying where its sample is."""
+    try:
+        return rule(*arguments)
+    except RewardFailed as failed:
+        raise failed.at(where) from failed.__cause__
 
 
 def callable_file(source: str) -> Path | None:
@@ -169,12 +210,13 @@ def model_scores(settings: dict, questions: list[str], responses: list[str]) -> 
     if not reference:
         raise UserError("reward.source model needs a reward model; set reward.model to a directory or a hub id")
     revision = settings["revision"] or None
-    tokenizer = load_tokenizer(reference, revision)
-    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"  # a cut keeps the response's end
     cuda = torch.cuda.is_available()
-    model, info = AutoModelForSequenceClassification.from_pretrained(
-        reference, dtype=torch.bfloat16 if cuda else torch.float32, output_loading_info=True,
-        **revision_kwargs(reference, revision))
+    with from_hub(reference, "reward.model"):  # not cached and no network: one line naming the setting
+        tokenizer = load_tokenizer(reference, revision)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            reference, dtype=torch.bfloat16 if cuda else torch.float32, output_loading_info=True,
+            **revision_kwargs(reference, revision))
+    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"  # a cut keeps the response's end
     head = [key for key in info.get("missing_keys", []) if key.split(".")[0] in ("score", "classifier")]
     if head:
         raise UserError(f"reward.model {reference}: not a reward model, its classification head ({head[0]}) is not "

@@ -1,5 +1,5 @@
 """Small helpers shared by the stages: command-line arguments, params sections, JSONL, atomic writes,
-and the one-line error for a full disk."""
+and stage_main, which ends a failed stage in one line (selfimprove.core.errors)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from typing import Iterable
 
 import yaml
 
-from selfimprove.core.errors import DiskFull, is_disk_full
+# re-exported: every stage ends in stage_main(main); it lives in core.errors, outside the stages' code
+# fingerprints, since how a failure is worded changes no output
+from selfimprove.core.errors import stage_main  # noqa: F401
 from selfimprove.core.files import atomic_file  # re-exported: the stages' one atomic writer
 from selfimprove.core.registry import BUILTIN_MODELS, STAGES, resolve
 
@@ -108,22 +110,3 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
 def write_json(path: str | Path, data: dict) -> None:
     with atomic_file(path) as f:
         f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def stage_main(main) -> None:
-    """Run a stage's main; a UserError (bad input, an unhealthy judge) or a full disk ends it with one
-    line, not a traceback, and a non-zero exit that `selfimprove run` reports with the stage's name."""
-    import sys
-
-    from selfimprove.core.errors import UserError
-
-    try:
-        main()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as error:
-        if not is_disk_full(error):
-            raise
-        print(f"error: {DiskFull(getattr(error, 'filename', None) or 'the stage outputs')}", file=sys.stderr)
-        sys.exit(2)

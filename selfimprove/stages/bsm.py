@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from selfimprove.core import templates
-from selfimprove.scoring import judging, pairwise
+from selfimprove.scoring import judging, pairfile, pairwise
 from selfimprove.scoring.pairs import make_pair
 from selfimprove.backends import open_backend
 from selfimprove.models import model_identity
@@ -126,7 +126,7 @@ def input_pairs(settings: dict, contrast: str | None) -> list[dict]:
         return [{"id": p["id"], "question": p["question"], "first": p["good"], "second": p["bad"], "label": "first"}
                 for p in read_jsonl(contrast)]
     return [{"id": i, "question": row["prompt"], "first": row["chosen"], "second": row["rejected"], "label": "first"}
-            for i, row in enumerate(pairwise.read_pairs(settings["pairs_file"], setting="bsm.pairs_file"))]
+            for i, row in enumerate(pairfile.read_pairs(settings["pairs_file"], setting="bsm.pairs_file"))]
 
 
 def bsm(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, revision: str | None = None,
@@ -172,14 +172,16 @@ def _template(step: str) -> Setting:
     placeholders = ", ".join("{" + p + "}" for p in STEPS[step])
     return Setting(str, f"bsm-{step}", f"the {step} step's template: bsm-{step} (shipped) or a text file "
                    f"({placeholders})", file=True, resolve_file=templates.path, check=templates.exists,
-                   fix=f"is not a template: use bsm-{step} or a path to a text file")
+                   fix=f"is not a template: use bsm-{step} or a path to a text file",
+                   reads=Setting.Reads("template", STEPS[step]))
 
 
 SETTINGS = {
     "pairs_file": Setting(str, "", "a JSONL of prompt, chosen, rejected to judge, where no perturb stage comes "
                           "before (labels only for statistics)", file=True, resolve_file=_optional_file,
                           check=lambda v: not v or Path(v).is_file(),
-                          fix="is not a file: give the path of a JSONL from the project root"),
+                          fix="is not a file: give the path of a JSONL from the project root",
+                          reads=Setting.Reads("pairs")),
     "branch_template": _template("branch"),
     "solve_template": _template("solve"),
     "merge_template": _template("merge"),
@@ -190,7 +192,8 @@ SETTINGS = {
     "prefill": Setting(str, "", "text the merge step's verdict starts with, written for the model (e.g. '[[' for a "
                        "small model that never writes the format on its own)"),
     "system1_template": templates.setting("bsm-system1", "bsm-system1, eval-plan", "the distilled judge's "
-                                                  "prompt: {question} {response_a} {response_b}"),
+                                                  "prompt: {question} {response_a} {response_b}",
+                                          placeholders=pairwise.PAIRWISE_PLACEHOLDERS),
     "system1_prompt_template": Setting(str, "{question}", "wraps the distilled judge's prompt (a chat format)",
                                        check=lambda v: "{question}" in v, fix="must contain {question}"),
     "answer_format": Setting(str, "[[{verdict}]]", "the distilled target, with {verdict} A or B",

@@ -71,8 +71,8 @@ def main(argv=None) -> None:
 SETTINGS = {
     "template": Setting(str, "diversity", "the judge prompt with {question} and {responses}: diversity (the "
                         "package's) or a path to a text file", file=True, resolve_file=templates.path,
-                        check=templates.exists, fix="is not a file: use diversity or a path "
-                                                                          "to a text file"),
+                        check=templates.exists, fix="is not a file: use diversity or a path to a text file",
+                        reads=Setting.Reads("template", ("question", "responses"))),
     "most_pattern": Setting(str, r"Most diverse:\s*(\d+)", "where the judge names the most diverse response"),
     "least_pattern": Setting(str, r"Least diverse:\s*(\d+)", "where the judge names the least diverse response"),
     "temperature": Setting(float, 0.0, "sampling temperature of the verdict"),

@@ -62,6 +62,15 @@ def majority_is(answers: list, gold) -> bool:
     return bool(counts) and same_answer(counts.most_common(1)[0][0], gold)
 
 
+def heldout_answer(record: dict, greedy: str) -> dict:
+    """A held-out problem's greedy output (what `selfimprove show --heldout` and the report list), with its
+    gold answer and whether the output is right, as accuracy counts it, where the set has answers."""
+    row = {"id": record["id"], "question": record["question"], "output": greedy}
+    if record.get("answer") is not None:
+        row.update(answer=record["answer"], correct=same_answer(extract_final(greedy), record["answer"]))
+    return row
+
+
 def length_stats(outputs: list[str]) -> dict:
     """Response length in characters (instruction loops drift longer: the length the judge rewards)."""
     lengths = sorted(map(len, outputs))
@@ -124,7 +133,7 @@ def main(argv=None) -> None:
                                backend=open_backend(run, args.model, revision, scratch=scratch_dir(args.out)),
                                task_metrics=data_sources.task_metrics(data["eval"]))
     if args.outputs:
-        write_jsonl(args.outputs, [{"id": r["id"], "question": r["question"], "output": g} for r, g in zip(records, greedy)])
+        write_jsonl(args.outputs, [heldout_answer(r, g) for r, g in zip(records, greedy)])
     if args.base_outputs:
         base = [row["output"] for row in read_jsonl(args.base_outputs)]
         judge_backend = open_backend(run, args.win_judge, revision_for(run, args.win_judge), scratch=scratch_dir(args.out))
@@ -149,7 +158,7 @@ SETTINGS = {
     "win_rate_size": Setting(int, 0, "judge loops: held-out prompts on which iteration K meets iteration 0 (0: off)",
                              check=lambda v: v >= 0, fix="must be >= 0 (0: off)"),
     "win_template": templates.setting("pairwise", "pairwise", "the comparison prompt: {question} {response_a} "
-                                      "{response_b}"),
+                                      "{response_b}", placeholders=("question", "response_a", "response_b")),
     "seed": Setting(int, 1234, "sampling seed"),
     "length_limit": Setting(int, 0, "LIFT: also answer greedily under this word limit (0: off) and report the "
                             "violation rate and the accuracy with the limit hard", check=lambda v: v >= 0,
@@ -177,17 +186,18 @@ def files(ctx: Context) -> list[tuple[str, str]]:
 
 @declaration
 def node(ctx: Context) -> dict:
-    """Evaluation of iteration k. With evaluate.win_rate_size, every iteration writes its greedy outputs
-    and iterations k >= 1 meet iteration 0's, judged by the loop's base model (a fixed judge)."""
+    """Evaluation of iteration k: its metrics and its greedy outputs per problem. With
+    evaluate.win_rate_size, iterations k >= 1 meet iteration 0's outputs, judged by the loop's base model (a
+    fixed judge)."""
     out = ctx.outputs
     cmd = ctx.command(STAGE, model=ctx.policy, out=out["metrics"])
     deps = ctx.data_file("eval") + ([ctx.policy] if ctx.policy_is_dep else [])
     params = ([ctx.section("evaluate")] + ([ctx.section("judge")] if "judge" in ctx.tracked else [])
               + ctx.data_keys("eval") + ctx.revision_keys(ctx.policy) + ctx.backend_keys)
-    outs = []
+    # every iteration writes its greedy answers per problem: what `show --heldout` and the report list
+    cmd += f" --outputs {out['outputs']}"
+    outs = [out["outputs"]]
     if _win_rate(ctx):
-        cmd += f" --outputs {out['outputs']}"
-        outs.append(out["outputs"])
         if ctx.k > 0:
             base_outputs = out["outputs"].replace(f"/it{ctx.k}/", "/it0/")
             cmd += f" --base-outputs {base_outputs} --win-judge {ctx.base}"
@@ -214,14 +224,21 @@ STAGE = Stage("evaluate", SETTINGS, node=node, writes={"metrics": "metrics.json"
                                     help="comparisons whose two orders agree"),
                        Stage.Metric("thought_rate", None, "problems", order=140,
                                     help="greedy outputs with the judge's response marker"),
-                       Stage.Metric("mean_length", None, order=150, role="length",
+                       Stage.Metric("mean_length", None, order=150, role="length", unit="characters",
                                     help="mean greedy output length, characters (stop: length_factor)"),
                        Stage.Metric("greedy_correct", "higher", order=160, help="problems solved greedily"),
                        Stage.Metric("maj_correct", "higher", order=170, help="problems the majority solves"),
                        Stage.Metric("problems", order=180, help="held-out problems evaluated"),
                        Stage.Metric("parse_failure_rate", "lower", order=190,
                                     help="greedy outputs with no answer to read"),
-                       Stage.Metric("judge_eval_candidates", help="candidate answers the judge's agreement is on")))
+                       Stage.Metric("judge_eval_candidates", help="candidate answers the judge's agreement is on"),
+                       Stage.Metric("k", help="samples per problem (maj_at_k)"),
+                       Stage.Metric("median_length", None, unit="characters", help="median greedy output length, characters"),
+                       Stage.Metric("p90_length", None, unit="characters", help="90th percentile greedy output length, characters"),
+                       Stage.Metric("greedy_steps_rate", None, help="greedy outputs that show worked steps"),
+                       Stage.Metric("sample_steps_rate", None, help="samples that show worked steps"),
+                       Stage.Metric("steps_maj_at_k", "higher", help="maj_at_k of the samples with worked steps"),
+                       Stage.Metric("steps_maj_correct", "higher", help="problems the majority of those samples solves")))
 
 
 if __name__ == "__main__":

@@ -154,7 +154,10 @@ STAGE = Stage("generate", SETTINGS, node=node, optional_reads=("prompts",),
               plugins=lambda ctx: [("backend", ctx.backend)] + ([] if "prompts" in ctx.inputs else
                                                                 data_sources.task_plugins(ctx.data["prompts"])),
               metrics=(Stage.Metric("generate_cost*", "lower", role="cost",
-                                    help="the backend's API cost, where prices are set (stop: budget)"),))
+                                    help="the backend's API cost, where prices are set (stop: budget)"),
+                       Stage.Metric("generate_prompts", help="prompts sampled"),
+                       Stage.Metric("generate_samples", help="samples written"),
+                       Stage.Metric("generate_seconds", "lower", unit="s", help="wall time of the sampling")))
 
 if __name__ == "__main__":
     stage_main(main)

@@ -49,9 +49,11 @@ def hidden_size(model_ref: str, revision: str | None) -> int:
     """The model's hidden size, from its config alone (no weights are loaded)."""
     from transformers import AutoConfig
 
+    from selfimprove.core.errors import from_hub
     from selfimprove.models import revision_kwargs
 
-    config = AutoConfig.from_pretrained(model_ref, **revision_kwargs(model_ref, revision))
+    with from_hub(model_ref):
+        config = AutoConfig.from_pretrained(model_ref, **revision_kwargs(model_ref, revision))
     return getattr(config, "hidden_size", None) or config.get_text_config().hidden_size
 
 

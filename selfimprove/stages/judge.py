@@ -170,14 +170,15 @@ def main(argv=None) -> None:
 
 SETTINGS = {
     "source": Setting(str, "self", "who judges: self (the policy judges its own samples), openai, or a model "
-                      "directory / hub id"),
+                      "directory / hub id", reads=Setting.Reads("model", not_files=("self", "openai"))),
     "endpoint": Setting(str, "", "source openai: base URL of an OpenAI-compatible server, e.g. http://host:8000/v1"),
     "api_model": Setting(str, "", "source openai: the model name the server knows"),
     "api_key_env": Setting(str, "", "source openai: the environment variable holding the key (never the key)"),
     "concurrency": Setting.count(8, "source openai: requests in flight"),
     "timeout": Setting(float, 60.0, "source openai: seconds per request"),
     "max_retries": Setting(int, 5, "source openai: retries on 429, 5xx and dropped connections, with backoff"),
-    "template": templates.setting("additive", "additive, pairwise, tiny-arith", "the judge prompt: {question} {response}"),
+    "template": templates.setting("additive", "additive, pairwise, tiny-arith", "the judge prompt: {question} {response}",
+                                  placeholders=("question", "response")),
     "mode": Setting(str, "generate", "generate: write judgements, parse `Score: N`; expected: the score digits' "
                     "probabilities after prompt + prefill, score = their mean; generate_then_expected: both",
                     choices=("generate", "expected", "generate_then_expected")),

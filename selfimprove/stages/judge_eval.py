@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfimprove.core import templates
-from selfimprove.scoring import judging, pairwise
+from selfimprove.scoring import judging, pairfile, pairwise
 from selfimprove.backends import open_backend
 from selfimprove.stages.progress import Progress
 from selfimprove.stages.shards import scratch_dir
@@ -26,7 +26,7 @@ SHARED = ("template", "prompt_template", "response_marker", "verdict_pattern", "
 
 
 def read_pairs(path: str, size: int) -> list[dict]:
-    return pairwise.read_pairs(path, size, "judge_eval.pairs_file")
+    return pairfile.read_pairs(path, size, "judge_eval.pairs_file")
 
 
 def view_settings(settings: dict, pairjudge: dict) -> dict:
@@ -105,7 +105,8 @@ def _pairjudge_defaults() -> dict:
 SETTINGS = {
     "pairs_file": Setting(str, "", "the labelled pairs: a JSONL of prompt, chosen, rejected (RewardBench's shape)",
                           file=True, check=lambda v: not v or Path(v).is_file(),
-                          fix="is not a file: give the path, from the project root, of a JSONL of prompt, chosen, rejected"),
+                          fix="is not a file: give the path, from the project root, of a JSONL of prompt, chosen, rejected",
+                          reads=Setting.Reads("pairs")),
     "size": Setting(int, 0, "pairs evaluated, from the top of the file (0: all)", check=lambda v: v >= 0,
                     fix="must be >= 0 (0: all)"),
     "k": Setting(int, 8, "sampled verdicts per order for the majority vote (the paper: 32; 0: greedy only)",
@@ -115,7 +116,8 @@ SETTINGS = {
     "template": Setting(str, "", "the comparison prompt: eval-plan, tiny-arith-pairwise or a text file; '' = "
                         "pairjudge's", file=True, resolve_file=templates.path,
                         check=lambda v: not v or templates.exists(v),
-                        fix="is not a template: use '' (pairjudge's), eval-plan, tiny-arith-pairwise or a path to a text file"),
+                        fix="is not a template: use '' (pairjudge's), eval-plan, tiny-arith-pairwise or a path to a text file",
+                        reads=Setting.Reads("template", pairwise.PAIRWISE_PLACEHOLDERS)),
     "prompt_template": Setting(str, "", "wraps the comparison prompt; '' = pairjudge's",
                                check=lambda v: not v or "{question}" in v, fix="must contain {question} (or be '')"),
     "response_marker": Setting(str, "", "the judge sees each response after this marker; '' = pairjudge's"),

@@ -18,12 +18,24 @@ from __future__ import annotations
 import random
 
 from selfimprove.scoring.lengths import PAPER_TEMPLATE, instructed, word_count
+from selfimprove.scoring.pairfile import read_pairs
 from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_parser, read_jsonl, read_section, stage_main, write_json, write_jsonl
 
 
 def too_close(pair: dict, settings: dict) -> bool:
     return abs(word_count(pair["chosen"]) - word_count(pair["rejected"])) < settings["min_gap"]
+
+
+def exchanged(pair: dict) -> dict:
+    """chosen and rejected exchanged, with every figure that describes one side (chosen_correct and
+    rejected_correct, chosen_score and rejected_score, ...), so that the record stays true of its texts."""
+    change = {"chosen": pair["rejected"], "rejected": pair["chosen"]}
+    for key in pair:
+        other = "rejected_" + key.removeprefix("chosen_")
+        if key.startswith("chosen_") and other in pair:
+            change[key], change[other] = pair[other], pair[key]
+    return change
 
 
 def length_instructed(pair: dict, settings: dict, rng: random.Random) -> list[dict]:
@@ -34,7 +46,7 @@ def length_instructed(pair: dict, settings: dict, rng: random.Random) -> list[di
     shorter, longer = min(chosen, rejected), max(chosen, rejected)
     loose = longer + settings["slack"]
     tight = rng.randint(shorter, longer - 1)  # the shorter response fits, the longer breaks it
-    swapped = {"chosen": pair["rejected"], "rejected": pair["chosen"]} if chosen > rejected else {}
+    swapped = exchanged(pair) if chosen > rejected else {}
 
     def with_limit(limit: int, **change) -> dict:
         prompt = instructed(pair["prompt"], limit, settings["template"], settings["prompt_template"])
@@ -58,7 +70,8 @@ def main(argv=None) -> None:
     parser.add_argument("--pairs", help="the iteration's pairs (without it: lift.pairs_file)")
     args = parser.parse_args(argv)
     settings = read_section(args.params, f"{args.run}.it{args.iteration}.lift")
-    pairs = read_jsonl(args.pairs or settings["pairs_file"])
+    # the iteration's own pairs were checked by the stage that wrote them; a user's file is read field by field
+    pairs = read_jsonl(args.pairs) if args.pairs else read_pairs(settings["pairs_file"], setting="lift.pairs_file")
     out, stats = lift(pairs, settings, random.Random(settings["seed"] * 1000 + args.iteration))
     write_jsonl(args.out, out)
     write_json(args.stats, stats)
@@ -79,7 +92,7 @@ SETTINGS = {
                      check=lambda v: v >= 0, fix="must be >= 0"),
     "include_original": Setting(bool, True, "train on the original pairs too (the union, as the paper's final version)"),
     "pairs_file": Setting(str, "", "a JSONL of prompt, chosen, rejected to lift instead of the iteration's pairs",
-                          file=True),
+                          file=True, reads=Setting.Reads("pairs")),
     "seed": Setting(int, 0, "seed of the sampled limits"),
 }
 

@@ -190,7 +190,8 @@ def main(argv=None) -> None:
 
 
 SETTINGS = {
-    "template": templates.setting("meta", "meta, tiny-arith-meta", "the meta-judge prompt, comparing two judgements"),
+    "template": templates.setting("meta", "meta, tiny-arith-meta", "the meta-judge prompt, comparing two judgements",
+                                  alternatives=judging.META_PLACEHOLDERS),
     "mode": Setting(str, "generate", "generate: parse `Winner: A|B`; expected: the likelier of A and B after "
                     "`Winner: `", choices=("generate", "expected")),
     "temperature": Setting(float, 0.0, "sampling temperature of the verdicts"),

@@ -97,9 +97,10 @@ def main(argv=None) -> None:
 
 SETTINGS = {
     "source": Setting(str, "self", "who judges: self (the iteration's starting model, as the paper) or a model "
-                      "directory / hub id"),
+                      "directory / hub id", reads=Setting.Reads("model", not_files=("self",))),
     "template": templates.setting("eval-plan", "eval-plan, tiny-arith-pairwise",
-                                          "the comparison prompt: {question} {response_a} {response_b}"),
+                                          "the comparison prompt: {question} {response_a} {response_b}",
+                                  placeholders=pairwise.PAIRWISE_PLACEHOLDERS),
     "prompt_template": Setting(str, "{question}", "wraps the comparison prompt (a chat format)",
                                check=lambda v: "{question}" in v, fix="must contain {question}"),
     "response_marker": Setting(str, "", "the judge sees each response after this marker (\"\" = all of it)"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 from selfimprove.core.registry import PAIR_RULES, resolve
+from selfimprove.scoring.alarms import alarm_figures
 from selfimprove.scoring.rules import needs, rule_of
 from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.stages._io import iteration_stage_parser, read_jsonl, read_section, stage_main, write_json, write_jsonl
@@ -28,7 +29,9 @@ def main(argv=None) -> None:
                         help="Meta-Rewarding's judge pairs (from the metajudge stage), trained on with the actor pairs")
     args = parser.parse_args(argv)
     settings = read_section(args.params, f"{args.run}.it{args.iteration}.pairs")
-    pairs, stats = build_pairs(read_jsonl(args.scored), settings, seed=settings["seed"] * 1000 + args.iteration)
+    records = read_jsonl(args.scored)
+    pairs, stats = build_pairs(records, settings, seed=settings["seed"] * 1000 + args.iteration)
+    stats.update(alarm_figures(records, pairs))  # of the policy's own samples and pairs, before the judge's
     extra = [pair for path in args.judge_pairs for pair in read_jsonl(path)]
     pairs += extra
     stats["actor_pairs"], stats["pairs"] = stats["pairs"], stats["pairs"] + len(extra)
@@ -90,7 +93,21 @@ STAGE = Stage("pairs", SETTINGS, node=node, reads=lambda settings: (needs(settin
                                     help="pairs whose scores are closer than the margin (pairs.min_margin)"),
                        Stage.Metric("dropped_no_majority", role="dropped",
                                     help="prompts without a majority answer (pairs.min_votes)"),
-                       Stage.Metric("dropped_*", role="dropped", help="")))  # the rules' other reasons
+                       Stage.Metric("dropped_*", role="dropped", help=""),  # the rules' other reasons
+                       Stage.Metric("*_pairs", help="pairs of one kind a rule built (gold_pairs, actor_pairs)"),
+                       Stage.Metric("labelled_prompts", help="prompts with a gold answer (semi_supervised)"),
+                       Stage.Metric("majority_correct", "higher", help="prompts whose majority answer is right"),
+                       Stage.Metric("rejected_from_extra", help="rejected responses drawn from extra samples"),
+                       # reward-hacking and drift alarms (selfimprove.scoring.alarms)
+                       Stage.Metric("alarm_length_gap", order=260,
+                                    help="chosen minus rejected length, characters (a length preference)"),
+                       Stage.Metric("alarm_chosen_longer", order=270, help="pairs whose chosen is the longer"),
+                       Stage.Metric("alarm_score_length_corr", order=280,
+                                    help="correlation of a sample's score with its length, within prompts"),
+                       Stage.Metric("alarm_sample_length", order=290,
+                                    help="mean sampled response length, characters"),
+                       Stage.Metric("alarm_repeat_rate", order=300,
+                                    help="samples repeating another sample of their prompt")))
 
 
 if __name__ == "__main__":

@@ -168,7 +168,8 @@ def main(argv=None) -> None:
 
 SETTINGS = {
     "template": templates.setting("worse-response", "worse-response, tiny-arith-perturb",
-                                          "the prompt asking for a modified instruction: {question} {response}"),
+                                          "the prompt asking for a modified instruction: {question} {response}",
+                                  placeholders=pairwise.PERTURB_PLACEHOLDERS),
     "prompt_template": Setting(str, "{question}", "wraps the perturb prompt (a chat format)",
                                check=lambda v: "{question}" in v, fix="must contain {question}"),
     "answer": Setting(str, "inline", "inline: the output holds the modified instruction and its answer; solve: it "

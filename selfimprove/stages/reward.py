@@ -139,10 +139,10 @@ def main(argv=None) -> None:
 SETTINGS = {
     "source": Setting(str, "correct", "correct | json_keys (rules), model (a reward model), or a Python function "
                       "as module:function(question, response, gold) -> float | None",
-                      file=True, resolve_file=rewards.callable_file),
+                      file=True, resolve_file=rewards.callable_file, reads=Setting.Reads("callable")),
     "keys": Setting(str, "", "source json_keys: the keys the JSON object must hold, comma-separated"),
     "model": Setting(str, "", "source model: a sequence-classification checkpoint, a directory or a hub id",
-                     file=True, resolve_file=rewards.model_dir),
+                     file=True, resolve_file=rewards.model_dir, reads=Setting.Reads("model")),
     "revision": Setting(str, "", "source model: the hub revision of reward.model (ignored for a directory)"),
     "chat_template": Setting(bool, False, "source model: score the exchange in the tokenizer's chat template"),
     "batch_size": Setting(int, 32, "source model: texts per forward pass; lower it if memory runs out",

@@ -14,22 +14,31 @@ iteration's judge, pairs and filter stages score and filter them again, as in th
 from __future__ import annotations
 
 from selfimprove.backends import open_backend
+from selfimprove.core import jsonl
 from selfimprove.core.errors import UserError
 from selfimprove.stages.selfrip import dedupe, fewshot_prompt, parse_new_prompt, pick_examples
 from selfimprove.stages.shards import scratch_dir
 from selfimprove.core.stage import Context, Setting, Stage, declaration
-from selfimprove.stages._io import (iteration_stage_args, read_jsonl, read_section, revision_for, stage_main, write_json,
+from selfimprove.stages._io import (iteration_stage_args, read_section, revision_for, stage_main, write_json,
                                     write_jsonl)
 
 
-def example_prompts(path: str) -> list[str]:
+def example_prompts(path: str, limit: int | None = None) -> list[str]:
     """The distinct prompts of a JSONL file, in order: a row's `question` (data records, samples) or its
-    `prompt` (pairs)."""
-    prompts = [row.get("question", row.get("prompt")) for row in read_jsonl(path)]
-    if not prompts or any(not isinstance(p, str) for p in prompts):
-        raise UserError(f"synthesize.examples: {path} needs rows with a question or prompt field (RIP's kept pairs, "
-                        "e.g. runs/rip/it1/pairs_kept.jsonl)")
+    `prompt` (pairs). Each line is checked (selfimprove.core.jsonl); limit: the first rows only."""
+    prompts = []
+    for number, row in jsonl.records(path, "synthesize.examples", '{"question": "12+7="}', limit):
+        field = "question" if "question" in row else "prompt"
+        if field not in row:
+            raise UserError(f"{path}:{number}: no question or prompt field; each line needs one (RIP's kept pairs, "
+                            "e.g. runs/rip/it1/pairs_kept.jsonl, have prompt)")
+        prompts.append(jsonl.text_field(row, field, path, number, (field,)))
     return list(dict.fromkeys(prompts))
+
+
+def check_examples(value: str, reads, where: str) -> None:
+    """validate: the examples file read as the stage reads it, on its first rows."""
+    example_prompts(value, limit=2000)
 
 
 def synthesize(settings: dict, examples: list[str], backend) -> tuple[list[str], dict]:
@@ -69,7 +78,7 @@ def _positive(help: str, default) -> Setting:
 
 SETTINGS = {
     "examples": Setting(str, "", "JSONL of prompts to imitate, e.g. RIP's kept pairs runs/rip/it1/pairs_kept.jsonl",
-                        file=True),
+                        file=True, reads=Setting.Reads("examples")),
     "candidates": _positive("candidate prompts written (one sample each)", 512),
     "fewshot": _positive("example prompts shown per candidate; the paper: 8", 8),
     "temperature": Setting(float, 0.8, "sampling temperature; the paper: 0.8", check=lambda v: v >= 0, fix="must be >= 0"),

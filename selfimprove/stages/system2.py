@@ -122,11 +122,13 @@ SETTINGS = {
     "step1_template": Setting(str, "cot", "the first step: cot, rar-rephrase, s2a-rewrite or a text file "
                               "({question})", file=True, resolve_file=_step_file,
                               check=lambda v: bool(v) and _is_template(v),
-                              fix="is not a template: use cot, rar-rephrase, s2a-rewrite or a path to a text file"),
+                              fix="is not a template: use cot, rar-rephrase, s2a-rewrite or a path to a text file",
+                              reads=Setting.Reads("template", ("question",))),
     "step2_template": Setting(str, "", "the second step, answering from the first's output: rar-respond, s2a-answer "
                               "or a text file ({step1}, optionally {question}); '' = one step", file=True,
                               resolve_file=_step_file, check=lambda v: not v or _is_template(v),
-                              fix="is not a template: use '', rar-respond, s2a-answer or a path to a text file"),
+                              fix="is not a template: use '', rar-respond, s2a-answer or a path to a text file",
+                              reads=Setting.Reads("template", ("step1",), allowed=("question", "step1"))),
     "prompt_template": Setting(str, "{question}", "wraps every step's prompt (a chat format)",
                                check=lambda v: "{question}" in v, fix="must contain {question}"),
     "n": Setting.count(8, "System 2 samples per input (their answers vote)"),

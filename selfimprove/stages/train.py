@@ -211,7 +211,8 @@ SETTINGS = {
     "accelerate_config": Setting(str, "", "an accelerate config file (DeepSpeed, FSDP), passed through unchanged",
                                  file=True, check=lambda v: not v or Path(v).is_file(),
                                  fix="is not a file: give the path, from the project root, of an accelerate config "
-                                     "file (`accelerate config --config_file F` writes one), or '' for none"),
+                                     "file (`accelerate config --config_file F` writes one), or '' for none",
+                                 reads=Setting.Reads("yaml")),
     # LoRA through peft (pip install 'selfimprove[lora]'); the iteration's output is then an adapter
     "lora_r": Setting(int, 0, "LoRA rank; 0 = full fine-tuning. Higher: more capacity and memory",
                       check=lambda v: v == 0 or (v > 0 and _peft_installed()),
@@ -253,7 +254,10 @@ def node(ctx: Context) -> dict:
     node = ctx.node(STAGE, cmd=cmd.replace("python", launcher(ctx.settings["train"]), 1),
                     deps=[ctx.inputs["pairs"]] + ([start] if start_is_dep else []),
                     params=[ctx.section("train")] + ctx.revision_keys(start), outs=[model])
-    node["plots"] = [{curves: {"cache": False}}]  # DVCLive's training curves (dvc plots show)
+    # DVCLive's training curves: an uncached output, drawn by the top-level plot below (plots/metrics
+    # only). Declared as a plot of the node, DVC would read every file in it as a series, its params.yaml
+    # and metrics.json too, and warn ("'nonetype' object has no attribute 'keys'") on each.
+    node["outs"].append({curves: {"cache": False}})
     return node
 
 
