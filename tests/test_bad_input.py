@@ -376,3 +376,17 @@ def test_a_run_name_another_loop_made_is_refused_unless_replaced(tmp_path, monke
     replacing.replace = True
     compiler.write(tmp_path, replacing)
     assert "loop_file: b.yaml" in (tmp_path / "params.yaml").read_text()
+
+
+def test_a_stage_check_names_the_schedule_entry_or_the_set_that_made_the_combination(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loop.yaml").write_text(VALID.replace("iterations: 2\n", "iterations: 2\n"
+                                                      "pipeline: [generate, reward, pairs, train, evaluate]\n")
+                                        + "  pairs: {rule: best_vs_worst}\nschedule:\n  2:\n    reward: {source: json_keys}\n")
+    with pytest.raises(UserError) as error:
+        load_loop(tmp_path / "loop.yaml", ["schedule.1.reward.source=model"])
+    lines = str(error.value).splitlines()
+    assert any(line.startswith("loop.yaml:11: schedule.2.reward.keys: reward.source json_keys needs the keys")
+               for line in [line.split("/")[-1] for line in lines]), lines
+    assert any(line.startswith("--set schedule.1.reward.source: schedule.1.reward.model: reward.source model needs")
+               for line in lines), lines

@@ -22,15 +22,28 @@ class Problems:
         self.source, self.lines, self.items, self.overrides = source, lines, [], overrides or {}
 
     def add(self, path: tuple, message: str) -> None:
-        given = next((self.overrides[path[:cut]] for cut in range(len(path), 0, -1) if path[:cut] in self.overrides), None)
-        if given is None and path not in self.lines:  # a key the file lacks that only a --set made (schedule.9)
-            given = next((text for key, text in self.overrides.items() if path and key[:len(path)] == path), None)
+        given = self._given(path)
         key = ".".join(map(str, path)) or "(top level)"
         if given:
             self.items.append(f"--set {given}: {'' if key == given else key + ': '}{message}")
             return
         line = self._line_of(path)
         self.items.append(f"{f'{self.source}:{line}' if line else self.source}: {key}: {message}")
+
+    def _given(self, path: tuple) -> str | None:
+        """The --set a problem at path comes from: one that set the key or a key above it, else, going up
+        from the key to the first level the file has, one that made that level (schedule.9 made by
+        --set schedule.9.pairs.min_votes=0.6; a missing reward.model beside a --set reward.source)."""
+        for cut in range(len(path), 0, -1):
+            if path[:cut] in self.overrides:
+                return self.overrides[path[:cut]]
+        for cut in range(len(path), 0, -1):
+            if path[:cut] in self.lines:
+                return None  # the file has it: its line says where
+            made = next((text for key, text in self.overrides.items() if key[:cut] == path[:cut]), None)
+            if made:
+                return made
+        return None
 
     def _line_of(self, path: tuple) -> int | None:
         for cut in range(len(path), -1, -1):  # the nearest ancestor that has a line

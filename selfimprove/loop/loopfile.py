@@ -179,8 +179,8 @@ def _validate(raw: dict, path: Path, problems: Problems, made_files: bool = Fals
         for stage in pipelines.get(k, []):
             declared = resolve("stage", stage)
             if declared.check:
-                declared.check(settings, problems, {"backend": backend, "chat_template": chat_template,
-                                                    "pipeline": pipelines[k]})
+                declared.check(settings, references.AtOrigin(problems, raw, k),
+                               {"backend": backend, "chat_template": chat_template, "pipeline": pipelines[k]})
     return Loop(path=path, name=name, model=model, model_revision=raw.get("model_revision"), data=data,
                 iterations=iterations, bootstrap=bootstrap, start_from=start_from, per_iteration=per_iteration, best=best, stop=stop,
                 pipelines=pipelines, backend=backend, chat_template=chat_template, backend_settings=backend_settings,

@@ -52,11 +52,29 @@ def _check(path: tuple, where: str, value: str, reader, reads, problems, notes: 
 
 
 def origin(raw: dict, k: int, stage: str, key: str) -> tuple:
-    """The key path that gave iteration k's value of stage.key: its schedule entry, else the stages section."""
-    entry = (raw.get("schedule") or {}).get(k)
-    if isinstance(entry, dict) and isinstance(entry.get(stage), dict) and key in entry[stage]:
+    """The key path that gave iteration k's value of stage.key: its schedule entry, else the stages section;
+    for a key neither gives (a default), the schedule entry of the stage where iteration k has one (its
+    settings made the combination a check refuses), else the stages section."""
+    schedule = raw.get("schedule") if isinstance(raw.get("schedule"), dict) else {}
+    entry = schedule.get(k) if isinstance(schedule.get(k), dict) else {}
+    base = raw.get("stages") if isinstance(raw.get("stages"), dict) else {}
+    if isinstance(entry.get(stage), dict) and (key in entry[stage] or key not in (base.get(stage) or {})):
         return ("schedule", k, stage, key)
     return ("stages", stage, key)
+
+
+class AtOrigin:
+    """An iteration's view of the problems: a stage's own check names a key as stages.STAGE.KEY, and where
+    the iteration's value came from its schedule entry the problem is added there (that line, or that
+    --set), not at the stages: section the value did not come from."""
+
+    def __init__(self, problems, raw: dict, k: int):
+        self.problems, self.raw, self.k = problems, raw, k
+
+    def add(self, path: tuple, message: str) -> None:
+        if len(path) == 3 and path[0] == "stages":
+            path = origin(self.raw, self.k, path[1], path[2])
+        self.problems.add(path, message)
 
 
 def outside_project(value: str) -> str | None:
