@@ -9,58 +9,30 @@ redoes only unfinished work.
 
 SIGTERM (a scheduler reclaiming the machine: Slurm, Kubernetes) and SIGHUP (a closed terminal) reach
 selfimprove alone, and stop the run as Ctrl-C does: while `run` runs they raise `Stopped` in the main
-thread, handled where KeyboardInterrupt is. The exit code is then 128 + the signal number, as a shell
+thread, handled where KeyboardInterrupt is (selfimprove.pipeline.interrupts stops the processes). The exit
+code is then 128 + the signal number, as a shell
 reports a process the signal killed.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from selfimprove.core.errors import UserError
+from selfimprove.pipeline.interrupts import (CTRL_C_GRACE, Start, Stopped, descendants, ignore_signals, interrupt_in,
+                                             running, signals_stop_the_run, stop_descendants)
 from selfimprove.pipeline.workspace import (check_no_live_dvc_lock, clear_dead_dvc_locks, dvc_env, ensure_dvc,
                                             workspace_lock)
 
 RUNNING_RE = re.compile(r"Running stage '([^']+)'")
 SKIP_RE = re.compile(r"Stage '([^']+)' didn't change, skipping")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-# How long each step of stopping the descendants waits for them all to be gone before the next, harder
-# signal: SIGINT lets a stage end as on Ctrl-C (its shards and checkpoints are on disk already). 20 s in
-# all: inside the 30 s grace period of Slurm (KillWait) and Kubernetes (terminationGracePeriodSeconds).
-STOP_STEPS = ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0))
-CTRL_C_GRACE = 3.0  # a terminal's Ctrl-C reached the whole group: the stage may end on its own
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised in the main thread: the run stops as on Ctrl-C, exit 128 + signum."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-class _Start:
-    """What `run` found as it began: the processes already under this one (an in-process caller's, a
-    test's: not the run's to stop), and whether SIGINT was ignored (`selfimprove run ... &` in a script:
-    dvc and the stages inherit that, so only SIGTERM stops them)."""
-
-    spared: set = set()
-    sigint_ignored = False
-
-    @classmethod
-    def note(cls) -> None:
-        cls.spared = set()  # first: _descendants leaves the spared ones out
-        cls.spared = _descendants()  # none under the CLI
-        cls.sigint_ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 class Repro:
@@ -126,8 +98,8 @@ def run(loop_path: str, overrides: list[str], start_from: str | None, project: P
     """Run a loop to its last iteration; the exit code. Ctrl-C, SIGTERM or SIGHUP at any moment stop it with
     nothing left running and one line saying how to resume."""
     description = command_line(loop_path, overrides, start_from)  # what the hints tell the user to run again
-    _Start.note()
-    with _signals_stop_the_run():
+    Start.note()
+    with signals_stop_the_run():
         try:
             return _run(loop_path, overrides, start_from, project, console, description, replace)
         except KeyboardInterrupt as interrupt:  # before dvc started or between batches; _reproduce stops dvc
@@ -237,7 +209,7 @@ def _reproduce(project: Path, targets: list[str], stages: list[str], run_path: P
     except BaseException as error:
         # Whatever ends the display, dvc and its stage must not outlive it. The interrupt can also come as the
         # context of errors the display raised while closing: EIO, writing to the terminal SIGHUP closed.
-        interrupt = _interrupt_in(error)
+        interrupt = interrupt_in(error)
         if interrupt is None:
             stop_descendants()
             raise
@@ -306,23 +278,12 @@ def _dvc_error(message: str) -> tuple[str, bool]:
     return f"the stage was killed by {name}{hint}", True
 
 
-def _interrupt_in(error: BaseException) -> KeyboardInterrupt | None:
-    """The interrupt (Ctrl-C, Stopped) that error is, or that it was raised while handling, if any."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return error
-        seen.add(id(error))
-        error = error.__context__
-    return None
-
-
 def _stop_run(interrupt: KeyboardInterrupt, repro: Repro | None, console, description: str) -> int:
     """Stop everything the run started after Ctrl-C, SIGTERM or SIGHUP and say how to resume; the exit code
     (128 + the signal, as a shell reports a process the signal killed)."""
     signum = interrupt.signum if isinstance(interrupt, Stopped) else signal.SIGINT
-    _ignore_signals()  # a second Ctrl-C must not cut the stopping short; `run` restores the handlers
-    if any(_running(process) for process in _descendants()):
+    ignore_signals()  # a second Ctrl-C must not cut the stopping short; `run` restores the handlers
+    if any(running(process) for process in descendants()):
         cause = "interrupted" if signum == signal.SIGINT else signal.Signals(signum).name
         _say(console, f"[yellow]{cause}: stopping the running stage...[/yellow]")
         # Ctrl-C in a terminal reached the whole group: the stage may end on its own. A signal sent to
@@ -334,93 +295,6 @@ def _stop_run(interrupt: KeyboardInterrupt, repro: Repro | None, console, descri
     _say(console, f"stopped; finished stages are kept. Run `{description}` again to resume.", markup=False,
          soft_wrap=True)
     return 128 + signum
-
-
-def stop_descendants(grace: float = 0.0) -> None:
-    """Stop every process the run started (dvc, its stage, theirs) and return once all are gone: after
-    `grace` seconds for them to end on their own, each signal of STOP_STEPS in turn to those left, the
-    ones they start meanwhile included. A process is followed by its pid, so a stage whose dvc died first
-    (and that was reparented away) is still stopped. At most grace + 20 s."""
-    left = _signal_until_gone(set(), None, grace)
-    for sig, wait in STOP_STEPS[1:] if _Start.sigint_ignored else STOP_STEPS:
-        if not left:
-            return
-        left = _signal_until_gone(left, sig, wait)
-
-
-def _signal_until_gone(known: set, sig: int | None, timeout: float) -> set:
-    """Send sig (None: none) once to each process of `known` and each descendant of this process or of
-    them, as they appear, until all are gone or timeout; the ones still running."""
-    signalled: set = set()
-    deadline = time.monotonic() + timeout
-    while True:
-        known = {process for process in _descendants(known) if _running(process)}
-        for process in known - signalled if sig is not None else ():
-            try:
-                process.send_signal(sig)
-            except Exception:  # noqa: BLE001 - gone meanwhile, or its pid reused: not ours to signal
-                pass
-            signalled.add(process)
-        if not known or time.monotonic() >= deadline:
-            return known
-        time.sleep(0.1)
-
-
-def _descendants(known: set = frozenset()) -> set:
-    """`known` and the processes below it and below this process, but for _Start.spared ones and theirs.
-    One scan of the process table, where psutil's children() scans it once per parent."""
-    import psutil
-
-    below: dict[int, list] = {}
-    for process in psutil.process_iter(["ppid"]):
-        below.setdefault(process.info["ppid"], []).append(process)
-    found, parents = set(known), [os.getpid(), *(process.pid for process in known)]
-    while parents:
-        for child in below.get(parents.pop(), []):
-            if child not in found and child not in _Start.spared:
-                found.add(child)
-                parents.append(child.pid)
-    return found
-
-
-def _running(process) -> bool:
-    """Whether a process still runs: a zombie has ended (its parent has yet to reap it)."""
-    import psutil
-
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-@contextmanager
-def _signals_stop_the_run():
-    """While `run` runs, SIGTERM and SIGHUP raise Stopped in the main thread; the previous handlers (and
-    SIGINT's) are back after. A signal ignored already stays ignored: `nohup` ignores SIGHUP on purpose."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *STOP_SIGNALS)}
-    for sig in STOP_SIGNALS:
-        if previous[sig] != signal.SIG_IGN:
-            signal.signal(sig, _raise_stopped)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            if handler is not None:  # None: a handler not set from Python, which cannot be put back
-                signal.signal(sig, handler)
-
-
-def _raise_stopped(signum: int, frame) -> None:
-    _ignore_signals()  # one stop at a time: a scheduler may repeat SIGTERM while the first one is handled
-    raise Stopped(signum)
-
-
-def _ignore_signals() -> None:
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, *STOP_SIGNALS):
-            signal.signal(sig, signal.SIG_IGN)
 
 
 def _say(console, text: str, **style) -> None:
