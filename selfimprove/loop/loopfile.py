@@ -15,7 +15,6 @@ settings call for them, in registry order.
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,7 +150,7 @@ def _validate(raw: dict, path: Path, problems: Problems, made_files: bool = Fals
     if start_from is not None and not (isinstance(start_from, str) and FROM_RE.match(start_from)):
         problems.add(("from",), f"expected RUN@K or RUN@best (e.g. scpo@2), got {start_from!r}")
     best = _best(raw.get("best"), problems)
-    from selfimprove.loop.stop import check_rules
+    from selfimprove.loop.stop import check_metric_names, check_rules
 
     stop = check_rules(raw.get("stop"), problems)
     data = {**defaults(data_section.SETTINGS),
@@ -167,7 +166,7 @@ def _validate(raw: dict, path: Path, problems: Problems, made_files: bool = Fals
     per_iteration, pipelines = _iterations(raw, iterations, problems, notes,
                                            shortened=("iterations",) in problems.overrides)
     backend, chat_template, backend_settings = check_backend(raw, problems)
-    _check_metric_names(best, stop, pipelines, problems)
+    check_metric_names(best, stop, pipelines, problems)
     if not problems.items:  # files outside the loop file, once the loop itself is sound
         from selfimprove.loop import prechecks
 
@@ -224,29 +223,6 @@ def _best(value: Any, problems: Problems) -> dict[str, str] | None:
     if better not in BETTER:
         problems.add(("best", "better"), f"expected higher or lower, got {better!r}")
     return {"metric": value["metric"], "better": better}
-
-
-def _check_metric_names(best: dict | None, stop: list[dict], pipelines: dict, problems: Problems) -> None:
-    """`best:` and each stop rule name a metric some stage of the loop declares (a misspelt one would
-    never be found: RUN@best would fall back, the rule would never fire)."""
-    from selfimprove.core.registry import metric as declared_as
-
-    used = {name for pipeline in pipelines.values() for name in pipeline}
-    loop_metrics = [m for stage in stages() if stage.name in used or stage.scope == "run" for m in stage.metrics]
-    named = [(("best",), best["metric"])] if best else []
-    named += [(("stop", i, "metric"), rule["metric"]) for i, rule in enumerate(stop) if "metric" in rule]
-    for path, name in named:
-        if declared_as(name, loop_metrics):
-            continue
-        elsewhere = [stage.name for stage in stages() if declared_as(name, list(stage.metrics))]
-        if elsewhere:
-            problems.add(path, f"{name!r} is written by {', '.join(elsewhere)}, which no iteration of this loop "
-                         "runs; name a metric of this loop or add that stage to pipeline:")
-            continue
-        plain = [m.name for m in loop_metrics if not m.pattern]
-        close = difflib.get_close_matches(name, plain, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"this loop's metrics: {', '.join(plain)}"
-        problems.add(path, f"no stage of this loop writes a metric {name!r}; {hint}")
 
 
 def _bootstrap(model: str, values: Any, problems: Problems) -> dict:

@@ -76,6 +76,31 @@ def check_rules(value: Any, problems, path: tuple = ("stop",)) -> list[dict]:
     return rules
 
 
+def check_metric_names(best: dict | None, stop: list[dict], pipelines: dict, problems) -> None:
+    """`best:` and each stop rule name a metric some stage of the loop declares (a misspelt one would
+    never be found: RUN@best would fall back, the rule would never fire)."""
+    import difflib
+
+    from selfimprove.core.registry import metric as declared_as, stages
+
+    used = {name for pipeline in pipelines.values() for name in pipeline}
+    loop_metrics = [m for stage in stages() if stage.name in used or stage.scope == "run" for m in stage.metrics]
+    named = [(("best",), best["metric"])] if best else []
+    named += [(("stop", i, "metric"), rule["metric"]) for i, rule in enumerate(stop) if "metric" in rule]
+    for path, name in named:
+        if declared_as(name, loop_metrics):
+            continue
+        elsewhere = [stage.name for stage in stages() if declared_as(name, list(stage.metrics))]
+        if elsewhere:
+            problems.add(path, f"{name!r} is written by {', '.join(elsewhere)}, which no iteration of this loop "
+                         "runs; name a metric of this loop or add that stage to pipeline:")
+            continue
+        plain = [m.name for m in loop_metrics if not m.pattern]
+        close = difflib.get_close_matches(name, plain, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"this loop's metrics: {', '.join(plain)}"
+        problems.add(path, f"no stage of this loop writes a metric {name!r}; {hint}")
+
+
 def describe(rule: dict) -> str:
     kind = next(key for key in rule if key in KINDS)
     return ", ".join(f"{key}: {rule[key]}" for key in ("metric", kind) if key in rule)
