@@ -34,6 +34,8 @@ TOP_LEVEL_HELP = {
     "schedule": "per-iteration overrides merged over `stages` (and a per-iteration `pipeline`), e.g. `2: {pairs: {min_votes: 0.7}}`",
     "from": "`RUN@K` or `RUN@best`: start from another run's model of iteration K",
     "backend": "where sampling stages generate: `hf` (default), `vllm`, `openai`, `ray`",
+    "engine": "`stage` (default): each sampling stage starts its own engine; `warm`: one vLLM server for the whole run (`backend: vllm`; the `warm_engine:` settings below)",
+    "warm_engine": "the warm engine's settings (below)",
     "chat_template": "wrap each prompt in the model's chat template (hf, vllm) or send it as a chat message (openai)",
     "pipeline": "the stages of every iteration, in order, e.g. `[generate, vote, pairs, train, evaluate]`",
     "best": "what `RUN@best` picks by: a metric name, or `{metric: M, better: higher|lower}`",
@@ -182,6 +184,11 @@ def loop_file_page() -> str:
             out.append(f"### {name}\n")
             out.extend(_settings_table(settings))
             out.append("")
+    out.append("## warm_engine\n")
+    out.append("With `engine: warm` (and `backend: vllm`), one vLLM server serves every sampling stage of the run "
+               "(`selfimprove.pipeline.engine_broker`); none of these settings changes what a stage computes, so "
+               "none is a param. See [The warm engine](../scale/warm-engine.md).\n")
+    out.extend(_settings_table(importlib.import_module("selfimprove.backends.warm").SETTINGS))
     return "\n".join(out).rstrip() + "\n"
 
 

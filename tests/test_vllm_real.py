@@ -234,6 +234,79 @@ def test_a_loop_whose_policy_changes_every_iteration_generates_on_servers_it_sta
     assert not [c for c in left if "api_server" in c and ("runs/v/" in c or "runs/builtin/" in c)]  # all stopped
 
 
+WARM_LOOP = LOOP.replace("iterations: 1", "iterations: 2").replace(
+    "vllm: {gpu_memory_utilization: 0.1, max_model_len: 128}",
+    "engine: warm\nvllm: {gpu_memory_utilization: 0.1, max_model_len: 128, dtype: float32}").replace(
+    "train: {batch_size: 2, lr: 1.0e-4, max_length: 48}",
+    "train: {batch_size: 2, lr: 2.0e-3, max_length: 48, lora_r: 8, lora_alpha: 16}")
+
+
+def _engine_events(project: Path) -> list[dict]:
+    path = project / "runs/v/engine/events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_lora_loop_on_the_warm_engine_follows_the_policy_with_one_engine(tmp_path, monkeypatch):
+    """Two LoRA iterations on one vLLM server: iteration 1's adapter, then the chain of two as one stacked
+    adapter of rank 16; the greedy answers of iteration 1's evaluation are what the hf backend decodes
+    from iteration 1's adapter, and they moved away from the base model's."""
+    from selfimprove.pipeline.engine_server import marked
+
+    (tmp_path / "loop.yaml").write_text(WARM_LOOP)
+    result = subprocess.run([sys.executable, "-m", "selfimprove.cli", "run", "loop.yaml"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=1800, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    events = _engine_events(tmp_path)
+    assert [e["event"] for e in events].count("start") == 1
+    assert [e["rank"] for e in events if e["event"] == "load_adapter"] == [8, 16]
+    rows = [json.loads(line) for line in (tmp_path / "runs/v/it1/outputs.jsonl").read_text().splitlines()]
+    base = [json.loads(line)["output"] for line in (tmp_path / "runs/v/it0/outputs.jsonl").read_text().splitlines()]
+    monkeypatch.chdir(tmp_path)  # the adapter names its base relative to the project, as stages read it
+    decoded = HFBackend(str(tmp_path / "runs/v/it1/model")).sample([r["question"] for r in rows], 1, 0.0, 1.0, 24, 1,
+                                                                   seed=0)
+    assert [r["output"] for r in rows] == [texts[0] for texts in decoded]
+    assert [r["output"] for r in rows] != base  # the policy moved: the adapter is what was served
+    assert not marked(f"{tmp_path}/")
+
+
+def test_ctrl_c_and_a_sigkill_of_the_run_leave_no_engine_process(tmp_path):
+    """Ctrl-C (SIGINT to the run's group) and a SIGKILL of selfimprove alone, each once the engine is up:
+    no vLLM process of the run is left (the server stops its engine core when the kernel's SIGTERM
+    reaches it after the runner's death)."""
+    import signal
+    import time
+
+    from selfimprove.pipeline.engine_server import marked
+
+    (tmp_path / "loop.yaml").write_text(WARM_LOOP)
+    for how in ("ctrl_c", "sigkill"):
+        (tmp_path / "runs/v/engine/events.jsonl").unlink(missing_ok=True)
+        run = subprocess.Popen([sys.executable, "-m", "selfimprove.cli", "run", "loop.yaml"], cwd=tmp_path,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 900
+            while not any(e["event"] == "start" for e in _engine_events(tmp_path)):
+                assert run.poll() is None and time.monotonic() < deadline
+                time.sleep(1)
+            assert marked(f"{tmp_path}/")
+            if how == "ctrl_c":
+                os.killpg(run.pid, signal.SIGINT)
+                assert run.wait(300) == 130
+            else:
+                os.kill(run.pid, signal.SIGKILL)
+                run.wait(30)
+            deadline = time.monotonic() + 120
+            while marked(f"{tmp_path}/"):
+                assert time.monotonic() < deadline, [p.cmdline() for p in marked(f"{tmp_path}/")]
+                time.sleep(1)
+        finally:
+            try:
+                os.killpg(run.pid, signal.SIGKILL)  # dvc and its stage, when selfimprove alone was killed
+            except ProcessLookupError:
+                pass
+
+
 def test_ray_data_llm_on_a_local_cluster_returns_the_offline_engines_texts(engine, chat_model):
     pytest.importorskip("ray.data.llm", reason="ray[data] is not installed in this environment")
     ray_backend = open_backend({"backend": "ray", "ray": {"batch_size": 8, "engine_kwargs": ENGINE}}, chat_model)

@@ -28,7 +28,8 @@ def open_backend(run: dict, model_ref: str, revision: str | None = None, scratch
     cache and vLLM a LoRA adapter's merged model. Models load on first use, so a stage whose shards are
     all reused from an interrupted run never loads one."""
     from selfimprove.core.errors import UserError
-    from selfimprove.core.registry import DEFAULT_BACKEND, UnknownName, resolve
+    from selfimprove.core.registry import DEFAULT_BACKEND, RUN_ENGINES, UnknownName, resolve
+    from selfimprove.core.warm_link import address
 
     name = run.get("backend", DEFAULT_BACKEND)
     try:
@@ -42,6 +43,8 @@ def open_backend(run: dict, model_ref: str, revision: str | None = None, scratch
         if head_base(model_ref):
             raise UserError(f"backend: {name} cannot decode with the temperature head of {model_ref} (it picks a "
                             "temperature per response or token from the model's hidden states); use backend: hf")
+    if name in RUN_ENGINES and address():  # the run keeps an engine for it (engine: warm)
+        backend = resolve("run engine", name)
     return backend.open(model_ref, revision, section, bool(run.get("chat_template", False)), scratch)
 
 

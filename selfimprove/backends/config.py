@@ -44,6 +44,25 @@ def check_backend(raw: dict, problems: Problems) -> tuple[str, bool, dict]:
     return backend, chat_template, sections.get(backend, {})
 
 
+def check_engine(raw: dict, backend: str, problems: Problems) -> tuple[str, dict]:
+    """(engine, the warm_engine: section resolved): an engine per stage (the default), or the run's warm
+    engine (selfimprove.backends.warm), which serves the vllm backend."""
+    from selfimprove.backends import warm
+
+    engine = raw.get("engine", "stage")
+    if engine not in warm.ENGINES:
+        problems.add(("engine",), f"{engine!r} is not an engine; {suggestion(str(engine), warm.ENGINES)} "
+                     "(stage: each sampling stage starts its own; warm: one vLLM server for the run)")
+        engine = "stage"
+    elif engine == "warm" and backend != "vllm":
+        problems.add(("engine",), f"warm is a vLLM server the run keeps, and the backend is {backend}; set "
+                     "backend: vllm, or remove engine: warm")
+    settings = {**defaults(warm.SETTINGS), **check_section(raw.get("warm_engine") or {}, warm.SETTINGS,
+                                                           ("warm_engine",), problems)}
+    check_values(settings, warm.SETTINGS, ("warm_engine",), problems, set())
+    return engine, settings
+
+
 def check_key_env(name: str, path: tuple, problems: Problems) -> None:
     """api_key_env names the environment variable; a pasted key is refused before it reaches params.yaml."""
     if name and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):

@@ -27,6 +27,10 @@ from selfimprove.core.files import write_text
 RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
 
 
+class Unreachable(UserError):
+    """No attempt reached a server: refused or dropped connections, timeouts (the server may be down)."""
+
+
 class Endpoint:
     """One server or several serving the same model (base_url a list); section names the loop section
     the settings came from, for the error messages (judge or openai)."""
@@ -78,7 +82,7 @@ class Endpoint:
         headers = {"Content-Type": "application/json"}
         if self.api_key_env:
             headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
-        last_error, url = "", self.bases[0] + path
+        last_error, url, unreachable = "", self.bases[0] + path, False
         for attempt in range(self.max_retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
@@ -92,18 +96,21 @@ class Endpoint:
                     raise ValueError
                 return payload
             except urllib.error.HTTPError as error:
-                last_error = f"HTTP {error.code}"
+                last_error, unreachable = f"HTTP {error.code}", False
                 if error.code not in RETRYABLE:
-                    raise UserError(f"{url}: HTTP {error.code} ({_reason(error)}); check {self._settings_hint()} "
-                                    "and the key in the environment variable") from None
+                    key = "" if self.section == "engine" else " and the key in the environment variable"
+                    raise UserError(f"{url}: HTTP {error.code} ({_reason(error)}); check {self._settings_hint()}"
+                                    f"{key}") from None
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
                 last_error = type(getattr(error, "reason", error)).__name__
+                unreachable = True
             except (ValueError, KeyError, TypeError):
-                last_error = "a reply that is not an OpenAI completion"
+                last_error, unreachable = "a reply that is not an OpenAI completion", False
             finally:
                 self._release(server)
-        raise UserError(f"{url}: no answer after {self.max_retries + 1} attempts (last: {last_error}); "
-                        "is the server up? Rerun to resume: finished shards and replies are kept")
+        raise (Unreachable if unreachable else UserError)(
+            f"{url}: no answer after {self.max_retries + 1} attempts (last: {last_error}); "
+            "is the server up? Rerun to resume: finished shards and replies are kept")
 
     def _acquire(self) -> int:
         with self._lock:
@@ -118,6 +125,8 @@ class Endpoint:
             self.in_flight[server] -= 1
 
     def _settings_hint(self) -> str:
+        if self.section == "engine":
+            return "the warm engine's log (runs/RUN/engine/server.log)"
         if self.section == "judge":
             return "judge.endpoint, judge.api_model"
         return f"{self.section}.endpoints, {self.section}.api_model"

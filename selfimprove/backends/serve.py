@@ -1,7 +1,8 @@
 """Servers a sampling stage starts on its own model and stops when it is done (openai.serve).
 
-The training loop's policy changes every iteration, so no long-lived server can serve it: each stage
-that samples runs the user's launch command once per endpoint, with {model} (the stage's model, the
+A server started before the run cannot serve a policy that changes every iteration, unless something
+makes it follow the policy (the run's warm engine does, for backend vllm: selfimprove.pipeline.engine_broker).
+Here each stage that samples runs the user's launch command once per endpoint, with {model} (the stage's model, the
 name its requests ask for) and {port}, waits until the server answers GET <endpoint>/models, sends its
 requests through the cached client and stops the servers (the whole process tree) when it closes, on
 an error too. An endpoint URL holding {port} gets a free port of this machine; a URL with a fixed port

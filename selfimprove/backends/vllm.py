@@ -75,7 +75,10 @@ class VLLMBackend:
 
     def _engine(self):
         if self._llm is None:
+            from selfimprove.core.warm_link import make_room
+
             vllm = import_vllm()
+            make_room()  # a stage's own engine beside the run's warm one: the warm one sleeps (on a GPU)
             options = dict(model=self._weights(), revision=self.revision, seed=0,  # requests carry their own seeds
                            tensor_parallel_size=self.settings["tensor_parallel_size"],
                            gpu_memory_utilization=self.settings["gpu_memory_utilization"])

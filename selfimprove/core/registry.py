@@ -67,6 +67,11 @@ BACKENDS = {
     "ray": "selfimprove.backends.ray:RayBackend",
 }
 DEFAULT_BACKEND = "hf"  # what a loop without `backend:` samples with (and compiles to no backend params)
+# Engines a run keeps for its stages (the loop's `engine:`), by the backend they serve: with `engine: warm`
+# a vllm stage samples on the run's server (selfimprove.pipeline.engine_broker) instead of its own engine.
+RUN_ENGINES = {
+    "vllm": "selfimprove.backends.warm:WarmBackend",
+}
 
 # Builtin models (`model: builtin:<name>`): built in the project by a builder stage, never downloaded.
 BUILTIN_MODELS = {
@@ -119,6 +124,7 @@ VIEWS = {
 }
 
 REGISTRIES = {"stage": STAGES, "pair rule": PAIR_RULES, "reward rule": REWARD_RULES, "backend": BACKENDS,
+              "run engine": RUN_ENGINES,
               "builtin model": BUILTIN_MODELS, "builtin task": BUILTIN_TASKS, "file kind": FILE_KINDS,
               "view": VIEWS}
 

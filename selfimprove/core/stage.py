@@ -146,6 +146,8 @@ class Stage:
         own. Each names a project file (a DVC dependency) or a file of the package (code).
     adapter(settings of the iteration) -> whether the "model" it writes is a LoRA adapter, which needs the
         chain of models under it to load (the compiler makes that chain a dependency of its readers).
+    lora_rank(settings of the iteration) -> the rank of the LoRA adapter its "model" is (0: a whole model);
+        the warm engine sizes its adapter slots from it.
     model_code: modules of the package that using the "model" it writes runs (a temperature head's
         decoding): the compiler adds them to the code of every later stage that loads that model.
     settings_of: other stages whose settings it reads where the loop has them (evaluation: the judge's).
@@ -166,6 +168,7 @@ class Stage:
     plugins: Callable[["Context"], list[tuple[str, str]]] = lambda ctx: []
     files: Callable[["Context"], list[tuple[str, str]]] | None = None
     adapter: Callable[[dict], bool] = lambda settings: False
+    lora_rank: Callable[[dict], int] = lambda settings: 0
     model_code: tuple[str, ...] = ()
     settings_of: tuple[str, ...] = ()
     base_iteration: bool = False

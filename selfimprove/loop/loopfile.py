@@ -22,7 +22,7 @@ from typing import Any
 
 
 from selfimprove.tasks import data as data_section
-from selfimprove.backends.config import backend_params, check_backend
+from selfimprove.backends.config import backend_params, check_backend, check_engine
 from selfimprove.core.errors import UserError
 from selfimprove.core.registry import BACKENDS, DEFAULT_BACKEND, STAGES, UnknownName, resolve, stages
 from selfimprove.core.stage import tracked_values
@@ -34,7 +34,8 @@ from selfimprove.core.validation import (Problems, check_section, check_values, 
                                     shown)
 
 TOP_LEVEL = {"name", "description", "model", "model_revision", "data", "iterations", "seed", "bootstrap", "stages",
-             "schedule", "from", "backend", "chat_template", "pipeline", "best", "stop", *BACKENDS}
+             "schedule", "from", "backend", "chat_template", "pipeline", "best", "stop", "engine", "warm_engine",
+             *BACKENDS}
 REQUIRED = ["name", "model", "data", "iterations"]
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 FROM_RE = re.compile(r"^([a-z][a-z0-9_-]*)@(\d+|best)$")
@@ -62,6 +63,8 @@ class Loop:
     backend: str = DEFAULT_BACKEND
     chat_template: bool = False
     backend_settings: dict[str, Any] = field(default_factory=dict)  # the vllm: or openai: section, resolved
+    engine: str = "stage"  # warm: one vLLM server for the run (selfimprove.pipeline.engine_broker); not a param
+    engine_settings: dict[str, Any] = field(default_factory=dict)  # the warm_engine: section, resolved
     best: dict[str, str] | None = None  # what RUN@best maximises: {metric, better}; None: the loop kind's headline
     stop: list[dict] = field(default_factory=list)  # stop rules (selfimprove.loop.stop), checked after each iteration
     notes: list[str] = field(default_factory=list)  # what validate found not here yet (a hub model to download)
@@ -166,6 +169,7 @@ def _validate(raw: dict, path: Path, problems: Problems, made_files: bool = Fals
     per_iteration, pipelines = _iterations(raw, iterations, problems, notes,
                                            shortened=("iterations",) in problems.overrides)
     backend, chat_template, backend_settings = check_backend(raw, problems)
+    engine, engine_settings = check_engine(raw, backend, problems)
     check_metric_names(best, stop, pipelines, problems)
     if not problems.items:  # files outside the loop file, once the loop itself is sound
         from selfimprove.loop import prechecks
@@ -183,7 +187,7 @@ def _validate(raw: dict, path: Path, problems: Problems, made_files: bool = Fals
     return Loop(path=path, name=name, model=model, model_revision=raw.get("model_revision"), data=data,
                 iterations=iterations, bootstrap=bootstrap, start_from=start_from, per_iteration=per_iteration, best=best, stop=stop,
                 pipelines=pipelines, backend=backend, chat_template=chat_template, backend_settings=backend_settings,
-                notes=notes)
+                engine=engine, engine_settings=engine_settings, notes=notes)
 
 
 def _check_data_files(data: dict, problems: Problems) -> None:

@@ -42,9 +42,12 @@ def load(reference: str, revision: str | None = None, for_training: bool = False
     its process's device (moving it here would put every process's copy on GPU 0 first)."""
     import torch
 
+    from selfimprove.core.warm_link import make_room
+
     under_head = head_base(reference)
     if under_head:
         return load(*under_head, for_training=for_training)
+    make_room()  # a warm engine (engine: warm) sleeps while this model takes the memory
     tokenizer = load_tokenizer(reference, revision)
     tokenizer.padding_side = "left"
     dtype = torch.float32 if not torch.cuda.is_available() else torch.bfloat16

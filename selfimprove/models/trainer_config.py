@@ -111,6 +111,19 @@ def lora_config(settings: dict, revision: str | None):
                       task_type="CAUSAL_LM", revision=revision)
 
 
+def sort_adapter_config(directory: Path) -> None:
+    """peft writes an adapter's target_modules from a set, in an order that changes from process to
+    process (string hashing), so two identical trainings wrote different bytes (measured: the same
+    adapter, two md5s) and DVC could not share their downstream stages. Sorted, they write the same."""
+    path = Path(directory) / "adapter_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def curves_callback(directory: Path, resume: bool):
     """DVCLive, DVC's own logger, for the training curves (loss, the DPO terms TRL logs, reward accuracy,
     the learning rate) in `directory` (the node's plots output). Offline: no DVC experiment is saved, no

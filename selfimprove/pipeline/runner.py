@@ -25,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+from selfimprove.core import warm_link
 from selfimprove.core.errors import UserError
 from selfimprove.pipeline.interrupts import (CTRL_C_GRACE, Start, Stopped, descendants, ignore_signals, interrupt_in,
                                              running, signals_stop_the_run, stop_descendants)
@@ -38,11 +39,14 @@ SKIP_RE = re.compile(r"Stage '([^']+)' didn't change, skipping")
 class Repro:
     """A `dvc repro` subprocess whose output is logged and parsed for the stage being run."""
 
-    def __init__(self, project: Path, targets: list[str], log_path: Path, progress_path: Path):
+    def __init__(self, project: Path, targets: list[str], log_path: Path, progress_path: Path,
+                 engine_env: dict | None = None):
         self.current, self.ran, self.skipped, self.tail = None, [], [], []
         self.current_since = 0.0
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(dvc_env(), SELFIMPROVE_PROGRESS=str(progress_path.resolve()))
+        env.pop(warm_link.ENV, None)  # only this run's own warm engine, never one a variable left behind
+        env.update(engine_env or {})
         self.log = open(log_path, "a")
         self.process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", *targets], cwd=project, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -108,9 +112,8 @@ def run(loop_path: str, overrides: list[str], start_from: str | None, project: P
 
 def _run(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console,
          description: str, replace: bool) -> int:
-    from selfimprove.pipeline import compiler, dvclock, empty
     from selfimprove import results
-    from selfimprove.loop import stop as stop_rules
+    from selfimprove.pipeline import compiler, dvclock, engine_broker
 
     loop = prepared_loop(loop_path, overrides, start_from, project, console, replace)
     with workspace_lock(project, description):  # before `dvc init`: two first runs at once init once
@@ -125,24 +128,10 @@ def _run(loop_path: str, overrides: list[str], start_from: str | None, project: 
             console.print(f"[yellow]{repaired}[/yellow]", highlight=False)
         started = time.time()
         ran: list[str] = []
-        stopped = None
-        # One target, the run's report: DVC reproduces everything upstream of it and checks each stage
-        # once (17 explicit targets cost 12 s on a no-op rerun, this costs 3 s). With stop rules, one
-        # iteration at a time, the rules checked after each.
-        said: set[int] = set()  # iterations whose empty training set was said (selfimprove.pipeline.empty)
-        for targets, k in _batches(loop, stages):
-            code = _reproduce(project, targets, stages, run_path, progress_path, console, description, ran)
-            if code is not None:
-                return code
-            empty.say(project, loop.name, [k] if k else range(1, loop.iterations + 1), said, console)
-            if k is not None and (stopped := stop_rules.fired(loop.stop, results.iteration_metrics(project, loop.name), k)):
-                loop.iterations = k  # later iterations leave dvc.yaml: nothing after the stop runs
-                stages = compiler.write(project, loop)
-                code = _reproduce(project, compiler.run_targets(loop.name), stages, run_path, progress_path, console,
-                                  description, ran)
-                if code is not None:
-                    return code
-                break
+        with engine_broker.for_run(loop, project, console) as engine:  # engine: warm, else {}
+            code, stopped, stages = _run_batches(loop, project, stages, run_path, console, description, ran, engine)
+        if code is not None:
+            return code
         _record_stop(run_path, stopped)
     elapsed = time.time() - started
     console.print(f"{loop.name}: {len(ran)} stage(s) ran, {max(len(stages) - len(ran), 0)} up to date, {elapsed:.1f} s")
@@ -150,6 +139,33 @@ def _run(loop_path: str, overrides: list[str], start_from: str | None, project: 
         console.print(f"[yellow]{loop.name}: {stopped}[/yellow]", highlight=False)
     results.print_metrics(project, loop.name, console)
     return 0
+
+
+def _run_batches(loop, project: Path, stages: list[str], run_path: Path, console, description: str, ran: list[str],
+                 engine: dict) -> tuple[int | None, str | None, list[str]]:
+    """(the exit code when a batch stopped the run, else None; the stop rule that ended it, if one did; the
+    run's stages, fewer when a rule stopped it)."""
+    from selfimprove import results
+    from selfimprove.loop import stop as stop_rules
+    from selfimprove.pipeline import compiler, empty
+
+    progress_path = run_path / ".progress.json"
+    # One target, the run's report: DVC reproduces everything upstream of it and checks each stage
+    # once (17 explicit targets cost 12 s on a no-op rerun, this costs 3 s). With stop rules, one
+    # iteration at a time, the rules checked after each.
+    said: set[int] = set()  # iterations whose empty training set was said (selfimprove.pipeline.empty)
+    for targets, k in _batches(loop, stages):
+        code = _reproduce(project, targets, stages, run_path, progress_path, console, description, ran, engine)
+        if code is not None:
+            return code, None, stages
+        empty.say(project, loop.name, [k] if k else range(1, loop.iterations + 1), said, console)
+        if k is not None and (stopped := stop_rules.fired(loop.stop, results.iteration_metrics(project, loop.name), k)):
+            loop.iterations = k  # later iterations leave dvc.yaml: nothing after the stop runs
+            stages = compiler.write(project, loop)
+            code = _reproduce(project, compiler.run_targets(loop.name), stages, run_path, progress_path, console,
+                              description, ran, engine)
+            return code, stopped, stages
+    return None, None, stages
 
 
 def prepared_loop(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console,
@@ -198,13 +214,13 @@ def _batches(loop, stages: list[str]):
 
 
 def _reproduce(project: Path, targets: list[str], stages: list[str], run_path: Path, progress_path: Path, console,
-               description: str, ran: list[str]) -> int | None:
+               description: str, ran: list[str], engine_env: dict) -> int | None:
     """Run `dvc repro` on targets with the progress display; None when it succeeded, 128 + the signal on
     Ctrl-C (130), SIGTERM or SIGHUP; a failed stage raises its one-line error."""
     repro = None
     try:
         # in the try: a signal can come once dvc has started, before Repro returns
-        repro = Repro(project, targets, run_path / "repro.log", progress_path)
+        repro = Repro(project, targets, run_path / "repro.log", progress_path, engine_env)
         _show_progress(repro, stages if len(targets) == 1 else targets, progress_path, console)
     except BaseException as error:
         # Whatever ends the display, dvc and its stage must not outlive it. The interrupt can also come as the
