@@ -41,7 +41,8 @@ schedule:
   1: {train: {lora_r: 0, lr: 1.0e-4}}
 """
 OUTPUTS = ["it0/outputs.jsonl", "it1/samples.jsonl", "it2/samples.jsonl", "it3/samples.jsonl", "it3/pairs.jsonl",
-           "it3/outputs.jsonl", "it3/metrics.json", "it2/model/adapter_model.safetensors"]
+           "it3/outputs.jsonl", "it3/metrics.json", "it2/model/adapter_model.safetensors",
+           "it2/model/adapter_config.json", "it1/model/model.safetensors"]
 
 
 def _run(project: Path, engine: str, env: dict, *extra: str) -> subprocess.CompletedProcess:
@@ -82,6 +83,12 @@ def test_the_warm_engine_writes_what_an_engine_per_stage_writes_with_the_same_pi
         assert (base / "warm/runs/w" / output).read_bytes() == (base / "per_stage/runs/w" / output).read_bytes(), output
     metrics = json.loads((base / "warm/runs/w/it3/metrics.json").read_text())
     assert metrics["problems"] == 8
+    # identical trainings in two processes write identical model directories (what DVC hashes)
+    for k in (1, 2, 3):
+        files = sorted(p.name for p in (base / f"warm/runs/w/it{k}/model").iterdir())
+        assert "training_args.bin" not in files
+        assert all((base / f"warm/runs/w/it{k}/model" / f).read_bytes()
+                   == (base / f"per_stage/runs/w/it{k}/model" / f).read_bytes() for f in files)
 
 
 @pytest.mark.slow

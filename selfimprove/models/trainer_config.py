@@ -111,11 +111,16 @@ def lora_config(settings: dict, revision: str | None):
                       task_type="CAUSAL_LM", revision=revision)
 
 
-def sort_adapter_config(directory: Path) -> None:
-    """peft writes an adapter's target_modules from a set, in an order that changes from process to
-    process (string hashing), so two identical trainings wrote different bytes (measured: the same
-    adapter, two md5s) and DVC could not share their downstream stages. Sorted, they write the same."""
-    path = Path(directory) / "adapter_config.json"
+def canonical_model_files(directory: Path) -> None:
+    """Make the files of a trained model depend on the training alone, so identical trainings write
+    identical bytes and DVC can share what follows them (measured: the same weights, two md5s):
+    - peft writes an adapter's target_modules from a set, in an order that changes from process to
+      process (string hashing): sorted here;
+    - the Trainer pickles its arguments beside the model (training_args.bin), the checkpoint folder's
+      path among them, which holds the starting model's file times: removed (nothing loads it)."""
+    directory = Path(directory)
+    (directory / "training_args.bin").unlink(missing_ok=True)
+    path = directory / "adapter_config.json"
     if not path.is_file():
         return
     config = json.loads(path.read_text())

@@ -26,7 +26,7 @@ from pathlib import Path
 from selfimprove.core.errors import writing
 from selfimprove.models import model_identity
 from selfimprove.models.trainer_config import (curves_callback, last_complete_checkpoint, lora_config, sft_rows,
-                                                 sort_adapter_config, training_config)
+                                                 canonical_model_files, training_config)
 from selfimprove.core.stage import Context, Setting, Stage, declaration
 from selfimprove.scoring.pairs import with_defaults
 from selfimprove.stages._io import iteration_stage_parser, read_jsonl, read_section, revision_for, stage_main
@@ -80,7 +80,7 @@ def train(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, re
         trainer.save_model(str(out))
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
-        sort_adapter_config(out)
+        canonical_model_files(out)
         shutil.rmtree(scratch.parent, ignore_errors=True)
     return {"pairs": len(pairs), "steps": result.global_step, "loss": result.training_loss,
             "resumed_from_step": int(resume.name.split("-")[1]) if resume else 0,
