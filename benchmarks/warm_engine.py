@@ -42,7 +42,8 @@ def settings(args) -> list[str]:
 def run(project: Path, engine: str, args) -> float:
     project.mkdir(parents=True)
     shutil.copy(ROOT / "loops/scpo.yaml", project / "loop.yaml")
-    command = [sys.executable, "-m", "selfimprove.cli", "run", "loop.yaml", *settings(args), "--set", f"engine={engine}"]
+    command = [sys.executable, "-m", "selfimprove.cli", "run", "loop.yaml", *settings(args),
+               "--set", f"engine={engine}"]
     started = time.monotonic()
     result = subprocess.run(command, cwd=project, capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))

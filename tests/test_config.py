@@ -1,5 +1,7 @@
 """Loop-file validation: every error at once, with file:line, key path and a fix."""
 
+from pathlib import Path
+
 import pytest
 
 from selfimprove.loop.loopfile import load_loop, resolved_params
@@ -73,3 +75,27 @@ def test_resolved_params_have_a_section_per_iteration(tmp_path):
     assert set(params) >= {"it0", "it1", "it2", "it3", "data", "model"}
     assert params["it2"]["pairs"]["min_votes"] == 0.7
     assert set(params["it0"]) == {"evaluate"}
+
+
+def test_the_ray_launcher_is_checked_before_anything_runs(tmp_path):
+    """train.launcher: ray names what it needs (Ray Train installed, no accelerate config) in one line."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    loop = (Path(__file__).resolve().parent.parent / "loops/scpo.yaml").read_text()
+    (tmp_path / "loop.yaml").write_text(loop)
+    (tmp_path / "accelerate.yaml").write_text("compute_environment: LOCAL_MACHINE\n")
+
+    def validate(*sets: str) -> str:
+        words = [w for s in sets for w in ("--set", s)]
+        result = subprocess.run([sys.executable, "-m", "selfimprove.cli", "validate", "loop.yaml", *words],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        return result.stdout + result.stderr
+
+    installed = importlib.util.find_spec("ray") is not None
+    found = validate("train.launcher=ray")
+    assert ("pip install 'selfimprove[ray-train]'" in found) != installed, found
+    found = validate("train.launcher=ray", "train.accelerate_config=accelerate.yaml")
+    assert "launcher: ray starts its own workers" in found and "Traceback" not in found
+    assert "is not one of: auto, ray" in validate("train.launcher=slurm")

@@ -25,6 +25,10 @@ JUDGE_CODE = {"selfimprove.stages.judge", "selfimprove.scoring.judge_scores", "s
 OPENAI_CODE = {"selfimprove.backends.openai", "selfimprove.backends.openai_client"}
 HEAD_CODE = {"selfimprove.models.temperature_head"}
 PAIRWISE_CODE = {"selfimprove.scoring.pairwise", "selfimprove.tasks.arith_evaluator"}
+RAY_TRAIN_CODE = {"selfimprove.models.ray_launch"}
+# The warm engine is the runner's (engine: warm): no stage's outputs depend on it, whatever the loop.
+ENGINE_CODE = {"selfimprove.backends.warm", "selfimprove.core.warm_link", "selfimprove.pipeline.engine_broker",
+               "selfimprove.pipeline.engine_server", "selfimprove.models.lora_stack"}
 
 
 def _stage_code(loop_file: Path) -> dict[str, set[str]]:
@@ -57,7 +61,10 @@ def test_a_loop_fingerprints_the_optional_code_it_runs_and_no_other(loop_file):
     traits = {"judge": (bool(runs & {"judge", "metajudge"}), JUDGE_CODE),
               "head": ("head" in runs, HEAD_CODE),
               "openai": (loop.backend == "openai", OPENAI_CODE),
-              "pairwise": (bool(runs & {"perturb", "pairjudge", "judge_eval", "bsm"}), PAIRWISE_CODE)}
+              "pairwise": (bool(runs & {"perturb", "pairjudge", "judge_eval", "bsm"}), PAIRWISE_CODE),
+              "ray_train": (any(s["train"].get("launcher") == "ray" for s in loop.per_iteration.values()),
+                            RAY_TRAIN_CODE),
+              "engine": (False, ENGINE_CODE)}
     for trait, (runs_it, modules) in traits.items():
         if not runs_it:
             assert not covered & modules, f"{loop_file.name} has no {trait} but fingerprints {sorted(covered & modules)}"
@@ -65,6 +72,18 @@ def test_a_loop_fingerprints_the_optional_code_it_runs_and_no_other(loop_file):
         assert JUDGE_CODE <= covered
     if "adaptive_decoding" in loop_file.name:  # a head's decoding counts where a stage reads a head
         assert HEAD_CODE <= covered
+
+
+def test_the_ray_launcher_counts_in_the_train_stage_only_where_the_loop_uses_it(monkeypatch):
+    from selfimprove.stages import train
+
+    monkeypatch.setattr(train, "_module_installed", lambda name: True)  # compiled where Ray Train may be absent
+    loop_file = ROOT / "loops/scpo.yaml"
+    plain = _stage_code(loop_file)
+    document, _ = compiler.compile_loop(load_loop(loop_file, ["train.launcher=ray"]), ROOT)
+    on_ray = {name for name, node in document["stages"].items() if "code.models-ray_launch" in node.get("params", [])}
+    assert on_ray == {f"scpo-it{k}-train" for k in (1, 2, 3)}
+    assert not any(RAY_TRAIN_CODE & modules for modules in plain.values())
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +105,9 @@ def _edited_package(tmp_path: Path, module: str) -> Path:
 @pytest.mark.parametrize("module", ["selfimprove.stages.judge", "selfimprove.backends.openai_client",
                                     "selfimprove.models.temperature_head", "selfimprove.tasks.arith_evaluator",
                                     "selfimprove.scoring.judging", "selfimprove.scoring.judge_metrics",
-                                    "selfimprove.scoring.pairwise", "selfimprove.stages.system2"])
+                                    "selfimprove.scoring.pairwise", "selfimprove.stages.system2",
+                                    "selfimprove.models.ray_launch", "selfimprove.backends.warm",
+                                    "selfimprove.core.warm_link"])
 def test_editing_code_the_default_loop_does_not_run_reruns_nothing_of_it(scpo_project, tmp_path, module):
     _compile(scpo_project, _edited_package(tmp_path, module))
     try:

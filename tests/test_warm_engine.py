@@ -190,7 +190,8 @@ def test_a_variable_left_from_an_ended_run_means_the_stages_own_engine(fake_vllm
     from selfimprove.backends.serve import free_port
 
     monkeypatch.setenv("SELFIMPROVE_ENGINE", f"http://127.0.0.1:{free_port()}/0123")
-    texts = open_backend({"backend": "vllm"}, tiny_model, scratch=tmp_path).sample(["1+1=", "2+3="], 2, 1.0, 1.0, 6, 8, 3)
+    backend = open_backend({"backend": "vllm"}, tiny_model, scratch=tmp_path)
+    texts = backend.sample(["1+1=", "2+3="], 2, 1.0, 1.0, 6, 8, 3)
     assert len(fake_vllm.ENGINES) == 1  # the stage's own engine, started when no broker answered
     monkeypatch.delenv("SELFIMPROVE_ENGINE")
     assert texts == open_backend({"backend": "vllm"}, tiny_model).sample(["1+1=", "2+3="], 2, 1.0, 1.0, 6, 8, 3)

@@ -14,6 +14,8 @@ judge.mode expected needs backend hf or vllm.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from selfimprove.backends.seeds import sample_seed
 from selfimprove.core.errors import UserError
 from selfimprove.core.stage import Setting
@@ -81,8 +83,11 @@ class RayBackend:
 
     def _run(self, rows: list[dict], sampling: dict) -> list[str]:
         ray, llm = self._connect()
+        # A local model as an absolute path: Ray's workers run in their own folders, not the project's (a
+        # relative path failed on a cluster the stage did not start: HFValidationError, measured)
+        local = Path(self.model_ref)
         config = llm.vLLMEngineProcessorConfig(
-            model_source=self.model_ref, engine_kwargs=dict(self.settings["engine_kwargs"]),
+            model_source=str(local.resolve()) if local.exists() else self.model_ref, engine_kwargs=dict(self.settings["engine_kwargs"]),
             concurrency=self.settings["concurrency"], batch_size=self.settings["batch_size"],
             chat_template_stage=False, log_engine_metrics=False)  # raw prompts; metrics would need ray[serve]
         processor = llm.build_processor(

@@ -132,7 +132,8 @@ class WarmBackend:
         if self.chat_template:
             from selfimprove.backends import chat_prompts
 
-            inputs = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in chat_prompts(tokenizer, prompts)]
+            inputs = [tokenizer(text, add_special_tokens=False)["input_ids"]
+                      for text in chat_prompts(tokenizer, prompts)]
         else:
             inputs = list(prompts)
         check_prompt_lengths(_Lengths(tokenizer, self.settings.get("max_model_len")),

@@ -73,6 +73,11 @@ RUN_ENGINES = {
     "vllm": "selfimprove.backends.warm:WarmBackend",
 }
 
+# Where the train stage trains when not on this machine (`train.launcher`): the launcher's entry point.
+TRAIN_LAUNCHERS = {
+    "ray": "selfimprove.models.ray_launch:train_on_ray",  # a Ray Train job on a Ray cluster
+}
+
 # Builtin models (`model: builtin:<name>`): built in the project by a builder stage, never downloaded.
 BUILTIN_MODELS = {
     "tiny-arith": "selfimprove.stages.bootstrap:TINY_ARITH",
@@ -124,7 +129,7 @@ VIEWS = {
 }
 
 REGISTRIES = {"stage": STAGES, "pair rule": PAIR_RULES, "reward rule": REWARD_RULES, "backend": BACKENDS,
-              "run engine": RUN_ENGINES,
+              "run engine": RUN_ENGINES, "train launcher": TRAIN_LAUNCHERS,
               "builtin model": BUILTIN_MODELS, "builtin task": BUILTIN_TASKS, "file kind": FILE_KINDS,
               "view": VIEWS}
 

@@ -166,7 +166,8 @@ class Broker:
         """Put root's whole weights in the server in place; why not, when it cannot hold them."""
         if root != self.server.model and not same_architecture(root, self.server.model):
             return (f"{_short(root, self.project)} is not the architecture the engine holds "
-                    f"({_short(self.server.model, self.project)}); whole weights reload in place only onto their own kind")
+                    f"({_short(self.server.model, self.project)}); whole weights reload in place only onto their "
+                    "own kind")
         started = time.monotonic()
         self.server.call("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": root}})
         self.server.call("/reset_prefix_cache", {})

@@ -14,7 +14,9 @@ What counts is a module's tokens, minus:
 - modules that only declare or name things (selfimprove.core.stage, selfimprove.core.registry,
   selfimprove.core.validation): registry entries are resolved to their modules, which count one by one;
 - selfimprove.core.errors, which only turns failures into messages: a stage that fails leaves nothing that
-  DVC records, so how it words the failure cannot change a cached output.
+  DVC records, so how it words the failure cannot change a cached output;
+- selfimprove.core.warm_link, a stage's line to the run's warm engine (asking it to free memory): where a
+  stage's requests go is an execution detail, like a batch size, and changes no output.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 
 PACKAGE = "selfimprove"
 DECLARATION_MODULES = {"selfimprove", "selfimprove.core", "selfimprove.core.stage", "selfimprove.core.registry", "selfimprove.core.validation",
-                       "selfimprove.core.errors"}
+                       "selfimprove.core.errors", "selfimprove.core.warm_link"}
 DECLARATION_NAMES = {"SETTINGS", "STAGE"}
 DECLARATION_CALLS = {"Stage", "Builtin"}
 KEPT_TOKENS = {tokenize.NAME: "N", tokenize.NUMBER: "#", tokenize.STRING: "S", tokenize.OP: "O",

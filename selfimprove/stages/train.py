@@ -35,13 +35,18 @@ from selfimprove.stages._io import iteration_stage_parser, read_jsonl, read_sect
 def train(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, revision: str | None = None,
           curves: str | Path | None = None, run_name: str | None = None) -> dict:
     """Train on pairs and save the model (with LoRA: the adapter) to out; with no pairs the model is
-    saved unchanged. Returns the figures the stage prints; processes is the world size training saw."""
-    from datasets import Dataset
-
+    saved unchanged. Returns the figures the stage prints; processes is the world size training saw.
+    With launcher: ray the training runs as a Ray Train job (selfimprove.models.ray_launch), each worker
+    training the trainer build_trainer makes."""
     from selfimprove import models
 
     out = Path(out)
     pairs = with_defaults(pairs)  # every way pairs reach training passes here: a file from elsewhere may lack weight
+    if pairs and settings.get("launcher", "auto") != "auto":  # another machine's workers (a registry entry, so
+        from selfimprove.core.registry import resolve  # that its code counts only where a loop uses it)
+
+        return resolve("train launcher", settings["launcher"])(build_trainer, settings, pairs, model_ref, out,
+                                                               revision, curves, run_name)
     blob = json.dumps([settings, pairs, model_identity(model_ref, revision)], sort_keys=True)
     scratch = out.parent / f".{out.name}-checkpoints" / hashlib.sha256(blob.encode()).hexdigest()[:16]
     # The training arguments exist before the model loads, so that a DeepSpeed ZeRO-3 config can
@@ -58,16 +63,7 @@ def train(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, re
             if curves is not None:
                 (Path(curves) / "metrics.json").write_text('{"pairs": 0}\n')
         return {"pairs": 0, "steps": 0, "processes": int(os.environ.get("WORLD_SIZE", 1))}
-    peft_config = lora_config(settings, revision) if settings["lora_r"] else None
-    if settings["loss"] == "sft":
-        trainer = _sft_trainer(model, tokenizer, Dataset.from_list(sft_rows(pairs)), config, peft_config)
-    else:
-        # Each pair's weight scales its whole loss (ScPO's vote margin; 1.0 for IRPO's gold pairs).
-        dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
-                                      "weight": float(p["weight"])} for p in pairs])
-        alpha = settings["nll_weight"] if settings["loss"] == "dpo+nll" else 0.0
-        trainer = _trainer(model, tokenizer, dataset, config, alpha, peft_config)
-    trainer.add_callback(_progress_callback())
+    trainer = build_trainer(settings, pairs, model, tokenizer, config, revision)
     with trainer.accelerator.main_process_first():  # the main process removes cut-short checkpoints first
         resume = last_complete_checkpoint(scratch)
     if curves is not None and trainer.accelerator.is_main_process:
@@ -86,6 +82,24 @@ def train(settings: dict, pairs: list[dict], model_ref: str, out: str | Path, re
             "resumed_from_step": int(resume.name.split("-")[1]) if resume else 0,
             "processes": trainer.accelerator.num_processes,
             "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
+
+
+def build_trainer(settings: dict, pairs: list[dict], model, tokenizer, config, revision: str | None):
+    """The TRL trainer of the stage's loss on the loaded model, with the progress callback: the same for
+    every launcher (one process, accelerate's processes, Ray Train's workers)."""
+    from datasets import Dataset
+
+    peft_config = lora_config(settings, revision) if settings["lora_r"] else None
+    if settings["loss"] == "sft":
+        trainer = _sft_trainer(model, tokenizer, Dataset.from_list(sft_rows(pairs)), config, peft_config)
+    else:
+        # Each pair's weight scales its whole loss (ScPO's vote margin; 1.0 for IRPO's gold pairs).
+        dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
+                                      "weight": float(p["weight"])} for p in pairs])
+        alpha = settings["nll_weight"] if settings["loss"] == "dpo+nll" else 0.0
+        trainer = _trainer(model, tokenizer, dataset, config, alpha, peft_config)
+    trainer.add_callback(_progress_callback())
+    return trainer
 
 
 def is_main_process() -> bool:
@@ -156,9 +170,14 @@ def main(argv=None) -> None:
 @declaration
 def _peft_installed() -> bool:
     """Whether peft can be imported, without importing it (validation never imports torch)."""
+    return _module_installed("peft")
+
+
+@declaration
+def _module_installed(name: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("peft") is not None
+    return importlib.util.find_spec(name) is not None
 
 
 SETTINGS = {
@@ -214,6 +233,25 @@ SETTINGS = {
                                  fix="is not a file: give the path, from the project root, of an accelerate config "
                                      "file (`accelerate config --config_file F` writes one), or '' for none",
                                  reads=Setting.Reads("yaml")),
+    # Training across machines as a Ray Train job (selfimprove.models.ray_launch): `processes` workers, one
+    # per GPU (or CPU slot), anywhere on the cluster; the stage is the job's driver. None of these is written
+    # to params.yaml at its default, so a loop without launcher: ray compiles as before.
+    "launcher": Setting(str, "auto", "auto: this machine (one process, or accelerate launch for processes > 1); "
+                        "ray: a Ray Train job of `processes` workers on a Ray cluster", choices=("auto", "ray"),
+                        omit_default=True),
+    "ray_address": Setting(str, "", "launcher ray: the cluster (ray://host:10001, auto); '' = RAY_ADDRESS, else a "
+                           "local cluster", omit_default=True),
+    "ray_use_gpu": Setting(bool, False, "launcher ray: one GPU per worker (NCCL); false: CPU workers (gloo)",
+                           omit_default=True),
+    "ray_resources_per_worker": Setting(dict, {}, "launcher ray: each worker's resources, e.g. {CPU: 4, GPU: 1} "
+                                        "({}: Ray's default, 1 CPU, or 1 GPU with ray_use_gpu)", omit_default=True),
+    "ray_placement": Setting(str, "PACK", "launcher ray: how workers spread over nodes (Ray's placement strategy)",
+                             choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"), omit_default=True),
+    "ray_storage_path": Setting(str, "", "launcher ray: where checkpoints and the trained model go, shared by every "
+                                "node (a shared folder or a URI Ray supports: s3://, gs://); '' = beside the "
+                                "output, for a one-machine cluster", omit_default=True),
+    "ray_max_failures": Setting.count(1, "launcher ray: times a lost worker restarts the job from its last "
+                                      "checkpoint before the stage fails", least=0, omit_default=True),
     # LoRA through peft (pip install 'selfimprove[lora]'); the iteration's output is then an adapter
     "lora_r": Setting(int, 0, "LoRA rank; 0 = full fine-tuning. Higher: more capacity and memory",
                       check=lambda v: v == 0 or (v > 0 and _peft_installed()),
@@ -229,6 +267,12 @@ SETTINGS = {
 
 
 @declaration
+def _launcher_code(settings: dict) -> list[tuple[str, str]]:
+    """The launcher's code counts in the stage's fingerprint where the loop uses one (train.launcher)."""
+    return [] if settings.get("launcher", "auto") == "auto" else [("train launcher", settings["launcher"])]
+
+
+@declaration
 def launcher(settings: dict) -> str:
     """How the train stage starts. One process: `python`, the command every loop compiled to before
     multi-process training existed. Otherwise `accelerate launch`: --multi_gpu is its torchrun
@@ -236,8 +280,8 @@ def launcher(settings: dict) -> str:
     --cpu would start one process), and a config file (DeepSpeed, FSDP) is passed through unchanged
     and decides the distributed type itself. `processes` always wins over the file's num_processes,
     since it sets the global batch (batch_size * grad_accum * processes)."""
-    if settings["processes"] == 1 and not settings["accelerate_config"]:
-        return "python"
+    if settings.get("launcher") == "ray" or (settings["processes"] == 1 and not settings["accelerate_config"]):
+        return "python"  # with launcher ray the stage is the Ray Train job's driver, one process
     flags = [f"--num_processes {settings['processes']}"]
     flags.append(f"--config_file {settings['accelerate_config']}" if settings["accelerate_config"] else "--multi_gpu")
     if settings["mixed_precision"] != "auto":
@@ -283,13 +327,18 @@ def check(settings: dict, problems, top: dict) -> None:
     if train["warmup_steps"] and train["warmup_ratio"]:
         problems.add(("stages", "train", "warmup_steps"), "warmup_steps and warmup_ratio are both set; give one of "
                      "them (warmup_steps: 0 leaves the warmup to warmup_ratio)")
+    if train.get("launcher") == "ray" and train["accelerate_config"]:
+        problems.add(("stages", "train", "accelerate_config"), "launcher: ray starts its own workers (Ray Train); an "
+                     "accelerate config is for training on this machine: remove one of the two")
+    if train.get("launcher") == "ray" and not _module_installed("ray"):
+        problems.add(("stages", "train", "launcher"), "ray needs Ray Train: pip install 'selfimprove[ray-train]'")
     if train["neftune_noise_alpha"] and train["loss"] != "sft":
         problems.add(("stages", "train", "neftune_noise_alpha"), "NEFTune noise is for loss sft, and the loss is "
                      f"{train['loss']}; set neftune_noise_alpha: 0, or train.loss: sft")
 
 
 STAGE = Stage("train", SETTINGS, node=node, reads=("pairs",), writes={"model": "model", "train_curves": "train_curves"},
-              check=check, plot=plot,
+              check=check, plot=plot, plugins=lambda ctx: _launcher_code(ctx.settings["train"]),
               adapter=lambda settings: settings["train"]["lora_r"] > 0,
               lora_rank=lambda settings: settings["train"]["lora_r"])
 
