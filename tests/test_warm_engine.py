@@ -210,3 +210,27 @@ def test_engine_keys_are_checked_in_one_line(tmp_path, line, expected):
                             capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert result.returncode != 0 and expected in result.stdout + result.stderr, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_warm_engine_answers_what_the_offline_engine_answers(fake_vllm, tiny_model, tmp_path, monkeypatch):
+    """Samples and choice probabilities through the broker and the (fake) server equal the offline
+    engine's on the same weights: the same requests, seeds and token ids reach both."""
+    from rich.console import Console
+
+    from selfimprove.backends import open_backend
+    from selfimprove.backends.warm import SETTINGS, WarmBackend
+    from selfimprove.pipeline.engine_broker import Broker
+
+    vllm = {"tensor_parallel_size": 1, "gpu_memory_utilization": 0.1}
+    settings = {key: setting.default for key, setting in SETTINGS.items()}
+    offline = open_backend({"backend": "vllm"}, tiny_model)
+    prompts, choices = ["1+1=", "12+3="], ["1", "2", "3"]
+    expected = offline.sample(prompts, 2, 1.0, 1.0, 6, 8, 3), offline.choice_probs(prompts, choices)
+    monkeypatch.chdir(tmp_path)  # the broker answers stages of its own project only
+    with Broker(tmp_path, "w", vllm, settings, 0, False, Console(file=open(os.devnull, "w"))) as broker:
+        monkeypatch.setenv(*next(iter(broker.env().items())))
+        warm = open_backend({"backend": "vllm"}, tiny_model, scratch=tmp_path / "scratch")
+        assert isinstance(warm, WarmBackend)
+        got = warm.sample(prompts, 2, 1.0, 1.0, 6, 8, 3), warm.choice_probs(prompts, choices)
+    assert got[0] == expected[0]
+    assert all(abs(a - b) < 1e-5 for mine, theirs in zip(got[1], expected[1]) for a, b in zip(mine, theirs))

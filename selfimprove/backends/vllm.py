@@ -151,19 +151,14 @@ class VLLMBackend:
     def choice_probs_here(self, prompts: list[str], choices: list[str]) -> list[list[float]]:
         vllm = import_vllm()
         llm = self._engine()
-        targets = [continuation_tokens(llm.get_tokenizer(), p, choices) for p in prompts]
-        wanted: dict[tuple, set] = {}
-        for per_prompt in targets:
-            for context, token in per_prompt:
-                wanted.setdefault(context, set()).add(token)
-        contexts = sorted(wanted)
-        inputs = [{"prompt_token_ids": list(c)} for c in contexts]
+        targets, wanted = choice_requests(llm.get_tokenizer(), prompts, choices)
+        inputs = [{"prompt_token_ids": list(c)} for c in wanted]
         check_prompt_lengths(llm, inputs)
-        params = [choice_params(vllm, sorted(wanted[c]), len(llm.get_tokenizer())) for c in contexts]
+        params = [choice_params(vllm, tokens, len(llm.get_tokenizer())) for tokens in wanted.values()]
         outputs = llm.generate(inputs, params, use_tqdm=False)
-        found = {context: output.outputs[0].logprobs[0] for context, output in zip(contexts, outputs)}
-        return [[math.exp(found[context][token].logprob) if token in found[context] else 0.0
-                 for context, token in per_prompt] for per_prompt in targets]
+        found = {context: {token: logprob.logprob for token, logprob in output.outputs[0].logprobs[0].items()}
+                 for context, output in zip(wanted, outputs)}
+        return choice_probabilities(targets, found)
 
     def _pool(self):
         if self._workers is None:
@@ -192,6 +187,23 @@ class VLLMBackend:
                 core.shutdown()
             self._llm = None
             release_gpu_memory()
+
+
+def choice_requests(tokenizer, prompts: list[str], choices: list[str]) -> tuple[list, dict[tuple, list[int]]]:
+    """(per prompt, its (context, token) pair for each choice, cut at the seam as the hf backend cuts it;
+    each distinct context, in order, -> the sorted tokens whose log probabilities to ask for after it)."""
+    targets = [continuation_tokens(tokenizer, p, choices) for p in prompts]
+    wanted: dict[tuple, set] = {}
+    for per_prompt in targets:
+        for context, token in per_prompt:
+            wanted.setdefault(context, set()).add(token)
+    return targets, {context: sorted(wanted[context]) for context in sorted(wanted)}
+
+
+def choice_probabilities(targets: list, found: dict[tuple, dict[int, float]]) -> list[list[float]]:
+    """Each prompt's choice probabilities from the logprobs found after each context (0 where absent)."""
+    return [[math.exp(found[context][token]) if token in found[context] else 0.0 for context, token in per_prompt]
+            for per_prompt in targets]
 
 
 def choice_params(vllm, tokens: list[int], vocabulary: int):

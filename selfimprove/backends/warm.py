@@ -18,7 +18,6 @@ exactly as without `engine: warm`.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -144,26 +143,19 @@ class WarmBackend:
                      on_batch=None) -> list[list[float]]:
         """As VLLMBackend.choice_probs: each choice's first-token probability after the prompt, cut at the
         seam the same way, read from the engine's logprobs of exactly those tokens."""
-        from selfimprove.backends.hf import continuation_tokens
-        from selfimprove.backends.vllm import MAX_LOGPROB_TOKEN_IDS
+        from selfimprove.backends.vllm import MAX_LOGPROB_TOKEN_IDS, choice_probabilities, choice_requests
 
         if own := self._own_engine():
             return own.choice_probs(prompts, choices, batch_size, on_batch)
-        tokenizer = self.tokenizer()
-        targets = [continuation_tokens(tokenizer, p, choices) for p in prompts]
-        wanted: dict[tuple, set] = {}
-        for per_prompt in targets:
-            for context, token in per_prompt:
-                wanted.setdefault(context, set()).add(token)
-        contexts = sorted(wanted)
-        if any(len(wanted[c]) > MAX_LOGPROB_TOKEN_IDS for c in contexts):
+        targets, wanted = choice_requests(self.tokenizer(), prompts, choices)
+        if any(len(tokens) > MAX_LOGPROB_TOKEN_IDS for tokens in wanted.values()):
             raise UserError(f"engine: more than {MAX_LOGPROB_TOKEN_IDS} choices after one context; use fewer choices")
-        bodies = [{"prompt": list(c), "max_tokens": 1, "temperature": 0.0, "logprobs": 1,
-                   "logprob_token_ids": sorted(wanted[c]), "return_tokens_as_token_ids": True} for c in contexts]
+        bodies = [{"prompt": list(context), "max_tokens": 1, "temperature": 0.0, "logprobs": 1,
+                   "logprob_token_ids": tokens, "return_tokens_as_token_ids": True}
+                  for context, tokens in wanted.items()]
         replies = self._post_all(bodies)
-        found = {context: _token_logprobs(reply) for context, reply in zip(contexts, replies)}
-        probs = [[math.exp(found[context][token]) if token in found[context] else 0.0
-                  for context, token in per_prompt] for per_prompt in targets]
+        probs = choice_probabilities(targets, {context: _token_logprobs(reply)
+                                               for context, reply in zip(wanted, replies)})
         if on_batch:
             on_batch(len(probs))
         return probs
