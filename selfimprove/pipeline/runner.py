@@ -27,12 +27,13 @@ from pathlib import Path
 
 from selfimprove.core import warm_link
 from selfimprove.core.errors import UserError
+from selfimprove.pipeline import failures
+from selfimprove.pipeline.failures import RUNNING_RE, failure_line
 from selfimprove.pipeline.interrupts import (CTRL_C_GRACE, Start, Stopped, descendants, ignore_signals, interrupt_in,
                                              running, signals_stop_the_run, stop_descendants)
 from selfimprove.pipeline.workspace import (check_no_live_dvc_lock, clear_dead_dvc_locks, dvc_env, ensure_dvc,
                                             workspace_lock)
 
-RUNNING_RE = re.compile(r"Running stage '([^']+)'")
 SKIP_RE = re.compile(r"Stage '([^']+)' didn't change, skipping")
 
 
@@ -78,23 +79,8 @@ class Repro:
 
     def failure(self, code: int, lines: list[str] | None = None) -> tuple[str, bool]:
         """(why the run stopped, whether that names the cause), from the output's last lines (or `lines`:
-        the failed stage's whole output). A stage ends however it failed with one `error:` line
-        (selfimprove.core.errors.stage_main); one that died before it could (at import) leaves its
-        traceback's last line; DVC reports its own full disk (writing dvc.lock or its cache), and its other
-        failures in `ERROR: ...` lines, a stage killed by a signal among them."""
-        lines = self.tail if lines is None else lines
-        errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-        if errors:
-            return errors[-1], True
-        if any("No space left on device" in line or "Errno 28" in line for line in lines):
-            return ("no space left on device while DVC recorded the stage (dvc.lock, or the copy of its outputs "
-                    "in .dvc/cache); free space there (df -h) and run again: finished stages are kept"), True
-        if crash := _exception_line(lines):
-            return f"{crash} (before the stage could start; the traceback is in the log)", True
-        dvc = [line.removeprefix("ERROR: ").strip() for line in lines if line.startswith("ERROR: ")]
-        if dvc:
-            return _dvc_error(dvc[-1])
-        return f"dvc repro exit {code}", False
+        the failed stage's whole output): selfimprove.pipeline.failures.cause."""
+        return failures.cause(self.tail if lines is None else lines, code)
 
 
 def run(loop_path: str, overrides: list[str], start_from: str | None, project: Path, console,
@@ -235,63 +221,6 @@ def _reproduce(project: Path, targets: list[str], stages: list[str], run_path: P
     if code != 0:
         raise UserError(failure_line(repro, code, run_path / "repro.log", description, console))
     return None
-
-
-def failure_line(repro: Repro, code: int, log: Path, description: str, console) -> str:
-    """The one line a failed `dvc repro` ends the run with: the stage, the cause (the stage's `error:`
-    line, or DVC's), the log that holds the traceback, and how to resume. With SELFIMPROVE_DEBUG=1 the
-    failed stage's output (its traceback) is printed first."""
-    import os
-
-    output = _stage_output(repro, log)
-    if os.environ.get("SELFIMPROVE_DEBUG"):
-        shown = [line for line in output[-300:] if not line.startswith("error: ")]  # the last line says it
-        console.print("\n".join(shown), markup=False, highlight=False, soft_wrap=True)
-    reason, explained = repro.failure(code, output)
-    failed = f"{repro.current} failed" if repro.current else "dvc repro failed"
-    look = "" if explained else "; the cause is in the log"
-    again = "" if "run again" in reason else f"; fix the cause and run `{description}` again: finished stages are kept"
-    return f"{failed}: {reason}{look} (full log: {log}){again}"
-
-
-def _stage_output(repro: Repro, log: Path) -> list[str]:
-    """The failed stage's output and DVC's after it: the log from the stage's `Running stage` line on (the
-    tail keeps 30 lines, and a launcher's report after the stage's `error:` line, accelerate's, can be
-    longer); the tail when no stage ran in this repro or the log cannot be read."""
-    if repro.current is None:
-        return repro.tail
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return repro.tail
-    starts = [i for i, line in enumerate(lines) if RUNNING_RE.search(line)]
-    return lines[starts[-1]:] if starts else repro.tail
-
-
-def _exception_line(tail: list[str]) -> str | None:
-    """The `Type: message` line that ends the last Python traceback in the tail, or None."""
-    starts = [i for i, line in enumerate(tail) if line.startswith("Traceback (most recent call last)")]
-    if not starts:
-        return None
-    return next((line for line in tail[starts[-1] + 1:] if line.strip() and not line[0].isspace()), None)
-
-
-def _dvc_error(message: str) -> tuple[str, bool]:
-    """(DVC's own ERROR message as the cause, whether it names one): without the stage's command line (long,
-    and in the log), a signal that killed the stage named."""
-    message = re.sub(r"^failed to reproduce '[^']*': ", "", message)
-    exited = re.search(r"failed to run: .*, exited with (-?\d+)$", message)
-    if not exited:
-        return f"DVC: {message}", True
-    status = int(exited.group(1))
-    if status >= 0:
-        return f"the stage exited with status {status} without saying why", False
-    try:
-        name = signal.Signals(-status).name
-    except ValueError:
-        name = f"signal {-status}"
-    hint = " (often the out-of-memory killer: `dmesg` or `journalctl -k` says)" if -status == signal.SIGKILL else ""
-    return f"the stage was killed by {name}{hint}", True
 
 
 def _stop_run(interrupt: KeyboardInterrupt, repro: Repro | None, console, description: str) -> int:
